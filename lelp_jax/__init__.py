@@ -1,0 +1,25 @@
+"""lelp_jax: few-class knowledge distillation in JAX, built around LELP.
+
+The core (statistics, projections, targets, losses) is pure and jittable and
+imports only jax, numpy and flax.struct.
+"""
+from lelp_jax.statistics import (
+    ClassMoments,
+    all_reduce_moments,
+    covariance,
+    init_moments,
+    merge_moments,
+    update_moments,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "ClassMoments",
+    "init_moments",
+    "update_moments",
+    "merge_moments",
+    "all_reduce_moments",
+    "covariance",
+]

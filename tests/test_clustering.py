@@ -1,0 +1,127 @@
+"""k-means / agglomerative / oracle pseudo-subclasses against float64 NumPy references."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lelp_jax import clustering as cl
+
+
+def _np_lloyd(x, w, cents, iters):
+    x = x.astype(np.float64)
+    cents = cents.astype(np.float64).copy()
+    for _ in range(iters):
+        d2 = ((x[:, None, :] - cents[None]) ** 2).sum(-1)
+        a = d2.argmin(1)
+        for k in range(len(cents)):
+            wk = w * (a == k)
+            if wk.sum() > 0:
+                cents[k] = (wk[:, None] * x).sum(0) / wk.sum()
+    inertia = (w * ((x[:, None, :] - cents[None]) ** 2).sum(-1).min(1)).sum()
+    return cents, inertia
+
+
+def test_squared_distances_matches_numpy(rng):
+    x, m = rng.normal(size=(13, 5)), rng.normal(size=(4, 5))
+    ref = ((x[:, None] - m[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(cl.squared_distances(jnp.asarray(x, jnp.float32), jnp.asarray(m, jnp.float32)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_lloyd_matches_numpy_reference(rng):
+    x = rng.normal(size=(60, 3)).astype(np.float32)
+    w = (rng.uniform(size=60) > 0.2).astype(np.float32)
+    init = x[rng.choice(60, 4, replace=False)]
+    cents, inertia = cl.lloyd(jnp.asarray(x), jnp.asarray(w), jnp.asarray(init), num_iters=10)
+    ref_c, ref_i = _np_lloyd(x, w, init, 10)
+    np.testing.assert_allclose(cents, ref_c, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(inertia, ref_i, rtol=1e-4)
+
+
+def test_kmeans_plusplus_picks_weighted_rows_distinct(rng):
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    w = np.zeros(40, np.float32)
+    w[:10] = 1.0
+    cents = np.asarray(cl.kmeans_plusplus_init(jax.random.PRNGKey(int(rng.integers(1 << 30))), jnp.asarray(x), jnp.asarray(w), num_clusters=5))
+    idx = [int(np.argmin(((x - c) ** 2).sum(1))) for c in cents]
+    assert all(i < 10 for i in idx), idx  # only rows with positive weight
+    assert len(set(idx)) == 5  # distinct points give distinct centroids
+
+
+def test_fit_class_kmeans_recovers_blobs(rng):
+    centres = rng.normal(size=(2, 3, 4)) * 10.0  # C=2 classes, 3 blobs each
+    n = 30
+    x = (centres[:, :, None, :] + rng.normal(size=(2, 3, n, 4)) * 0.1).reshape(-1, 4)
+    y = np.repeat([0, 1], 3 * n)
+    fit = cl.fit_class_kmeans(jax.random.PRNGKey(int(rng.integers(1 << 30))), x, y, num_classes=2, num_subclasses=3, num_iters=20)
+    assert fit.centroids.shape == (2, 3, 4)
+    for c in range(2):
+        got = np.asarray(fit.centroids[c])
+        for k in range(3):
+            true_mean = x[y == c].reshape(3, n, 4)[k].mean(0)
+            assert np.min(np.linalg.norm(got - true_mean, axis=1)) < 1e-3
+    # sigma_c^2 = inertia / (n_c D) is the per-dimension noise variance 0.01
+    np.testing.assert_allclose(fit.count, [3 * n, 3 * n])
+    np.testing.assert_allclose(0.5 / np.asarray(fit.scale), 0.01, rtol=0.25)
+
+
+def test_fit_class_kmeans_tiny_and_empty_class(rng):
+    x = rng.normal(size=(5, 3)).astype(np.float32)
+    y = np.array([0, 0, 0, 0, 0])  # class 1 empty, class 0 has fewer distinct rows than S
+    fit = cl.fit_class_kmeans(jax.random.PRNGKey(0), x, y, num_classes=2, num_subclasses=8, num_iters=3)
+    assert np.all(np.isfinite(np.asarray(fit.centroids)))
+    assert float(fit.count[1]) == 0.0
+    with pytest.raises(ValueError, match="labels"):
+        cl.fit_class_kmeans(jax.random.PRNGKey(0), x, y[:3], num_classes=2, num_subclasses=2)
+
+
+@pytest.mark.parametrize("scale", ["gmm", "raw"])
+def test_kmeans_scores_match_numpy(rng, scale):
+    cents = rng.normal(size=(3, 4, 6))
+    fit = cl.KMeansFit(centroids=jnp.asarray(cents, jnp.float32), scale=jnp.asarray(rng.uniform(0.1, 2, 3), jnp.float32), inertia=jnp.zeros(3), count=jnp.ones(3))
+    h = rng.normal(size=(7, 6))
+    d2 = ((h[:, None, None, :] - cents[None]) ** 2).sum(-1)
+    ref = -d2 * (np.asarray(fit.scale, np.float64)[None, :, None] if scale == "gmm" else 1.0)
+    np.testing.assert_allclose(cl.kmeans_scores(jnp.asarray(h, jnp.float32), fit, scale=scale), ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="scale"):
+        cl.kmeans_scores(jnp.asarray(h, jnp.float32), fit, scale="bogus")
+
+
+def test_oracle_slots_and_targets_match_numpy(rng):
+    # 3 classes with 2, 3 and 1 fine labels; fine ids interleaved
+    fine_to_class = np.array([1, 0, 2, 1, 0, 1])
+    fine = rng.integers(0, 6, size=50)
+    fine[:6] = np.arange(6)
+    y = fine_to_class[fine]
+    slots = cl.oracle_slots(y, fine, num_classes=3, num_fine=6)
+    assert slots.num_subclasses == 3
+    np.testing.assert_array_equal(slots.slot_mask, [[1, 1, 0], [1, 1, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(slots.slot_of_fine, [0, 0, 0, 1, 1, 2])
+    p = rng.dirichlet(np.ones(3), size=50)
+    t = np.asarray(cl.oracle_targets(jnp.asarray(p, jnp.float32), jnp.asarray(y), jnp.asarray(fine), slots), np.float64)
+    ref = np.zeros((50, 3, 3))
+    mask = np.asarray(slots.slot_mask, np.float64)
+    for i in range(50):
+        for c in range(3):
+            if c == y[i]:
+                ref[i, c, int(slots.slot_of_fine[fine[i]])] = p[i, c]
+            else:
+                ref[i, c] = p[i, c] * mask[c] / mask[c].sum()
+    np.testing.assert_allclose(t, ref, atol=1e-6)
+    np.testing.assert_allclose(t.sum(-1), p, atol=1e-6)
+
+
+def test_oracle_slots_rejects_inconsistent_fine_labels():
+    with pytest.raises(ValueError, match="several coarse classes"):
+        cl.oracle_slots(np.array([0, 1]), np.array([3, 3]), num_classes=2, num_fine=4)
+    with pytest.raises(ValueError, match="lie in"):
+        cl.oracle_slots(np.array([0, 1]), np.array([3, 5]), num_classes=2, num_fine=4)
+
+
+def test_agglomerative_centroids_recover_blobs(rng):
+    centres = rng.normal(size=(2, 2, 3)) * 10.0
+    x = (centres[:, :, None, :] + rng.normal(size=(2, 2, 20, 3)) * 0.1).reshape(-1, 3)
+    y = np.repeat([0, 1], 40)
+    fit = cl.fit_agglomerative_centroids(x, y, num_classes=2, num_subclasses=2, max_points=30, seed=1)
+    for c in range(2):
+        for k in range(2):
+            assert np.min(np.linalg.norm(np.asarray(fit.centroids[c]) - centres[c, k], axis=1)) < 0.2

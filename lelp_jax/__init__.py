@@ -11,6 +11,13 @@ from lelp_jax.statistics import (
     merge_moments,
     update_moments,
 )
+from lelp_jax.projections import (
+    Projections,
+    fit_projections,
+    load_projections,
+    null_space_projector,
+    save_projections,
+)
 
 __version__ = "0.1.0"
 
@@ -22,4 +29,9 @@ __all__ = [
     "merge_moments",
     "all_reduce_moments",
     "covariance",
+    "Projections",
+    "null_space_projector",
+    "fit_projections",
+    "save_projections",
+    "load_projections",
 ]

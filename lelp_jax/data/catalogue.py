@@ -1,0 +1,131 @@
+"""The paper's datasets, read from a prepared tfds data_dir (never downloaded here).
+
+- `sentiment140`: tweets, polarity 0 -> 0 (negative), 4 -> 1 (positive); the
+  test split's neutral tweets (polarity 2) are dropped. Splits: train =
+  `train[:95%]`, validation = `train[95%:]`, test = `test`.
+- `amazon_us_reviews` (tfds `amazon_us_reviews/<config>`, default config
+  `Books_v1_02`; set `data.tfds_config`): 5 classes from `star_rating` 1..5 ->
+  label 0..4, text = `review_body`. tfds has only a train split: train =
+  `train[:80%]`, validation = `train[80%:90%]`, test = `train[90%:]` (tfds
+  stores records in a key-hash-shuffled order, so the slices are random).
+- `cifar100_binary` (tfds `cifar100`): label = fine % 2, fine_label = the 100
+  fine classes. Splits: train = `train[:45000]`, validation = `train[45000:]`,
+  test = `test`.
+
+Before touching a builder's data, `catalogue_builder` checks that the data_dir
+holds a prepared copy and raises at once otherwise: nothing here downloads.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+CATALOGUE: dict[str, dict[str, Any]] = {
+    "sentiment140": {
+        "tfds_name": "sentiment140",
+        "splits": {"train": "train[:95%]", "validation": "train[95%:]", "test": "test"},
+        "class_names": ("negative", "positive"),
+        "input_kind": "text",
+    },
+    "amazon_us_reviews": {
+        "tfds_name": "amazon_us_reviews",
+        "default_config": "Books_v1_02",
+        "splits": {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"},
+        "class_names": ("1 star", "2 stars", "3 stars", "4 stars", "5 stars"),
+        "input_kind": "text",
+    },
+    "cifar100_binary": {
+        "tfds_name": "cifar100",
+        "splits": {"train": "train[:45000]", "validation": "train[45000:]", "test": "test"},
+        "class_names": ("even_fine_class", "odd_fine_class"),
+        "input_kind": "image",
+        "num_fine_classes": 100,
+        "input_shape": (32, 32, 3),
+    },
+}
+
+
+def tfds_full_name(name: str, tfds_config: str | None = None) -> str:
+    """`tfds_name[/config]` for a catalogue entry."""
+    entry = CATALOGUE[name]
+    config = tfds_config or entry.get("default_config")
+    return entry["tfds_name"] + (f"/{config}" if config else "")
+
+
+def catalogue_builder(name: str, *, data_dir: str, tfds_config: str | None = None):
+    """The tfds builder of a prepared copy in `data_dir`, or a FileNotFoundError at once.
+
+    Builder construction reads no data and opens no connection; `is_prepared`
+    only looks for `dataset_info.json` in the version folder.
+    """
+    full = tfds_full_name(name, tfds_config)
+    builder = tfds.builder(full, data_dir=data_dir)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"{name}: no prepared copy of the tfds dataset '{full}' in data_dir '{data_dir}' "
+            f"(looked for {builder.data_path}). lelp_jax never downloads at run time. "
+            f"On a machine with network run `tfds build {full} --data_dir=DIR "
+            f"--file_format=array_record` (TensorFlow is needed there only), then copy DIR here "
+            "and set data.data_dir (or the LELP_DATA_DIR environment variable)."
+        )
+    if builder.info.file_format is not None and builder.info.file_format.value != "array_record":
+        raise ValueError(
+            f"{name}: the copy in {builder.data_path} is in {builder.info.file_format.value} "
+            "format, which needs TensorFlow to read. Rebuild it with "
+            "`--file_format=array_record`, or convert it with `tfds convert_format`."
+        )
+    return builder
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def sentiment140_record(record: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(text, label) with polarity 0 -> 0, 4 -> 1; None for neutral (2)."""
+    polarity = int(record["polarity"])
+    if polarity == 2:
+        return None
+    if polarity not in (0, 4):
+        raise ValueError(f"sentiment140: unexpected polarity {polarity} (expected 0, 2 or 4).")
+    return _text(record["text"]), int(polarity == 4)
+
+
+def amazon_record(record: Mapping[str, Any]) -> tuple[str, int]:
+    """(review_body, star_rating - 1) for star ratings 1..5."""
+    data = record["data"]
+    stars = int(data["star_rating"])
+    if not 1 <= stars <= 5:
+        raise ValueError(f"amazon_us_reviews: star_rating {stars} outside 1..5.")
+    return _text(data["review_body"]), stars - 1
+
+
+def cifar100_record(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """image / 255 (float32), label = fine % 2, fine_label = fine."""
+    fine = int(record["label"])
+    return {
+        "image": np.asarray(record["image"], np.float32) / 255.0,
+        "label": np.int32(fine % 2),
+        "fine_label": np.int32(fine),
+    }
+
+
+TEXT_RECORDS = {"sentiment140": sentiment140_record, "amazon_us_reviews": amazon_record}
+
+
+def read_text_split(name: str, raw: Any, *, chunk: int = 4096) -> tuple[list[str], np.ndarray]:
+    """All (text, label) pairs of a raw tfds source, filtered rows dropped."""
+    fn = TEXT_RECORDS[name]
+    texts: list[str] = []
+    labels: list[int] = []
+    for start in range(0, len(raw), chunk):
+        keys = list(range(start, min(start + chunk, len(raw))))
+        records = raw.__getitems__(keys) if hasattr(raw, "__getitems__") else [raw[k] for k in keys]
+        for rec in records:
+            out = fn(rec)
+            if out is not None:
+                texts.append(out[0])
+                labels.append(out[1])
+    return texts, np.asarray(labels, np.int32)

@@ -1,0 +1,209 @@
+"""`load_split(data_config, split) -> (source, DatasetInfo)` for every dataset.
+
+Config keys read (all optional except `name`; see `default_data_config`):
+name, data_dir, max_examples_per_split, input_kind, max_length, bucket_lengths,
+tokenizer, tfds_config, files, text_column, label_column, fine_label_column,
+class_names, num_classes, num_fine_classes.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Mapping
+
+import ml_collections
+import numpy as np
+
+from lelp_jax.data import builders, catalogue, local
+from lelp_jax.data.sources import ArraySource, DatasetInfo, MappedSource, TextSource
+from lelp_jax.data.tokenizer import bucket_lengths, load_tokenizer, tokenize
+
+SPLITS = ("train", "validation", "test")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Every key `load_split` reads, with its default."""
+    return ml_collections.ConfigDict({
+        "name": "digits_binary",
+        "data_dir": None,  # None -> $LELP_DATA_DIR or ~/tensorflow_datasets
+        "max_examples_per_split": None,  # int caps each split of the offline builders
+        "input_kind": None,  # None = the dataset's own; 'features' flattens images
+        "max_length": 128,  # text: truncation length (tokens, [CLS]/[SEP] included)
+        "bucket_lengths": (16, 32, 64, 128),  # text: batch pad lengths (capped at max_length)
+        "tokenizer": None,  # text: tokenizer.json path; None -> the MiniLM one
+        "tfds_config": None,  # catalogue: e.g. amazon_us_reviews category
+        "files": {},  # local: split -> .csv / .jsonl / .npz path
+        "text_column": "text",
+        "label_column": "label",
+        "fine_label_column": None,
+        "class_names": None,
+        "num_classes": None,
+        "num_fine_classes": None,
+    })
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+    return default if value is None else value
+
+
+def resolve_data_dir(config: Any) -> str:
+    """data.data_dir, else $LELP_DATA_DIR, else ~/tensorflow_datasets."""
+    d = _get(config, "data_dir") or os.environ.get("LELP_DATA_DIR") or "~/tensorflow_datasets"
+    return os.path.expanduser(str(d))
+
+
+def _check_split(name: str, split: str, available: Any) -> None:
+    if split not in available:
+        raise ValueError(f"{name}: unknown split {split!r}; choose one of {sorted(available)}.")
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str | None, max_length: int):
+    return load_tokenizer(path, max_length=max_length)
+
+
+def text_source(texts, labels, fine_labels, config) -> tuple[TextSource, int, int]:
+    """Tokenised TextSource with bucket lengths; also returns max_length and vocab size."""
+    max_length = int(_get(config, "max_length", 128))
+    tok = _tokenizer(_get(config, "tokenizer"), max_length)
+    src = TextSource(tokenize(texts, tokenizer=tok), labels, fine_labels)
+    src.buckets = bucket_lengths(max_length, _get(config, "bucket_lengths"))
+    return src, max_length, tok.get_vocab_size()
+
+
+def _image_view(input_kind: str | None, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    if input_kind in (None, "image"):
+        return "image", shape
+    if input_kind == "features":
+        return "features", (int(np.prod(shape)),)
+    raise ValueError(f"input_kind {input_kind!r} does not apply to an image dataset; use 'image' or 'features'.")
+
+
+def _image_fn(kind: str, scale: float, fine: bool) -> Callable[[Mapping[str, Any]], dict]:
+    def fn(r):
+        x = np.asarray(r["image"], np.float32) / scale
+        out = {kind: x if kind == "image" else x.reshape(-1), "label": np.int32(r["label"])}
+        if fine:
+            out["fine_label"] = np.int32(r["fine_label"])
+        return out
+    return fn
+
+
+def _load_builder(name: str, config: Any, split: str):
+    b = builders.prepared_builder(
+        name, data_dir=resolve_data_dir(config),
+        max_examples_per_split=_get(config, "max_examples_per_split"),
+    )
+    _check_split(name, split, b.info.splits)
+    raw = b.as_data_source(split=split)
+    sizes = {k: v.num_examples for k, v in b.info.splits.items()}
+    feats = b.info.features
+    class_names = tuple(feats["label"].names)
+    fine = "fine_label" in feats
+    common = dict(
+        name=name, num_classes=len(class_names), class_names=class_names, split_sizes=sizes,
+        num_fine_classes=feats["fine_label"].num_classes if fine else None,
+        fine_class_names=tuple(feats["fine_label"].names) if fine else None,
+    )
+    if "text" in feats:
+        records = [raw[i] for i in range(len(raw))]
+        texts = [r["text"].decode("utf-8") if isinstance(r["text"], bytes) else r["text"] for r in records]
+        labels = np.asarray([r["label"] for r in records], np.int32)
+        src, max_length, vocab = text_source(texts, labels, None, config)
+        return src, DatasetInfo(input_kind="text", input_shape=(max_length,), vocab_size=vocab, **common)
+    shape = tuple(feats["image"].shape)
+    kind, in_shape = _image_view(_get(config, "input_kind"), shape)
+    scale = 255.0 if feats["image"].np_dtype == np.uint8 else 1.0
+    src = MappedSource(raw, _image_fn(kind, scale, fine))
+    return src, DatasetInfo(input_kind=kind, input_shape=in_shape, **common)
+
+
+def _flattened(fn: Callable[[Any], dict], kind: str, record: Any) -> dict:
+    """fn(record), with `image` flattened into `features` when kind == 'features'."""
+    out = fn(record)
+    if kind == "features":
+        out["features"] = out.pop("image").reshape(-1)
+    return out
+
+
+def _load_catalogue(name: str, config: Any, split: str):
+    entry = catalogue.CATALOGUE[name]
+    _check_split(name, split, entry["splits"])
+    b = catalogue.catalogue_builder(name, data_dir=resolve_data_dir(config),
+                                    tfds_config=_get(config, "tfds_config"))
+    raw = b.as_data_source(split=entry["splits"][split])
+    common = dict(name=name, num_classes=len(entry["class_names"]), class_names=entry["class_names"],
+                  num_fine_classes=entry.get("num_fine_classes"))
+    if entry["input_kind"] == "text":
+        texts, labels = catalogue.read_text_split(name, raw)
+        src, max_length, vocab = text_source(texts, labels, None, config)
+        return src, DatasetInfo(input_kind="text", input_shape=(max_length,), vocab_size=vocab,
+                                split_sizes={split: len(src)}, **common)
+    kind, in_shape = _image_view(_get(config, "input_kind"), entry["input_shape"])
+    src = MappedSource(raw, functools.partial(_flattened, catalogue.cifar100_record, kind))
+    return src, DatasetInfo(input_kind=kind, input_shape=in_shape, split_sizes={split: len(src)},
+                            fine_class_names=None, **common)
+
+
+def _load_local(name: str, config: Any, split: str):
+    files = _get(config, "files", {})
+    files = files.to_dict() if hasattr(files, "to_dict") else dict(files)
+    if split not in files:
+        raise ValueError(f"local data: no file for split {split!r}; set data.files['{split}'] "
+                         f"(have {sorted(files)}).")
+    path = os.path.expanduser(str(files[split]))
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: file not found (data.files['{split}']). Fix the path.")
+    class_names = _get(config, "class_names")
+    num_classes = _get(config, "num_classes")
+    if path.lower().endswith(".npz"):
+        arrays = local.read_npz(path, class_names=class_names, num_classes=num_classes)
+        src = ArraySource(arrays)
+        kind = "image" if "image" in arrays else "features"
+        shape = arrays[kind].shape[1:]
+        if kind == "image":
+            kind, shape = _image_view(_get(config, "input_kind"), shape)
+            if kind == "features":
+                arrays["features"] = arrays.pop("image").reshape(len(src), -1)
+                src = ArraySource(arrays)
+        fine = arrays.get("fine_label")
+        vocab, max_len = None, None
+    else:
+        texts, labels, fine = local.read_text_file(
+            path, text_column=_get(config, "text_column", "text"),
+            label_column=_get(config, "label_column", "label"),
+            fine_label_column=_get(config, "fine_label_column"),
+            class_names=class_names, num_classes=num_classes)
+        src, max_len, vocab = text_source(texts, labels, fine, config)
+        kind, shape = "text", (max_len,)
+    n_cls = len(class_names) if class_names is not None else int(num_classes)
+    n_fine = _get(config, "num_fine_classes") or (None if fine is None else int(fine.max()) + 1)
+    if fine is not None and int(fine.max()) >= n_fine:
+        raise ValueError(f"{path}: fine labels reach {int(fine.max())} but data.num_fine_classes="
+                         f"{n_fine}. Raise num_fine_classes or fix the file.")
+    names = tuple(str(c) for c in class_names) if class_names is not None else tuple(
+        str(c) for c in range(n_cls))
+    return src, DatasetInfo(
+        name=_get(config, "dataset_name", "local"), num_classes=n_cls, num_fine_classes=n_fine,
+        input_kind=kind, class_names=names, split_sizes={split: len(src)},
+        input_shape=tuple(int(s) for s in shape), vocab_size=vocab)
+
+
+DATASETS: dict[str, Callable[[str, Any, str], tuple[Any, DatasetInfo]]] = {
+    **{n: _load_builder for n in builders.BUILDERS},
+    **{n: _load_catalogue for n in catalogue.CATALOGUE},
+    "local": _load_local,
+}
+
+
+def load_split(data_config: Any, split: str) -> tuple[Any, DatasetInfo]:
+    """The random-access source of one split and the dataset's `DatasetInfo`.
+
+    `data_config` is the `data` section of the config (ConfigDict or mapping);
+    `split` is 'train', 'validation' or 'test' (local data: any key of files).
+    """
+    name = _get(data_config, "name")
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.")
+    return DATASETS[name](name, data_config, split)

@@ -1,0 +1,193 @@
+"""Batches from a random-access source: seeded per-epoch shuffling, per-process
+sharding, a fixed global batch, padding of the last batch, exact resume.
+
+Global batch k of the stream (epoch e = k // batches_per_epoch, b = k mod it)
+holds the positions [b*G, (b+1)*G) of epoch e's permutation of the split
+(grain's `index_shuffle`, seed + e). Process p of P gets the contiguous rows
+[p*G/P, (p+1)*G/P) of it, so the concatenation of the host batches in process
+order is the same global batch whatever P is, every host reads only its rows,
+and a saved state (the next k) resumes on any number of processes.
+
+Last partial batch: with `drop_remainder=True` (training) the n mod G leftover
+positions of each epoch are skipped (different examples each epoch); with
+`drop_remainder=False` (evaluation) the last batch is padded to G rows with
+copies of its own real rows carrying `mask = 0`, so every example counts
+exactly once in masked sums, and padding rows keep a real `index` (writing
+`outputs[index]` for them rewrites the same value).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Sequence
+
+import grain
+import numpy as np
+
+from lelp_jax.data.tokenizer import pad_to, pick_bucket
+
+_DTYPES = {"label": np.int32, "fine_label": np.int32, "index": np.int64, "mask": np.float32,
+           "image": np.float32, "features": np.float32}
+_TOKEN_KEYS = ("input_ids", "attention_mask")
+
+
+class BatchIterator:
+    """Host-local batches (dict of NumPy) of a fixed global batch; see the module doc.
+
+    `get_state()` returns a small JSON-serialisable dict; `set_state(state)` makes
+    the next batch the one that followed when the state was taken.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        global_batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        num_epochs: int | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
+        drop_remainder: bool = True,
+        bucket_lengths: Sequence[int] | None = None,
+        num_threads: int = 1,
+        prefetch: int = 2,
+    ):
+        n = len(source)
+        if global_batch_size <= 0 or global_batch_size % process_count:
+            raise ValueError(
+                f"global_batch_size ({global_batch_size}) must be a positive multiple of "
+                f"process_count ({process_count}): every host gets the same number of rows."
+            )
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
+        if num_epochs is not None and num_epochs <= 0:
+            raise ValueError(f"num_epochs must be a positive int or None (infinite), got {num_epochs}.")
+        if not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
+        per_epoch = n // global_batch_size if drop_remainder else math.ceil(n / global_batch_size)
+        if per_epoch == 0:
+            raise ValueError(
+                f"The split has {n} examples, fewer than one global batch of {global_batch_size}: "
+                "lower the batch size or set drop_remainder=False."
+            )
+        self.source = source
+        self.num_examples = n
+        self.global_batch_size = global_batch_size
+        self.host_batch_size = global_batch_size // process_count
+        self.process_index = process_index
+        self.process_count = process_count
+        self.seed = seed
+        self.shuffle = shuffle
+        self.num_epochs = num_epochs
+        self.drop_remainder = drop_remainder
+        self.batches_per_epoch = per_epoch
+        self.lengths = getattr(source, "lengths", None)
+        buckets = bucket_lengths if bucket_lengths is not None else getattr(source, "buckets", None)
+        self.buckets = None if buckets is None else tuple(sorted(int(b) for b in buckets))
+        order = grain.MapDataset.range(n)
+        if shuffle:
+            order = order.shuffle(seed=seed)
+        self._order = order.repeat(None)
+        self._batches = (
+            grain.MapDataset.range(per_epoch).repeat(num_epochs)
+            .map_with_index(lambda k, _: self.batch(k))
+        )
+        self._read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+        self._next = 0
+        self._it = self._batches.to_iter_dataset(self._read_options).__iter__()
+
+    def __len__(self) -> int:
+        if self.num_epochs is None:
+            raise TypeError("an infinite iterator (num_epochs=None) has no length")
+        return self.batches_per_epoch * self.num_epochs
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        out = next(self._it)
+        self._next += 1
+        return out
+
+    def positions(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Split indices and mask (1 real / 0 padding) of all G rows of global batch k."""
+        epoch, b = divmod(k, self.batches_per_epoch)
+        n, g = self.num_examples, self.global_batch_size
+        start = b * g
+        real = min(g, n - start)
+        pos = start + np.arange(g) % real
+        idx = np.asarray([self._order[epoch * n + int(p)] for p in pos], np.int64)
+        mask = (np.arange(g) < real).astype(np.float32)
+        return idx, mask
+
+    def batch(self, k: int) -> dict[str, np.ndarray]:
+        """This process's share of global batch k (pure function of k)."""
+        idx, mask = self.positions(k)
+        h, p = self.host_batch_size, self.process_index
+        rows = [self.source[int(i)] for i in idx[p * h:(p + 1) * h]]
+        out: dict[str, np.ndarray] = {}
+        for key in rows[0]:
+            if key in _TOKEN_KEYS:
+                continue
+            stacked = np.stack([np.asarray(r[key]) for r in rows])
+            out[key] = stacked.astype(_DTYPES[key]) if key in _DTYPES else stacked
+        if "input_ids" in rows[0]:
+            length = self._bucket(idx[mask > 0])
+            for key in _TOKEN_KEYS:
+                out[key] = pad_to([r[key] for r in rows], length)
+        out["mask"] = mask[p * h:(p + 1) * h]
+        return out
+
+    def _bucket(self, real_idx: np.ndarray) -> int:
+        """One length for the whole global batch (all hosts agree): its bucket."""
+        longest = int(self.lengths[real_idx].max())
+        return longest if self.buckets is None else pick_bucket(longest, self.buckets)
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "next_batch": self._next,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "num_examples": self.num_examples,
+            "global_batch_size": self.global_batch_size,
+            "drop_remainder": self.drop_remainder,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for key in ("seed", "shuffle", "num_examples", "global_batch_size", "drop_remainder"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"Iterator state has {key}={state[key]!r} but this iterator has "
+                    f"{getattr(self, key)!r}: build the iterator with the settings of the saved run."
+                )
+        self._next = int(state["next_batch"])
+        self._it = self._batches.to_iter_dataset(self._read_options).__iter__()
+        self._it.set_state({"next_index": self._next})
+
+
+def make_iterator(
+    source: Any,
+    *,
+    global_batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    drop_remainder: bool = True,
+    bucket_lengths: Sequence[int] | None = None,
+    num_threads: int = 1,
+    prefetch: int = 2,
+) -> BatchIterator:
+    """A `BatchIterator` over `source` (see the module docstring for the rules).
+
+    Host batch = global_batch_size // process_count rows. Text sources are padded
+    per global batch to the smallest of `bucket_lengths` (default: the source's
+    `buckets`) that holds the batch's longest row.
+    """
+    return BatchIterator(
+        source, global_batch_size=global_batch_size, seed=seed, shuffle=shuffle,
+        num_epochs=num_epochs, process_index=process_index, process_count=process_count,
+        drop_remainder=drop_remainder, bucket_lengths=bucket_lengths,
+        num_threads=num_threads, prefetch=prefetch,
+    )

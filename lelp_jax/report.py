@@ -1,0 +1,351 @@
+"""`lelp report WORKDIR...`: Markdown tables and PNG plots from result files only.
+
+Reads, per workdir (never a checkpoint, never a model):
+  results.json (or, without it, every runs/METHOD/seed_K/result.json), teacher/teacher.json,
+  projections.npz (eigenvalues for the spectrum plot), runs/*/seed_*/metrics.jsonl (curves,
+  when a result carries no history), sweep/summary.json (accuracy against each swept key).
+
+Writes to OUT_DIR:
+  report.md                        one table per dataset: the teacher, then every method's test
+                                   accuracy (mean ± std over seeds) at the last step and at the
+                                   best-validation step, student parameters, number of seeds;
+                                   one table per sweep
+  TAG_spectrum.png                 per-class eigen-spectrum of the teacher embeddings (log scale)
+  TAG_curves.png                   validation accuracy and train loss against step, per method
+                                   (mean over seeds)
+  TAG_sweep_KEY.png                test accuracy (best val) against each swept key, one line
+                                   per method and combination of the other keys; error bars = std
+TAG is ``DATASET_CONFIGNAME`` made file-name safe (with a counter if two workdirs clash).
+Std is the population std over seeds (numpy's default, ddof=0): 0 for one seed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["load_workdir", "method_table", "format_table", "build_report", "main"]
+
+_METRICS = ("test_accuracy_last", "test_accuracy_best_val")
+
+
+def _read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut short by a kill: the rest is still usable
+                    continue
+    return rows
+
+
+def load_workdir(workdir: str | os.PathLike) -> dict[str, Any]:
+    """Everything the report needs from one workdir, as plain Python/NumPy.
+
+    Returns ``{"root", "dataset", "config_name", "teacher", "runs", "eigenvalues", "sweep"}``;
+    ``eigenvalues`` is ``(C, D)`` or None, ``sweep`` the sweep summary or None. A run without
+    a ``history`` gets one from its metrics.jsonl. Raises ValueError when the folder holds
+    no results at all.
+    """
+    root = Path(workdir)
+    if not root.is_dir():
+        raise ValueError(f"lelp report: {str(root)!r} is not a folder; pass workdirs written by `lelp run`.")
+    out: dict[str, Any] = {"root": root, "dataset": None, "config_name": None, "teacher": {}, "runs": [],
+                           "eigenvalues": None, "sweep": None}
+    if (root / "results.json").exists():
+        res = _read_json(root / "results.json")
+        out.update(dataset=res.get("dataset"), config_name=res.get("config_name"), teacher=res.get("teacher") or {},
+                   runs=list(res.get("runs", [])))
+    else:
+        out["runs"] = [_read_json(p) for p in sorted(root.glob("runs/*/seed_*/result.json"))]
+        if (root / "teacher" / "teacher.json").exists():
+            out["teacher"] = _read_json(root / "teacher" / "teacher.json")
+    if (root / "config.json").exists() and (out["dataset"] is None or out["config_name"] is None):
+        cfg = _read_json(root / "config.json")
+        out["dataset"] = out["dataset"] or cfg.get("data", {}).get("name")
+        out["config_name"] = out["config_name"] or cfg.get("name")
+    for run in out["runs"]:
+        if not run.get("history"):
+            mpath = root / "runs" / str(run.get("method")) / f"seed_{run.get('seed')}" / "metrics.jsonl"
+            if mpath.exists():
+                run["history"] = [r for r in _read_jsonl(mpath) if "val_accuracy" in r]
+    if (root / "projections.npz").exists():
+        with np.load(root / "projections.npz", allow_pickle=False) as z:
+            if "eigenvalues" in z:
+                out["eigenvalues"] = np.asarray(z["eigenvalues"], np.float64)
+    if (root / "sweep" / "summary.json").exists():
+        out["sweep"] = _read_json(root / "sweep" / "summary.json")
+        out["dataset"] = out["dataset"] or out["sweep"].get("dataset")
+        out["config_name"] = out["config_name"] or out["sweep"].get("config_name")
+    if not out["runs"] and out["sweep"] is None and out["eigenvalues"] is None:
+        raise ValueError(
+            f"lelp report: no results in {str(root)!r} (no results.json, runs/*/seed_*/result.json, "
+            "projections.npz or sweep/summary.json); run `lelp run` or `lelp sweep` there first."
+        )
+    out["dataset"] = out["dataset"] or "unknown"
+    out["config_name"] = out["config_name"] or root.name
+    return out
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(float(x))], np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std())
+
+
+def method_table(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method (in first-seen order): mean/std over seeds of both test accuracies,
+    student parameters (a range if seeds differ), seeds."""
+    by: dict[str, list[Mapping]] = {}
+    for r in runs:
+        by.setdefault(str(r["method"]), []).append(r)
+    rows = []
+    for method, rs in by.items():
+        row: dict[str, Any] = {"method": method, "n": len(rs), "seeds": sorted(int(r.get("seed", 0)) for r in rs)}
+        for key in _METRICS:
+            row[key] = _mean_std([r.get(key) for r in rs])
+        params = sorted({int(r["student_params"]) for r in rs if r.get("student_params") is not None})
+        row["student_params"] = params
+        rows.append(row)
+    return rows
+
+
+def _pct(ms: tuple[float, float]) -> str:
+    m, s = ms
+    return "n/a" if math.isnan(m) else f"{100 * m:.2f} ± {100 * s:.2f}"
+
+
+def _params(p: Sequence[int]) -> str:
+    if not p:
+        return "n/a"
+    return f"{p[0]:,}" if len(p) == 1 else f"{p[0]:,}–{p[-1]:,}"
+
+
+def format_table(teacher: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+    """The Markdown table: the teacher first, then one line per method."""
+    lines = [
+        "| model | test acc % (last) | test acc % (best val) | params | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    if teacher:
+        acc = teacher.get("test_accuracy", teacher.get("teacher_test_accuracy"))
+        acc_s = "n/a" if acc is None else f"{100 * float(acc):.2f}"
+        name = f"teacher ({teacher['model']})" if teacher.get("model") else "teacher"
+        tp = teacher.get("params", teacher.get("teacher_params"))
+        lines.append(f"| {name} | {acc_s} | {acc_s} | {_params([int(tp)] if tp is not None else [])} | – |")
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {_pct(r['test_accuracy_last'])} | {_pct(r['test_accuracy_best_val'])} | "
+            f"{_params(r['student_params'])} | {r['n']} |"
+        )
+    return "\n".join(lines)
+
+
+def _tag(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_spectrum(eigenvalues: np.ndarray, path: Path, *, title: str) -> Path:
+    """Per-class eigenvalues of the (projected) teacher-embedding covariance, descending, log scale."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    floor = 1e-12
+    for c, ev in enumerate(np.atleast_2d(eigenvalues)):
+        ev = np.sort(np.asarray(ev, np.float64))[::-1]
+        ax.plot(np.arange(1, ev.size + 1), np.maximum(ev, floor), marker=".", label=f"class {c}")
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue index")
+    ax.set_ylabel("eigenvalue")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(runs: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
+    """Validation accuracy and train loss against step, per method (mean over seeds at shared steps)."""
+    plt = _plt()
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.5))
+    by: dict[str, list[Mapping]] = {}
+    for r in runs:
+        by.setdefault(str(r["method"]), []).append(r)
+    for method, rs in by.items():
+        for key, ax in (("val_accuracy", ax_acc), ("train_loss", ax_loss)):
+            per_step: dict[int, list[float]] = {}
+            for r in rs:
+                for h in r.get("history") or []:
+                    if h.get(key) is not None:
+                        per_step.setdefault(int(h["step"]), []).append(float(h[key]))
+            if per_step:
+                steps = sorted(per_step)
+                ax.plot(steps, [np.mean(per_step[s]) for s in steps], marker=".", label=method)
+    for ax, name in ((ax_acc, "validation accuracy"), (ax_loss, "train loss")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _point_stats(point: Mapping[str, Any], metric: str) -> dict[str, tuple[float, float]]:
+    """Per method (mean, std) of ``metric`` at a sweep point."""
+    out = {}
+    for method, s in (point.get("summary") or {}).items():
+        if metric in s:
+            out[method] = (float(s[metric]["mean"]), float(s[metric]["std"]))
+    return out
+
+
+def plot_sweep(sweep: Mapping[str, Any], key: str, path: Path, *, title: str,
+               metric: str = "test_accuracy_best_val") -> Path:
+    """Test accuracy against grid key ``key``; one line per method x values of the other keys."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    lines: dict[tuple, list[tuple[Any, float, float]]] = {}
+    for point in sweep.get("points", []):
+        if point.get("status") != "done":
+            continue
+        ov = point["overrides"]
+        rest = tuple((k, ov[k]) for k in sorted(ov) if k != key)
+        for method, (m, s) in _point_stats(point, metric).items():
+            lines.setdefault((method, rest), []).append((ov[key], m, s))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sweep["grid"][key])
+    for (method, rest), pts in sorted(lines.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        pts.sort(key=lambda t: t[0] if numeric else str(t[0]))
+        xs = [p[0] if numeric else str(p[0]) for p in pts]
+        label = method + "".join(f", {k.rsplit('.', 1)[-1]}={v}" for k, v in rest)
+        ax.errorbar(xs, [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], marker="o", capsize=3, label=label)
+    if numeric and all(v > 0 for v in sweep["grid"][key]) and max(sweep["grid"][key]) / min(sweep["grid"][key]) > 8:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"test accuracy % ({'best val' if metric.endswith('best_val') else 'last'})")
+    ax.set_title(title, fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _sweep_table(sweep: Mapping[str, Any]) -> str:
+    keys = list(sweep["grid"])
+    methods: list[str] = []
+    for p in sweep.get("points", []):
+        for m in p.get("summary") or {}:
+            if m not in methods:
+                methods.append(m)
+    lines = ["| " + " | ".join(keys + [f"{m} (best val)" for m in methods] + ["status"]) + " |",
+             "|" + "---|" * (len(keys) + len(methods) + 1)]
+    for p in sweep.get("points", []):
+        stats = _point_stats(p, "test_accuracy_best_val")
+        n = {m: (p.get("summary") or {}).get(m, {}).get("n") for m in methods}
+        cells = [str(p["overrides"].get(k)) for k in keys]
+        cells += [f"{_pct(stats[m])} (n={n[m]})" if m in stats else "–" for m in methods]
+        lines.append("| " + " | ".join(cells + [str(p.get("status"))]) + " |")
+    return "\n".join(lines)
+
+
+def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write ``report.md`` and the PNG plots for ``workdirs`` into ``out_dir``.
+
+    Returns ``{"markdown": path, "plots": [paths], "tables": {dataset: markdown}}``.
+    """
+    if not workdirs:
+        raise ValueError("lelp report: pass at least one workdir.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = [load_workdir(w) for w in workdirs]
+    by_dataset: dict[str, list[dict]] = {}
+    for w in loaded:
+        by_dataset.setdefault(str(w["dataset"]), []).append(w)
+    md = ["# lelp report", "", "Test accuracy in %, mean ± std over seeds (population std); "
+          "'last' = final step, 'best val' = the step with the best validation accuracy.", ""]
+    plots: list[str] = []
+    tables: dict[str, str] = {}
+    used: set[str] = set()
+    for dataset, ws in by_dataset.items():
+        md += [f"## {dataset}", ""]
+        parts = []
+        for w in ws:
+            tag = _tag(f"{dataset}_{w['config_name']}")
+            base, i = tag, 1
+            while tag in used:
+                i += 1
+                tag = f"{base}_{i}"
+            used.add(tag)
+            head = f"### {w['config_name']} (`{w['root']}`)"
+            section = []
+            if w["runs"] or w["teacher"]:
+                table = format_table(w["teacher"], method_table(w["runs"]))
+                section += [table, ""]
+                parts.append(table)
+            if w["eigenvalues"] is not None:
+                p = plot_spectrum(w["eigenvalues"], out / f"{tag}_spectrum.png",
+                                  title=f"{dataset} / {w['config_name']}: per-class teacher-embedding spectrum")
+                plots.append(str(p))
+                section.append(f"![spectrum]({p.name})")
+            if any(r.get("history") for r in w["runs"]):
+                p = plot_curves(w["runs"], out / f"{tag}_curves.png", title=f"{dataset} / {w['config_name']}")
+                plots.append(str(p))
+                section.append(f"![curves]({p.name})")
+            if w["sweep"] is not None and w["sweep"].get("points"):
+                sweep = w["sweep"]
+                section += ["", f"Sweep over {', '.join(sweep['grid'])} (seeds {sweep.get('seeds')}):", "",
+                            _sweep_table(sweep), ""]
+                for key in sweep["grid"]:
+                    p = plot_sweep(sweep, key, out / f"{tag}_sweep_{_tag(key)}.png",
+                                   title=f"{dataset} / {w['config_name']}: accuracy against {key}")
+                    plots.append(str(p))
+                    section.append(f"![sweep {key}]({p.name})")
+            md += [head, ""] + section + [""]
+        tables[dataset] = "\n\n".join(parts)
+    md_path = out / "report.md"
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(md) + "\n")
+    os.replace(tmp, md_path)
+    return {"markdown": str(md_path), "plots": plots, "tables": tables}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``lelp report WORKDIR... [--out DIR]``: write report.md and plots (default DIR: FIRST_WORKDIR/report)."""
+    p = argparse.ArgumentParser(prog="lelp report", description="Markdown tables and PNG plots from result files.")
+    p.add_argument("workdirs", nargs="+", help="workdirs written by `lelp run` / `lelp sweep`")
+    p.add_argument("--out", default=None, help="output folder (default: FIRST_WORKDIR/report)")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    out = args.out or os.path.join(args.workdirs[0], "report")
+    res = build_report(args.workdirs, out)
+    print(f"wrote {res['markdown']} and {len(res['plots'])} plots")
+    print(Path(res["markdown"]).read_text())
+    return 0

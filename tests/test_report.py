@@ -1,0 +1,81 @@
+"""`lelp report` on fabricated result files: the table's numbers and every plot file."""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from lelp_jax import report
+
+
+def _run(method, seed, last, best, params=123):
+    hist = [{"step": s, "train_loss": 1.0 / s, "val_accuracy": 0.5 + 0.01 * s} for s in (10, 20)]
+    return {"method": method, "seed": seed, "test_accuracy_last": last, "test_accuracy_best_val": best,
+            "best_val_accuracy": 0.7, "best_step": 20, "student_params": params, "teacher_params": 999,
+            "teacher_test_accuracy": 0.95, "wall_time_s": 1.0, "steps": 20, "overrides": {}, "history": hist}
+
+
+def _fabricate(root, rng, *, with_results_json=True):
+    accs = {m: rng.uniform(0.6, 0.9, size=(3, 2)) for m in ("ce", "kd", "lelp")}
+    runs = [_run(m, s, float(a[s, 0]), float(a[s, 1])) for m, a in accs.items() for s in range(3)]
+    teacher = {"model": "mlp", "test_accuracy": 0.9512, "params": 4321}
+    root.mkdir(parents=True, exist_ok=True)
+    if with_results_json:
+        (root / "results.json").write_text(json.dumps(
+            {"dataset": "digits_binary", "config_name": "tiny", "teacher": teacher, "runs": runs}))
+    else:
+        for r in runs:
+            d = root / "runs" / r["method"] / f"seed_{r['seed']}"
+            d.mkdir(parents=True)
+            hist = r.pop("history")
+            (d / "result.json").write_text(json.dumps(r))
+            (d / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in hist) + '{"step": 3')
+        (root / "teacher").mkdir()
+        (root / "teacher" / "teacher.json").write_text(json.dumps(teacher))
+        (root / "config.json").write_text(json.dumps({"name": "tiny", "data": {"name": "digits_binary"}}))
+    np.savez(root / "projections.npz", eigenvalues=np.sort(rng.uniform(0, 2, size=(2, 8)))[:, ::-1],
+             metadata=np.array("{}"))
+    sweep_points = []
+    for s_ in (1, 2, 4):
+        for beta in (0.5, 1.0):
+            summ = {m: {"test_accuracy_last": {"mean": 0.8, "std": 0.01}, "test_accuracy_best_val":
+                        {"mean": 0.8 + 0.01 * s_ + beta / 100, "std": 0.02}, "n": 2} for m in ("kd", "lelp")}
+            sweep_points.append({"name": f"lelp.beta={beta},lelp.num_subclasses={s_}", "status": "done",
+                                 "overrides": {"lelp.num_subclasses": s_, "lelp.beta": beta},
+                                 "workdir": "x", "summary": summ})
+    (root / "sweep").mkdir()
+    (root / "sweep" / "summary.json").write_text(json.dumps(
+        {"grid": {"lelp.num_subclasses": [1, 2, 4], "lelp.beta": [0.5, 1.0]}, "seeds": [0, 1],
+         "dataset": "digits_binary", "config_name": "tiny", "points": sweep_points}))
+    return accs
+
+
+@pytest.mark.parametrize("with_results_json", [True, False])
+def test_report_table_and_plots(tmp_path, rng, with_results_json):
+    accs = _fabricate(tmp_path / "wd", rng, with_results_json=with_results_json)
+    res = report.build_report([tmp_path / "wd"], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## digits_binary" in md and "| teacher (mlp) | 95.12 | 95.12 | 4,321 |" in md
+    for m, a in accs.items():
+        row = next(line for line in md.splitlines() if line.startswith(f"| {m} |"))
+        nums = [float(x) for x in re.findall(r"\d+\.\d+", row)]
+        ref = [100 * a[:, 0].mean(), 100 * a[:, 0].std(), 100 * a[:, 1].mean(), 100 * a[:, 1].std()]
+        np.testing.assert_allclose(nums, ref, atol=0.006)  # 2 decimals
+        assert row.rstrip().endswith("| 123 | 3 |")
+    names = sorted(p.rsplit("/", 1)[-1] for p in res["plots"])
+    assert names == sorted(["digits_binary_tiny_spectrum.png", "digits_binary_tiny_curves.png",
+                            "digits_binary_tiny_sweep_lelp.num_subclasses.png", "digits_binary_tiny_sweep_lelp.beta.png"])
+    for p in res["plots"]:
+        assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert f"]({p.rsplit('/', 1)[-1]})" in md
+
+
+def test_report_main_and_errors(tmp_path, rng, capsys):
+    _fabricate(tmp_path / "wd", rng)
+    assert report.main([str(tmp_path / "wd"), "--out", str(tmp_path / "o")]) == 0
+    assert "| lelp |" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no results"):
+        report.build_report([tmp_path / "empty"], tmp_path / "o2")
+    with pytest.raises(ValueError, match="not a folder"):
+        report.build_report([tmp_path / "nope"], tmp_path / "o3")

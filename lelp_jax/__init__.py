@@ -18,6 +18,8 @@ from lelp_jax.projections import (
     null_space_projector,
     save_projections,
 )
+from lelp_jax.targets import class_log_probs, split_targets, subclass_targets
+from lelp_jax.losses import cross_entropy, kd_loss, lelp_loss, soft_cross_entropy
 
 __version__ = "0.1.0"
 
@@ -34,4 +36,11 @@ __all__ = [
     "fit_projections",
     "save_projections",
     "load_projections",
+    "subclass_targets",
+    "split_targets",
+    "class_log_probs",
+    "soft_cross_entropy",
+    "cross_entropy",
+    "kd_loss",
+    "lelp_loss",
 ]

@@ -1,0 +1,112 @@
+"""Pseudo-subclass targets and class aggregation (Loo et al. 2024, arXiv 2409.20449).
+
+Per example, with teacher embedding h (D,) and teacher logits l (C,):
+
+    z_{c,s} = U_c[:, s] . (h - mu_c)                      (divided by scales[c, s] if standardize)
+    p_c     = softmax(l / tau)_c
+    t_{c,s} = p_c * softmax_s(z_{c,.} / beta)_s           so  sum_s t_{c,s} = p_c
+
+Targets are flattened class-major: index ``c * S + s``. The student has no
+temperature: its C*S logits r give q = softmax(r) directly, and its class
+prediction is log q_c = logsumexp_s log q_{c,s}.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lelp_jax.projections import Projections
+
+__all__ = ["subclass_targets", "split_targets", "class_log_probs"]
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_positive(name: str, value, fn: str) -> None:
+    if _concrete(value) and not float(value) > 0:
+        raise ValueError(f"{fn}: {name} must be > 0, got {value!r}; it is a temperature (try 1.0).")
+
+
+def _check_finite(name: str, x, fn: str) -> None:
+    if _concrete(x) and not np.all(np.isfinite(np.asarray(x))):
+        raise ValueError(f"{fn}: {name} contains NaN or inf; check the teacher outputs for this batch.")
+
+
+def split_targets(class_probs: jax.Array, subclass_scores: jax.Array, *, beta) -> jax.Array:
+    """Split each class probability over S pseudo-subclasses: ``t = p_c * softmax_s(scores / beta)``.
+
+    Args:
+      class_probs: ``(B, C)`` teacher class probabilities p.
+      subclass_scores: ``(B, C, S)`` scores (LELP projections, negative k-means
+        distances, oracle one-hots scaled, ...).
+      beta: softmax temperature over the S subclasses (> 0).
+    Returns:
+      ``(B, C*S)`` targets, class-major (index c*S + s); rows sum to sum_c p_c.
+    """
+    _check_positive("beta", beta, "split_targets")
+    if subclass_scores.ndim != 3 or subclass_scores.shape[:2] != class_probs.shape:
+        raise ValueError(
+            f"split_targets: subclass_scores must be (B, C, S) with (B, C) = {class_probs.shape}, got "
+            f"{subclass_scores.shape}; compute one score per class and subclass."
+        )
+    b, c, s = subclass_scores.shape
+    split = jax.nn.softmax(subclass_scores / beta, axis=-1)
+    return (class_probs[:, :, None] * split).reshape(b, c * s)
+
+
+def subclass_targets(
+    projections: Projections,
+    embeddings: jax.Array,
+    teacher_logits: jax.Array,
+    *,
+    beta,
+    tau,
+    standardize: bool = False,
+) -> jax.Array:
+    """LELP targets ``t_{c,s} = softmax(l / tau)_c * softmax_s(z_{c,.} / beta)_s``, shape ``(B, C*S)``.
+
+    ``z_{c,s} = U_c[:, s] . (h - mu_c)`` with h the raw embedding (``U_c`` lies in
+    range(P), so this equals the projection of P h - P mu_c); with
+    ``standardize`` it is divided by the class std ``scales[c, s]`` (scales of 0
+    are left undivided), which makes ``beta`` comparable across teachers.
+    Shapes are checked always; values (beta, tau > 0, finite embeddings) only for
+    concrete inputs, not under jit.
+    """
+    fn = "subclass_targets"
+    _check_positive("beta", beta, fn)
+    _check_positive("tau", tau, fn)
+    c, d, s = projections.directions.shape
+    if embeddings.ndim != 2 or embeddings.shape[1] != d:
+        raise ValueError(f"{fn}: embeddings must be (B, {d}) to match the projections (D={d}), got "
+                         f"{embeddings.shape}; pass the teacher embeddings the projections were fitted on.")
+    if teacher_logits.shape != (embeddings.shape[0], c):
+        raise ValueError(f"{fn}: teacher_logits must be ({embeddings.shape[0]}, {c}) to match the embeddings "
+                         f"and the projections (C={c}), got {teacher_logits.shape}.")
+    _check_finite("embeddings", embeddings, fn)
+    _check_finite("teacher_logits", teacher_logits, fn)
+    centred = embeddings[:, None, :] - projections.means[None].astype(embeddings.dtype)  # (B, C, D)
+    z = jnp.einsum("bcd,cds->bcs", centred, projections.directions.astype(embeddings.dtype),
+                   precision=_HIGHEST)
+    if standardize:
+        scales = projections.scales.astype(z.dtype)
+        z = z / jnp.where(scales > 0, scales, 1.0)[None]
+    probs = jax.nn.softmax(teacher_logits / tau, axis=-1)
+    return split_targets(probs, z, beta=beta)
+
+
+def class_log_probs(student_logits: jax.Array, *, num_classes: int) -> jax.Array:
+    """Class log-probabilities of a C*S-way student: ``log q_c = logsumexp_s log_softmax(r)_{c,s}``.
+
+    ``student_logits`` is ``(B, C*S)`` class-major; returns ``(B, C)``.
+    """
+    b, k = student_logits.shape
+    if num_classes < 1 or k % num_classes:
+        raise ValueError(f"class_log_probs: {k} student logits are not a multiple of num_classes="
+                         f"{num_classes}; the student head needs C*S outputs.")
+    logq = jax.nn.log_softmax(student_logits, axis=-1).reshape(b, num_classes, k // num_classes)
+    return jax.nn.logsumexp(logq, axis=-1)

@@ -124,3 +124,44 @@ def test_batch_standardize_matches_numpy(rng):
     real = m > 0
     ref = (z - z[real].mean(0)) / np.sqrt(z[real].var(0) + 1e-6)
     np.testing.assert_allclose(fl.batch_standardize(_f32(z), mask=_f32(m)), ref, rtol=RTOL, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- subclass distillation
+
+from lelp_jax import subclass_distillation as sd  # noqa: E402
+from lelp_jax import targets  # noqa: E402
+
+
+def _np_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_subclass_head_aggregates_to_classes(rng):
+    b, c, s = 6, 3, 4
+    z = rng.normal(size=(b, c * s)) * 3
+    zbar = np.asarray(sd.subclass_class_logits(_f32(z), num_classes=c), np.float64)
+    q = np.exp(_np_log_softmax(z)).reshape(b, c, s).sum(-1)  # class prob = sum of its subclass probs
+    np.testing.assert_allclose(np.exp(_np_log_softmax(zbar)), q, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.nn.log_softmax(zbar), targets.class_log_probs(_f32(z), num_classes=c), atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of num_classes"):
+        sd.subclass_class_logits(_f32(z[:, :-1]), num_classes=c)
+
+
+def test_subclass_teacher_and_student_losses_match_numpy(rng):
+    b, c, s = 9, 2, 3
+    z, r = rng.normal(size=(b, c * s)) * 2, rng.normal(size=(b, c * s))
+    y = rng.integers(0, c, size=b)
+    m = _mask(rng, b)
+    zbar = np.log(np.exp(z).reshape(b, c, s).sum(-1))
+    ce = -(m * _np_log_softmax(zbar)[np.arange(b), y]).sum() / m.sum()
+    ref_t = ce + 0.3 * _np_subclass_aux(z, m, 0.7)
+    got_t = sd.subclass_teacher_loss(_f32(z), jnp.asarray(y), num_classes=c, aux_weight=0.3, aux_temperature=0.7, mask=_f32(m))
+    np.testing.assert_allclose(got_t, ref_t, rtol=RTOL)
+    tau, alpha = 2.5, 0.25
+    pt = np.exp(_np_log_softmax(z / tau))
+    soft = tau ** 2 * (m * -(pt * _np_log_softmax(r / tau)).sum(-1)).sum() / m.sum()
+    logq = np.log(np.exp(_np_log_softmax(r)).reshape(b, c, s).sum(-1))
+    hard = -(m * logq[np.arange(b), y]).sum() / m.sum()
+    got_s = sd.subclass_student_loss(_f32(r), _f32(z), tau=tau, num_classes=c, labels=jnp.asarray(y), alpha=alpha, mask=_f32(m))
+    np.testing.assert_allclose(got_s, (1 - alpha) * soft + alpha * hard, rtol=RTOL)

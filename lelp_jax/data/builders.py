@@ -257,5 +257,11 @@ def prepared_builder(
         file_format="array_record",
     )
     if not builder.is_prepared():
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except OSError:
+            # Several processes preparing one shared data_dir: another one won the
+            # final rename. Its copy is complete; anything else is a real error.
+            if not builder.is_prepared():
+                raise
     return builder

@@ -92,7 +92,8 @@ class BatchIterator:
             grain.MapDataset.range(per_epoch).repeat(num_epochs)
             .map_with_index(lambda k, _: self.batch(k))
         )
-        self._read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+        self._read_options = grain.ReadOptions(
+            num_threads=num_threads, prefetch_buffer_size=max(prefetch, num_threads))
         self._next = 0
         self._it = self._batches.to_iter_dataset(self._read_options).__iter__()
 
@@ -124,7 +125,11 @@ class BatchIterator:
         """This process's share of global batch k (pure function of k)."""
         idx, mask = self.positions(k)
         h, p = self.host_batch_size, self.process_index
-        rows = [self.source[int(i)] for i in idx[p * h:(p + 1) * h]]
+        mine = [int(i) for i in idx[p * h:(p + 1) * h]]
+        if hasattr(self.source, "__getitems__"):
+            rows = self.source.__getitems__(mine)
+        else:
+            rows = [self.source[i] for i in mine]
         out: dict[str, np.ndarray] = {}
         for key in rows[0]:
             if key in _TOKEN_KEYS:

@@ -97,6 +97,18 @@ class MappedSource:
         out["index"] = np.int64(i)
         return out
 
+    def __getitems__(self, idx: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        """Batched read (array_record reads many records much faster than one by one)."""
+        if not hasattr(self._parent, "__getitems__"):
+            return [self[int(i)] for i in idx]
+        if any(not 0 <= int(i) < len(self) for i in idx):
+            raise IndexError(f"indices out of range for a source of {len(self)} examples")
+        rows = [int(i) if self._rows is None else int(self._rows[i]) for i in idx]
+        outs = [self._fn(r) for r in self._parent.__getitems__(rows)]
+        for o, i in zip(outs, idx):
+            o["index"] = np.int64(i)
+        return outs
+
 
 class TextSource:
     """Tokenised text held as one flat int32 array of ids plus offsets (ragged).

@@ -24,7 +24,6 @@ def get_config():
     c = base_config()
     c.name = "digits_binary"
     c.data.name = "digits_binary"
-    c.data.batch_size = 64
     c.data.eval_batch_size = 512
 
     c.teacher.model = "mlp"

@@ -47,8 +47,9 @@ IDENTITY_EXCLUDED = ("methods", "seeds", "distributed", "mesh")
 METHOD_NAMES = ("ce", "kd", "lelp", "random", "pca", "kmeans", "oracle", "fitnet", "rkd", "subclass")
 
 # A sub-dict with this name accepts new keys from overrides (model constructor kwargs
-# differ between models; the model builder rejects unknown ones).
-_OPEN_SECTIONS = ("model_kwargs",)
+# differ between models, and the model builder rejects unknown ones; data.files maps
+# any split name to a file).
+_OPEN_SECTIONS = ("model_kwargs", "files")
 
 _TRUE = ("true", "t", "yes", "y", "1", "on")
 _FALSE = ("false", "f", "no", "n", "0", "off")
@@ -88,6 +89,8 @@ def _train_section(**kw: Any) -> ml_collections.ConfigDict:
             log_every=50,
             compute_dtype="float32",  # float32 | bfloat16 (params stay float32)
             label_smoothing=0.0,
+            eval_batch_size=0,  # 0 = batch_size
+            nesterov=False,  # sgd only
         )
     )
     section.update(kw)
@@ -104,22 +107,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = "base"  # experiment name; results.json's "config_name"
     c.smoke = False  # runlocal-style switch: tiny data and steps (see apply_smoke)
 
+    # The data layer's keys (lelp_jax.data.default_data_config) plus the pipeline's own.
     c.data = ml_collections.ConfigDict(
         dict(
-            name="digits_binary",
-            data_dir=_p(str),  # tfds data dir (prepared offline), or None
-            train_path=_p(str),  # bring-your-own files (text_csv)
-            test_path=_p(str),
+            name="digits_binary",  # see lelp_jax.data.DATASETS; 'local' = your own files
+            data_dir=_p(str),  # tfds data dir; None -> $LELP_DATA_DIR or ~/tensorflow_datasets
+            max_examples_per_split=_p(int),  # cap per split of the offline builders (tests, smoke)
+            input_kind=_p(str),  # None = the dataset's own; 'features' flattens images
+            max_length=128,  # text: tokens ([CLS]/[SEP] included)
+            bucket_lengths=(16, 32, 64, 128),  # text: pad lengths of batches
+            tokenizer=_p(str),  # text: tokenizer.json; None = MiniLM's
+            tfds_config=_p(str),  # catalogue datasets, e.g. an amazon_us_reviews category
+            files=ml_collections.ConfigDict(),  # local: split -> .csv/.jsonl/.npz (open: --config.data.files.train=...)
             text_column="text",
             label_column="label",
-            val_fraction=0.1,  # carved from train, seeded, for best-val model selection
+            fine_label_column=_p(str),
+            class_names=_p(tuple),
+            num_classes=_p(int),
+            num_fine_classes=_p(int),
+            dataset_name="local",  # local: the name reports use
+            val_fraction=0.1,  # without a validation split: carve this share of train (seeded) for best-val
             split_seed=0,
-            batch_size=64,  # fallback global batch for stages that are not training (stats, fit)
-            eval_batch_size=256,
-            max_length=64,  # tokens, text datasets only
-            tokenizer="minilm",
-            max_train_examples=_p(int),  # caps (tests, smoke runs); None = all
-            max_eval_examples=_p(int),
+            eval_batch_size=256,  # teacher outputs, statistics, teacher evaluation
         )
     )
 
@@ -380,13 +389,11 @@ def apply_overrides(config: ml_collections.ConfigDict, pairs: Sequence[tuple[str
 def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrink a config to a seconds-long end-to-end check (big_vision's ``runlocal``).
 
-    Caps the data at 256 train / 128 eval examples, trains teacher and students
+    Caps every split of the offline datasets at 256 examples, trains teacher and students
     for 30 steps with evaluation every 10, one seed. Explicit overrides are
     re-applied afterwards by ``load_config``.
     """
-    config.data.max_train_examples = 256
-    config.data.max_eval_examples = 128
-    config.data.batch_size = min(config.data.batch_size, 32)
+    config.data.max_examples_per_split = 256
     config.data.eval_batch_size = min(config.data.eval_batch_size, 64)
     for section in (config.teacher.train, config.train):
         section.num_steps = 30

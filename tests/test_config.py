@@ -48,7 +48,7 @@ def test_override_types_are_parsed_like_config_flags(config_file):
             "--config.seeds=1,2,4",
             "--config.methods=[ce,lelp]",
             "--config.teacher.model_kwargs.hidden=32,16",
-            "--config.data.max_train_examples=50",
+            "--config.data.max_examples_per_split=50",
             "--config.teacher.checkpoint=/some/where",
             "config.kd.tau=4",  # prefix-less 'config.' form too
             "--config.name=renamed",
@@ -60,7 +60,7 @@ def test_override_types_are_parsed_like_config_flags(config_file):
     assert tuple(c.seeds) == (1, 2, 4) and all(isinstance(s, int) for s in c.seeds)
     assert tuple(c.methods) == ("ce", "lelp")
     assert tuple(c.teacher.model_kwargs.hidden) == (32, 16)
-    assert c.data.max_train_examples == 50
+    assert c.data.max_examples_per_split == 50
     assert c.teacher.checkpoint == "/some/where"
     assert c.kd.tau == 4.0 and isinstance(c.kd.tau, float)
     assert c.name == "renamed"
@@ -69,10 +69,11 @@ def test_override_types_are_parsed_like_config_flags(config_file):
 def test_placeholder_can_be_reset_to_none_and_model_kwargs_accept_new_keys(config_file):
     c = cfg.load_config(
         config_file,
-        ["--config.data.max_train_examples=5", "--config.data.max_train_examples=none",
-         "--config.student.model_kwargs.dropout=0.25"],
+        ["--config.data.max_examples_per_split=5", "--config.data.max_examples_per_split=none",
+         "--config.student.model_kwargs.dropout=0.25", "--config.data.files.train=/data/train.csv"],
     )
-    assert c.data.max_train_examples is None
+    assert c.data.files.train == "/data/train.csv"
+    assert c.data.max_examples_per_split is None
     assert c.student.model_kwargs.dropout == 0.25
 
 
@@ -121,12 +122,12 @@ def test_config_is_locked(config_file):
 
 def test_smoke_shrinks_but_explicit_override_wins(config_file):
     c = cfg.load_config(config_file, ["--config.smoke=true", "--config.train.num_steps=12"])
-    assert c.data.max_train_examples == 256
+    assert c.data.max_examples_per_split == 256
     assert c.teacher.train.num_steps == 30
     assert c.train.num_steps == 12
     assert tuple(c.seeds) == (0,)
     plain = cfg.load_config(config_file, [])
-    assert plain.train.num_steps == 100 and plain.data.max_train_examples is None
+    assert plain.train.num_steps == 100 and plain.data.max_examples_per_split is None
 
 
 def test_missing_file_and_missing_get_config(tmp_path):

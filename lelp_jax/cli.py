@@ -1,0 +1,231 @@
+"""The ``lelp`` command.
+
+    lelp run     --config configs/digits_binary.py --workdir /tmp/lelp [--config.a.b=VALUE ...]
+                 [--methods ce,kd,lelp] [--seeds 0,1,2] [--force]
+    lelp teacher | outputs | stats | fit | distill | eval   (same options; each runs
+                 the stages it needs first, skipping those already done)
+    lelp config  --config FILE [--config.a.b=VALUE ...]    print the resolved config
+    lelp report  ...                                        (lelp_jax.report.main)
+    lelp sweep   ...                                        (lelp_jax.sweep.main)
+
+A subcommand is a function ``(argv: list[str]) -> int`` in ``COMMANDS``. User
+errors (bad config key, missing checkpoint, foreign workdir, dataset not
+available) print one ``lelp: error: ...`` line and exit with status 2, without a
+traceback (``--debug`` shows it).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lelp_jax.config import ConfigError, load_config
+
+__all__ = ["main", "COMMANDS", "STAGE_COMMANDS", "split_overrides", "build_parser"]
+
+# Subcommand -> the pipeline stages it runs, in order (prerequisites included; done ones skip).
+STAGE_COMMANDS: dict[str, tuple[str, ...]] = {
+    "teacher": ("teacher", "teacher_outputs"),
+    "outputs": ("teacher", "teacher_outputs"),
+    "stats": ("teacher", "teacher_outputs", "statistics"),
+    "fit": ("teacher", "teacher_outputs", "statistics", "fit"),
+    "distill": ("teacher", "teacher_outputs", "statistics", "fit", "distill"),
+    "eval": ("eval",),
+    "run": ("teacher", "teacher_outputs", "statistics", "fit", "distill", "eval"),
+}
+
+_STAGE_HELP = {
+    "run": "the whole experiment: teacher, statistics, fit, distill every method x seed, results.json",
+    "teacher": "train (or load) the teacher; writes WORKDIR/teacher/",
+    "outputs": "cache the teacher's embeddings and logits (teacher_cache=True)",
+    "stats": "per-class moments of the teacher embeddings; writes statistics.npz",
+    "fit": "fit the LELP projections; writes projections.npz",
+    "distill": "train students: one run per method x seed under WORKDIR/runs/",
+    "eval": "collect finished runs into WORKDIR/results.json",
+}
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate ``--config.a.b=V`` / ``--config.a.b V`` overrides from the other arguments."""
+    rest, overrides = [], []
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--config."):
+            if "=" in token:
+                overrides.append(token)
+            elif i + 1 < len(argv):
+                overrides.append(f"{token}={argv[i + 1]}")
+                i += 1
+            else:
+                raise ConfigError(f"override {token!r} has no value; write {token}=VALUE.")
+        else:
+            rest.append(token)
+        i += 1
+    return rest, overrides
+
+
+def _stage_parser(name: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"lelp {name}",
+        description=_STAGE_HELP.get(name, ""),
+        allow_abbrev=False,
+        epilog="Override any config key with --config.SECTION.KEY=VALUE (lists: 1,2,4; bools: true/false).",
+    )
+    p.add_argument("--config", required=True, help="config file (configs/NAME.py) or a config name")
+    p.add_argument("--workdir", required=name != "config", help="folder for every artifact of this experiment")
+    p.add_argument("--methods", help="comma-separated methods, e.g. ce,kd,lelp (overrides config.methods)")
+    p.add_argument("--seeds", help="comma-separated student seeds, e.g. 0,1,2 (overrides config.seeds)")
+    p.add_argument("--force", action="store_true", help="delete this workdir's artifacts and start over")
+    p.add_argument("--quiet", action="store_true", help="no per-stage progress lines")
+    return p
+
+
+def _load(args: argparse.Namespace, overrides: list[str]):
+    extra = list(overrides)
+    if args.methods is not None:
+        extra.append(f"--config.methods={args.methods}")
+    if args.seeds is not None:
+        extra.append(f"--config.seeds={args.seeds}")
+    return load_config(args.config, extra)
+
+
+def _override_dict(config, overrides: Sequence[str]) -> dict[str, Any]:
+    """The user's overrides as {dotted key: resolved value} (recorded in each run's result)."""
+    from lelp_jax.config import parse_overrides
+
+    out = {}
+    for key, _ in parse_overrides(overrides):
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        out[key] = list(node) if isinstance(node, tuple) else node
+    return out
+
+
+def _print(quiet: bool) -> Callable[[str], None]:
+    def log(msg: str) -> None:
+        if quiet:
+            return
+        import jax
+
+        if jax.process_index() == 0:
+            print(msg, flush=True)
+
+    return log
+
+
+def _run_stages(name: str, argv: Sequence[str]) -> int:
+    rest, overrides = split_overrides(argv)
+    args = _stage_parser(name).parse_args(rest)
+    # Everything that can fail on user input is checked before JAX starts or the workdir changes.
+    config = _load(args, overrides)
+    from lelp_jax import pipeline
+
+    if not args.force:
+        pipeline.check_workdir(config, args.workdir)
+    from lelp_jax import sharding
+
+    sharding.initialize_distributed(config.distributed)
+    log = _print(args.quiet)
+    t0 = time.perf_counter()
+    pipeline.run_stages(
+        config,
+        args.workdir,
+        stages=STAGE_COMMANDS[name],
+        force=args.force,
+        overrides=_override_dict(config, overrides),
+        log=log,
+    )
+    log(f"[{name}] all done in {time.perf_counter() - t0:.1f} s; workdir {args.workdir}")
+    return 0
+
+
+def _cmd_config(argv: Sequence[str]) -> int:
+    rest, overrides = split_overrides(argv)
+    args = _stage_parser("config").parse_args(rest)
+    config = _load(args, overrides)
+    print(config)
+    return 0
+
+
+def _delegate(module: str, what: str) -> Callable[[Sequence[str]], int]:
+    def run(argv: Sequence[str]) -> int:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            raise ConfigError(f"`lelp {what}` is not available in this installation ({module} is missing).") from None
+        rc = mod.main(list(argv))
+        return 0 if rc is None else int(rc)
+
+    return run
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    **{name: (lambda argv, _n=name: _run_stages(_n, argv)) for name in STAGE_COMMANDS},
+    "config": _cmd_config,
+    "report": _delegate("lelp_jax.report", "report"),
+    "sweep": _delegate("lelp_jax.sweep", "sweep"),
+}
+
+_COMMAND_HELP = {
+    **_STAGE_HELP,
+    "config": "print the resolved config (file + overrides) and exit",
+    "report": "tables and plots from results.json files",
+    "sweep": "run a grid of overrides (e.g. lelp.beta, lelp.num_subclasses) over shared teachers",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Top-level parser (for --help): the subcommand and its arguments."""
+    lines = "\n".join(f"  {n:<9} {_COMMAND_HELP.get(n, '')}" for n in COMMANDS)
+    p = argparse.ArgumentParser(
+        prog="lelp",
+        description="Few-class knowledge distillation (LELP and baselines) in JAX.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"commands:\n{lines}\n\nRun `lelp COMMAND --help` for a command's options.",
+    )
+    p.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lelp`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("LELP_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        build_parser().print_help()
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"lelp: error: unknown command {command!r}{hint}; commands: {', '.join(COMMANDS)}.", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[command](rest)
+    except SystemExit as e:  # argparse's own usage errors (already printed)
+        return int(e.code) if isinstance(e.code, int) else 2
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        if debug:
+            raise
+        print(f"lelp: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lelp: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

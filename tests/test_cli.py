@@ -1,0 +1,148 @@
+"""The `lelp` command: argument handling and user errors that must stop before touching the workdir."""
+import json
+import os
+
+import pytest
+
+from lelp_jax import cli
+from lelp_jax.config import ConfigError
+
+
+def snapshot(root):
+    """Every path under root with its size and mtime (ns): proves a command touched nothing."""
+    if not os.path.exists(root):
+        return None
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.stat(p)
+            out[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def run_cli(argv, capsys):
+    rc = cli.main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+@pytest.fixture
+def used_workdir(tmp_path):
+    """A workdir made by digits_binary with 30 student steps (only config.json + a marker file)."""
+    from lelp_jax import pipeline
+    from lelp_jax.config import load_config
+
+    wd = tmp_path / "wd"
+    config = load_config("configs/digits_binary.py", ["--config.train.num_steps=30"])
+    pipeline.init_workdir(config, wd)
+    (wd / "teacher").mkdir()
+    (wd / "teacher" / "marker.txt").write_text("keep me")
+    return wd
+
+
+def test_split_overrides_both_forms():
+    rest, ov = cli.split_overrides(
+        ["--config", "c.py", "--config.train.num_steps=5", "--workdir", "w", "--config.lelp.beta", "2.5"]
+    )
+    assert rest == ["--config", "c.py", "--workdir", "w"]
+    assert ov == ["--config.train.num_steps=5", "--config.lelp.beta=2.5"]
+    with pytest.raises(ConfigError, match="no value"):
+        cli.split_overrides(["--config.lelp.beta"])
+
+
+def test_config_command_prints_typed_overrides(capsys):
+    rc, out, _ = run_cli(
+        ["config", "--config", "configs/digits_binary.py", "--config.train.num_steps=7", "--seeds", "3,4",
+         "--methods", "ce,lelp", "--config.lelp.rotate=false"],
+        capsys,
+    )
+    assert rc == 0
+    assert "num_steps: 7" in out and "rotate: false" in out
+    assert "- 3\n- 4" in out and "- ce\n- lelp" in out
+
+
+def test_typo_key_stops_before_workdir_exists(tmp_path, capsys):
+    wd = tmp_path / "new"
+    rc, _, err = run_cli(
+        ["run", "--config", "configs/digits_binary.py", "--workdir", str(wd), "--config.train.num_step=5"], capsys
+    )
+    assert rc == 2
+    assert "unknown config key 'train.num_step'" in err and "did you mean 'train.num_steps'" in err
+    assert "Traceback" not in err
+    assert not wd.exists()
+
+
+def test_typo_key_leaves_existing_workdir_untouched(used_workdir, capsys):
+    before = snapshot(used_workdir)
+    rc, _, err = run_cli(
+        ["run", "--config", "configs/digits_binary.py", "--workdir", str(used_workdir), "--config.lelp.betta=3"],
+        capsys,
+    )
+    assert rc == 2 and "did you mean 'lelp.beta'" in err
+    assert snapshot(used_workdir) == before
+
+
+def test_missing_teacher_checkpoint_stops_and_touches_nothing(tmp_path, capsys):
+    fresh = tmp_path / "fresh"
+    missing = tmp_path / "no_such_teacher"
+    rc, _, err = run_cli(
+        ["teacher", "--config", "configs/digits_binary.py", "--workdir", str(fresh),
+         f"--config.teacher.checkpoint={missing}"],
+        capsys,
+    )
+    assert rc == 2
+    assert "teacher.checkpoint" in err and "does not exist" in err and "Traceback" not in err
+    assert not fresh.exists()
+
+    # A folder without checkpoints is refused too, and an existing workdir is left alone.
+    empty = tmp_path / "empty_teacher"
+    empty.mkdir()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    before = snapshot(existing)
+    rc, _, err = run_cli(
+        ["run", "--config", "configs/digits_binary.py", "--workdir", str(existing),
+         f"--config.teacher.checkpoint={empty}"],
+        capsys,
+    )
+    assert rc == 2 and "holds no checkpoints/" in err
+    assert snapshot(existing) == before
+
+
+def test_workdir_of_another_config_is_refused(used_workdir, capsys):
+    before = snapshot(used_workdir)
+    rc, _, err = run_cli(
+        ["run", "--config", "configs/digits_binary.py", "--workdir", str(used_workdir),
+         "--config.train.num_steps=31"],
+        capsys,
+    )
+    assert rc == 2
+    assert f"workdir {str(used_workdir)!r} was made by config 'digits_binary'" in err
+    assert "train.num_steps: 30 -> 31" in err
+    assert "use a new --workdir or --force" in err
+    assert snapshot(used_workdir) == before
+    stored = json.loads((used_workdir / "config.json").read_text())
+    assert stored["train"]["num_steps"] == 30
+
+
+def test_unknown_command_and_method_are_user_errors(tmp_path, capsys):
+    rc, _, err = run_cli(["rn"], capsys)
+    assert rc == 2 and "did you mean 'run'" in err
+    rc, _, err = run_cli(
+        ["run", "--config", "configs/digits_binary.py", "--workdir", str(tmp_path / "w"), "--methods", "ce,lepl"],
+        capsys,
+    )
+    assert rc == 2 and "unknown method 'lepl'" in err and "did you mean 'lelp'" in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_missing_required_argument_exits_2(capsys):
+    rc, _, err = run_cli(["run", "--config", "configs/digits_binary.py"], capsys)
+    assert rc == 2 and "--workdir" in err
+
+
+def test_every_subcommand_is_registered():
+    for name in ("run", "teacher", "fit", "distill", "eval", "report", "sweep", "config"):
+        assert name in cli.COMMANDS

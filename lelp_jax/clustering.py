@@ -24,8 +24,11 @@ k-means (per class, in the teacher embedding)
     ``scale="raw"`` uses z = -||h - m||^2 instead (beta then carries the units).
 
 Oracle (true fine labels as subclasses, the upper bound of the paper's Figure 3)
-    Fine labels of class c take slots 0..n_c-1 of class c in ascending fine-label
-    order; S = max_c n_c and the slots a class does not use get zero target mass.
+    The k-th fine label of class c (ascending fine-label order) takes slot k mod S of
+    class c. With S = max_c n_c (the default of ``oracle_slots``) this is the exact
+    oracle: one slot per fine label, and the slots a class does not use get zero
+    target mass. A smaller S (e.g. the run's ``lelp.num_subclasses``, so every
+    pseudo-subclass method has the same head) merges fine labels round-robin.
     Target: t_{y,s} = p_y * [s = slot(fine)] for the example's own class y; for every
     other class c the fine label says nothing about c's subclasses, so p_c is spread
     uniformly over c's used slots. Without a teacher, p = onehot(y) and the target is
@@ -236,12 +239,14 @@ class OracleSlots:
         return self.slot_mask.shape[1]
 
 
-def oracle_slots(labels: np.ndarray, fine_labels: np.ndarray, *, num_classes: int, num_fine: int) -> OracleSlots:
+def oracle_slots(labels: np.ndarray, fine_labels: np.ndarray, *, num_classes: int, num_fine: int,
+                 num_subclasses: Optional[int] = None) -> OracleSlots:
     """Build the fine -> (class, slot) table from labelled data (host side, NumPy).
 
-    Each fine label must belong to exactly one class; fine labels of class c get slots
-    0..n_c-1 in ascending order. Fine labels never seen are mapped to slot 0 of class 0
-    with ``class_of_fine = -1``.
+    Each fine label must belong to exactly one class; the k-th fine label of class c
+    (ascending) gets slot ``k mod S``, ``S = num_subclasses`` or, when None, the largest
+    number of fine labels in a class (the exact oracle). Fine labels never seen map to
+    slot 0 with ``class_of_fine = -1``.
     """
     labels = np.asarray(labels).astype(np.int64).ravel()
     fine = np.asarray(fine_labels).astype(np.int64).ravel()
@@ -263,13 +268,15 @@ def oracle_slots(labels: np.ndarray, fine_labels: np.ndarray, *, num_classes: in
     class_of_fine = np.full(num_fine, -1, np.int32)
     slot_of_fine = np.zeros(num_fine, np.int32)
     per_class = [sorted(pairs[pairs[:, 1] == c, 0].tolist()) for c in range(num_classes)]
-    num_slots = max(1, max(len(p) for p in per_class))
+    if num_subclasses is not None and num_subclasses < 1:
+        raise ValueError(f"oracle_slots: num_subclasses must be >= 1 or None, got {num_subclasses}.")
+    num_slots = num_subclasses or max(1, max(len(p) for p in per_class))
     slot_mask = np.zeros((num_classes, num_slots), np.float32)
     for c, fines in enumerate(per_class):
-        for s, f in enumerate(fines):
+        for k, f in enumerate(fines):
             class_of_fine[f] = c
-            slot_of_fine[f] = s
-        slot_mask[c, : max(len(fines), 1)] = 1.0  # a class without fine labels keeps one slot
+            slot_of_fine[f] = k % num_slots
+        slot_mask[c, : min(max(len(fines), 1), num_slots)] = 1.0  # a class without fine labels keeps one slot
     return OracleSlots(
         slot_of_fine=jnp.asarray(slot_of_fine), class_of_fine=jnp.asarray(class_of_fine), slot_mask=jnp.asarray(slot_mask)
     )

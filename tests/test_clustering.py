@@ -110,6 +110,17 @@ def test_oracle_slots_and_targets_match_numpy(rng):
     np.testing.assert_allclose(t.sum(-1), p, atol=1e-6)
 
 
+def test_oracle_slots_fold_into_fewer_slots():
+    fine_to_class = np.array([1, 0, 2, 1, 0, 1])
+    fine = np.arange(6)
+    slots = cl.oracle_slots(fine_to_class[fine], fine, num_classes=3, num_fine=6, num_subclasses=2)
+    # class 1 has fine labels 0, 3, 5 -> slots 0, 1, 0 (round-robin); class 2 uses one slot
+    np.testing.assert_array_equal(slots.slot_of_fine, [0, 0, 0, 1, 1, 0])
+    np.testing.assert_array_equal(slots.slot_mask, [[1, 1], [1, 1], [1, 0]])
+    t = cl.oracle_targets(jnp.ones((6, 3)) / 3, jnp.asarray(fine_to_class), jnp.asarray(fine), slots)
+    np.testing.assert_allclose(np.asarray(t).sum(-1), 1 / 3, atol=1e-6)
+
+
 def test_oracle_slots_rejects_inconsistent_fine_labels():
     with pytest.raises(ValueError, match="several coarse classes"):
         cl.oracle_slots(np.array([0, 1]), np.array([3, 3]), num_classes=2, num_fine=4)

@@ -49,7 +49,10 @@ def soft_cross_entropy(logits: jax.Array, target_probs: jax.Array, *,
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
-    """Hard-label cross-entropy ``mean_b [ -log softmax(r_b)_{y_b} ]`` for logits (B, K), int labels (B,)."""
+    """Hard-label cross-entropy ``mean_b [ -log softmax(r_b)_{y_b} ]`` for logits (B, K), int labels (B,).
+
+    Labels outside ``[0, K)`` raise for concrete inputs; under jit they give NaN (never a silent 0).
+    """
     k = logits.shape[-1]
     if labels.shape != logits.shape[:1]:
         raise ValueError(f"cross_entropy: labels must be ({logits.shape[0]},), got {labels.shape}.")

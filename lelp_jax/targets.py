@@ -89,13 +89,15 @@ def subclass_targets(
                          f"and the projections (C={c}), got {teacher_logits.shape}.")
     _check_finite("embeddings", embeddings, fn)
     _check_finite("teacher_logits", teacher_logits, fn)
-    centred = embeddings[:, None, :] - projections.means[None].astype(embeddings.dtype)  # (B, C, D)
-    z = jnp.einsum("bcd,cds->bcs", centred, projections.directions.astype(embeddings.dtype),
-                   precision=_HIGHEST)
+    # At least float32 (bf16 teacher outputs are upcast): centring cancels the large class means.
+    dtype = jnp.promote_types(jnp.promote_types(embeddings.dtype, teacher_logits.dtype),
+                              projections.directions.dtype)
+    centred = embeddings.astype(dtype)[:, None, :] - projections.means.astype(dtype)[None]  # (B, C, D)
+    z = jnp.einsum("bcd,cds->bcs", centred, projections.directions.astype(dtype), precision=_HIGHEST)
     if standardize:
-        scales = projections.scales.astype(z.dtype)
+        scales = projections.scales.astype(dtype)
         z = z / jnp.where(scales > 0, scales, 1.0)[None]
-    probs = jax.nn.softmax(teacher_logits / tau, axis=-1)
+    probs = jax.nn.softmax(teacher_logits.astype(dtype) / tau, axis=-1)
     return split_targets(probs, z, beta=beta)
 
 

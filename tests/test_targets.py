@@ -66,6 +66,16 @@ def test_single_subclass_targets_are_teacher_probs(rng):
     np.testing.assert_allclose(t, np_softmax(l / 3.0), atol=1e-6)
 
 
+def test_bfloat16_teacher_outputs_are_upcast(rng):
+    proj = make_projections(rng, offset=10.0)
+    h = (np.asarray(proj.means)[rng.integers(0, 3, 8)] + rng.standard_normal((8, 7))).astype(jnp.bfloat16)
+    l = rng.standard_normal((8, 3)).astype(jnp.bfloat16)
+    t = lj.subclass_targets(proj, h, l, beta=1.0, tau=1.0)
+    assert t.dtype == jnp.float32
+    ref, _ = ref_targets(proj, np.asarray(h, np.float64), np.asarray(l, np.float64), 1.0, 1.0)
+    np.testing.assert_allclose(t, ref, atol=2e-5)
+
+
 def test_split_targets_matches_reference(rng):
     p = np_softmax(rng.standard_normal((5, 4)))
     scores = rng.standard_normal((5, 4, 3))

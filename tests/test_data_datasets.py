@@ -100,10 +100,35 @@ def test_fashion_mnist_binary_capped(data_dir):
     assert info.fine_class_names[0] == "t-shirt/top"
 
 
+def _metadata_only_copy(tfds_name, data_dir):
+    """A "prepared" tfds copy holding only metadata (records come from a mock)."""
+    b = tfds.builder(tfds_name, data_dir=data_dir, file_format="array_record")
+    os.makedirs(b.data_path)
+    b.info.write_to_directory(b.data_path)
+    return b
+
+
 def test_fashion_mnist_missing_files_message(tmp_path, monkeypatch):
-    monkeypatch.setenv("LELP_FASHION_MNIST_DIR", str(tmp_path))
+    monkeypatch.setenv("LELP_FASHION_MNIST_DIR", str(tmp_path / "idx"))
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         builders.fashion_mnist_files()
+    with pytest.raises(FileNotFoundError, match="tfds build fashion_mnist"):
+        load_split(_cfg(name="fashion_mnist_binary", data_dir=str(tmp_path)), "train")
+
+
+def test_fashion_mnist_from_prepared_tfds_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("LELP_FASHION_MNIST_DIR", str(tmp_path / "idx"))
+    _metadata_only_copy("fashion_mnist", str(tmp_path))
+
+    def fake_source(builder, split, decoders=None, **kwargs):
+        n = 12 if split == "train" else 4
+        return [{"image": np.full((28, 28, 1), i, np.uint8), "label": i % 10} for i in range(n)]
+
+    with tfds.testing.mock_data(data_dir=str(tmp_path), as_data_source_fn=fake_source):
+        train_x, train_y, test_x, test_y = builders.fashion_mnist_arrays(data_dir=str(tmp_path))
+    assert train_x.shape == (12, 28, 28, 1) and test_x.shape == (4, 28, 28, 1)
+    np.testing.assert_array_equal(train_y, np.arange(12) % 10)
+    np.testing.assert_array_equal(train_x[:, 0, 0, 0], np.arange(12))
 
 
 # --- the paper's datasets: offline message, schema + pipeline on mocked records -------------
@@ -127,10 +152,7 @@ def _valid(name, i, record):
 @pytest.mark.parametrize("name,n_classes", [("sentiment140", 2), ("amazon_us_reviews", 5),
                                             ("cifar100_binary", 2)])
 def test_paper_datasets_schema_and_pipeline_mocked(tmp_path, name, n_classes):
-    full = catalogue.tfds_full_name(name)
-    b = tfds.builder(full, data_dir=str(tmp_path), file_format="array_record")
-    os.makedirs(b.data_path)
-    b.info.write_to_directory(b.data_path)  # a "prepared" copy: metadata only
+    _metadata_only_copy(catalogue.tfds_full_name(name), str(tmp_path))
     num = 30
     requested = []
 
@@ -157,6 +179,28 @@ def test_paper_datasets_schema_and_pipeline_mocked(tmp_path, name, n_classes):
         assert b["image"].shape == (8, 32, 32, 3) and b["image"].max() <= 1
         np.testing.assert_array_equal(b["label"], b["fine_label"] % 2)
         assert info.num_fine_classes == 100
+
+
+def test_paper_datasets_cap_and_format_checks(tmp_path):
+    _metadata_only_copy("sentiment140", str(tmp_path))
+
+    def fake_source(builder, split, decoders=None, **kwargs):
+        gen = mocking.RandomFakeGenerator(builder.info.features, 40)
+        return [_valid("sentiment140", i, gen[i]) for i in range(40)]
+
+    cfg = _cfg(name="sentiment140", data_dir=str(tmp_path), max_examples_per_split=7)
+    with tfds.testing.mock_data(data_dir=str(tmp_path), as_data_source_fn=fake_source):
+        src, _ = load_split(cfg, "test")
+        assert len(src) == 7
+        cfg.input_kind = "features"
+        with pytest.raises(ValueError, match="does not apply to a text dataset"):
+            load_split(cfg, "test")
+    old = tmp_path / "old"
+    b = tfds.builder("cifar100", data_dir=str(old))  # default format: tfrecord
+    os.makedirs(b.data_path)
+    b.info.write_to_directory(b.data_path)
+    with pytest.raises(ValueError, match="needs TensorFlow to read"):
+        load_split(_cfg(name="cifar100_binary", data_dir=str(old)), "train")
 
 
 def test_paper_record_mappings_reject_bad_values():

@@ -65,6 +65,17 @@ def test_digits_features_view_and_cap(tmp_path):
         _digits(str(tmp_path), "dev", max_examples_per_split=50)
 
 
+def test_digits_in_memory_equals_lazy(digits_dir):
+    lazy, _ = _digits(digits_dir, "validation")
+    mem, info = _digits(digits_dir, "validation", in_memory=True, input_kind="features")
+    flat, _ = _digits(digits_dir, "validation", input_kind="features")
+    kw = dict(global_batch_size=50, seed=4, num_epochs=1, drop_remainder=False)
+    for a, b, c in zip(make_iterator(lazy, **kw), make_iterator(mem, **kw), make_iterator(flat, **kw)):
+        np.testing.assert_array_equal(a["image"].reshape(50, -1), b["features"])
+        for key in c:
+            np.testing.assert_array_equal(b[key], c[key])
+
+
 def test_batch_contract_dtypes(digits_dir):
     src, _ = _digits(digits_dir, "train")
     b = next(make_iterator(src, global_batch_size=32, seed=0))

@@ -19,6 +19,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lelp_jax.data.sources import read_records
+
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_FINE_NAMES = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
@@ -119,9 +121,12 @@ class FashionMnistBinary(_CappedBuilder):
     """Fashion-MNIST, fine classes 0-4 vs 5-9: label = 0 if fine <= 4 else 1; fine_label kept.
 
     Read from the Debian package `dataset-fashion-mnist` (IDX files in
-    /usr/share/datasets/fashion-mnist). Images uint8 (28, 28, 1) (the pipeline
-    scales them to [0, 1]). Splits: train = the first 55,000 of the official
-    train set, validation = its last 5,000, test = the official 10,000.
+    /usr/share/datasets/fashion-mnist, or $LELP_FASHION_MNIST_DIR), else from a
+    tfds `fashion_mnist` copy prepared (array_record) in the same data_dir.
+    Images uint8 (28, 28, 1) (the pipeline scales them to [0, 1]). Splits:
+    train = the first 55,000 of the train set, validation = its last 5,000,
+    test = the 10,000 test images (tfds copies store train in their own
+    shuffled order, so their last 5,000 are other images).
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -136,11 +141,7 @@ class FashionMnistBinary(_CappedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        files = fashion_mnist_files()
-        train_x = read_idx(files["train_images"], offset=16).reshape(-1, 28, 28, 1)
-        train_y = read_idx(files["train_labels"], offset=8)
-        test_x = read_idx(files["test_images"], offset=16).reshape(-1, 28, 28, 1)
-        test_y = read_idx(files["test_labels"], offset=8)
+        train_x, train_y, test_x, test_y = fashion_mnist_arrays(data_dir=os.fspath(self.data_dir_root))
         n = len(train_y)
         return {
             "train": self._generate_examples(train_x, train_y, self._cap(np.arange(n - 5000))),
@@ -151,6 +152,34 @@ class FashionMnistBinary(_CappedBuilder):
     def _generate_examples(self, images, fine, rows) -> Iterator:
         for r in rows:
             yield int(r), {"image": images[r], "label": int(fine[r] >= 5), "fine_label": int(fine[r])}
+
+
+def fashion_mnist_arrays(*, data_dir: str) -> tuple[np.ndarray, ...]:
+    """(train_x, train_y, test_x, test_y): from the IDX files if present, else from a
+    tfds `fashion_mnist` prepared in `data_dir`; else a FileNotFoundError saying how."""
+    try:
+        files = fashion_mnist_files()
+    except FileNotFoundError as idx_error:
+        builder = tfds.builder("fashion_mnist", data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+            raise FileNotFoundError(
+                f"{idx_error} Alternatively prepare the tfds dataset `fashion_mnist` in "
+                f"data_dir {data_dir} (`tfds build fashion_mnist --data_dir={data_dir} "
+                "--file_format=array_record` on a machine with network)."
+            ) from None
+        out = []
+        for split in ("train", "test"):
+            src = builder.as_data_source(split=split)
+            rows = read_records(src, range(len(src)))
+            out += [np.stack([np.asarray(r["image"], np.uint8) for r in rows]),
+                    np.asarray([int(r["label"]) for r in rows], np.uint8)]
+        return tuple(out)
+    return (
+        read_idx(files["train_images"], offset=16).reshape(-1, 28, 28, 1),
+        read_idx(files["train_labels"], offset=8),
+        read_idx(files["test_images"], offset=16).reshape(-1, 28, 28, 1),
+        read_idx(files["test_labels"], offset=8),
+    )
 
 
 def fashion_mnist_files(directory: str | None = None) -> dict[str, str]:

@@ -22,6 +22,8 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lelp_jax.data.sources import read_records
+
 CATALOGUE: dict[str, dict[str, Any]] = {
     "sentiment140": {
         "tfds_name": "sentiment140",
@@ -115,17 +117,20 @@ def cifar100_record(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
 TEXT_RECORDS = {"sentiment140": sentiment140_record, "amazon_us_reviews": amazon_record}
 
 
-def read_text_split(name: str, raw: Any, *, chunk: int = 4096) -> tuple[list[str], np.ndarray]:
-    """All (text, label) pairs of a raw tfds source, filtered rows dropped."""
+def read_text_split(
+    name: str, raw: Any, *, limit: int | None = None, chunk: int = 4096
+) -> tuple[list[str], np.ndarray]:
+    """(text, label) pairs of a raw tfds source in order, filtered rows dropped,
+    stopping after `limit` kept pairs (None: all)."""
     fn = TEXT_RECORDS[name]
     texts: list[str] = []
     labels: list[int] = []
     for start in range(0, len(raw), chunk):
-        keys = list(range(start, min(start + chunk, len(raw))))
-        records = raw.__getitems__(keys) if hasattr(raw, "__getitems__") else [raw[k] for k in keys]
-        for rec in records:
+        if limit is not None and len(texts) >= limit:
+            break
+        for rec in read_records(raw, range(start, min(start + chunk, len(raw)))):
             out = fn(rec)
             if out is not None:
                 texts.append(out[0])
                 labels.append(out[1])
-    return texts, np.asarray(labels, np.int32)
+    return texts[:limit], np.asarray(labels[:limit], np.int32)

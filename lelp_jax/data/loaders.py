@@ -1,7 +1,7 @@
 """`load_split(data_config, split) -> (source, DatasetInfo)` for every dataset.
 
 Config keys read (all optional except `name`; see `default_data_config`):
-name, data_dir, max_examples_per_split, input_kind, max_length, bucket_lengths,
+name, data_dir, max_examples_per_split, in_memory, input_kind, max_length, bucket_lengths,
 tokenizer, tfds_config, files, text_column, label_column, fine_label_column,
 class_names, num_classes, num_fine_classes.
 """
@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from lelp_jax.data import builders, catalogue, local
-from lelp_jax.data.sources import ArraySource, DatasetInfo, MappedSource, TextSource
+from lelp_jax.data.sources import ArraySource, DatasetInfo, MappedSource, TextSource, read_records
 from lelp_jax.data.tokenizer import bucket_lengths, load_tokenizer, tokenize
 
 SPLITS = ("train", "validation", "test")
@@ -26,7 +26,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "name": "digits_binary",
         "data_dir": None,  # None -> $LELP_DATA_DIR or ~/tensorflow_datasets
-        "max_examples_per_split": None,  # int caps each split of the offline builders
+        "max_examples_per_split": None,  # int: keep the first N examples of each split
+        "in_memory": False,  # image datasets: read the split into memory once
         "input_kind": None,  # None = the dataset's own; 'features' flattens images
         "max_length": 128,  # text: truncation length (tokens, [CLS]/[SEP] included)
         "bucket_lengths": (16, 32, 64, 128),  # text: batch pad lengths (capped at max_length)
@@ -80,6 +81,21 @@ def _image_view(input_kind: str | None, shape: tuple[int, ...]) -> tuple[str, tu
     raise ValueError(f"input_kind {input_kind!r} does not apply to an image dataset; use 'image' or 'features'.")
 
 
+def _text_view(input_kind: str | None) -> None:
+    if input_kind not in (None, "text"):
+        raise ValueError(f"input_kind {input_kind!r} does not apply to a text dataset; use 'text' or None.")
+
+
+def _maybe_in_memory(src: MappedSource, config: Any, chunk: int = 2048):
+    """With data.in_memory, read the whole split once into an ArraySource (faster epochs)."""
+    if not _get(config, "in_memory", False):
+        return src
+    rows = []
+    for start in range(0, len(src), chunk):
+        rows += read_records(src, range(start, min(start + chunk, len(src))))
+    return ArraySource({k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "index"})
+
+
 def _image_fn(kind: str, scale: float, fine: bool) -> Callable[[Mapping[str, Any]], dict]:
     def fn(r):
         x = np.asarray(r["image"], np.float32) / scale
@@ -107,7 +123,8 @@ def _load_builder(name: str, config: Any, split: str):
         fine_class_names=tuple(feats["fine_label"].names) if fine else None,
     )
     if "text" in feats:
-        records = [raw[i] for i in range(len(raw))]
+        _text_view(_get(config, "input_kind"))
+        records = read_records(raw, range(len(raw)))
         texts = [r["text"].decode("utf-8") if isinstance(r["text"], bytes) else r["text"] for r in records]
         labels = np.asarray([r["label"] for r in records], np.int32)
         src, max_length, vocab = text_source(texts, labels, None, config)
@@ -115,7 +132,7 @@ def _load_builder(name: str, config: Any, split: str):
     shape = tuple(feats["image"].shape)
     kind, in_shape = _image_view(_get(config, "input_kind"), shape)
     scale = 255.0 if feats["image"].np_dtype == np.uint8 else 1.0
-    src = MappedSource(raw, _image_fn(kind, scale, fine))
+    src = _maybe_in_memory(MappedSource(raw, _image_fn(kind, scale, fine)), config)
     return src, DatasetInfo(input_kind=kind, input_shape=in_shape, **common)
 
 
@@ -135,13 +152,17 @@ def _load_catalogue(name: str, config: Any, split: str):
     raw = b.as_data_source(split=entry["splits"][split])
     common = dict(name=name, num_classes=len(entry["class_names"]), class_names=entry["class_names"],
                   num_fine_classes=entry.get("num_fine_classes"))
+    cap = _get(config, "max_examples_per_split")
     if entry["input_kind"] == "text":
-        texts, labels = catalogue.read_text_split(name, raw)
+        _text_view(_get(config, "input_kind"))
+        texts, labels = catalogue.read_text_split(name, raw, limit=cap)
         src, max_length, vocab = text_source(texts, labels, None, config)
         return src, DatasetInfo(input_kind="text", input_shape=(max_length,), vocab_size=vocab,
                                 split_sizes={split: len(src)}, **common)
     kind, in_shape = _image_view(_get(config, "input_kind"), entry["input_shape"])
-    src = MappedSource(raw, functools.partial(_flattened, catalogue.cifar100_record, kind))
+    rows = None if cap is None else np.arange(min(int(cap), len(raw)))
+    src = _maybe_in_memory(
+        MappedSource(raw, functools.partial(_flattened, catalogue.cifar100_record, kind), rows), config)
     return src, DatasetInfo(input_kind=kind, input_shape=in_shape, split_sizes={split: len(src)},
                             fine_class_names=None, **common)
 

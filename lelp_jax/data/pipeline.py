@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 import grain
 import numpy as np
 
+from lelp_jax.data.sources import read_records
 from lelp_jax.data.tokenizer import pad_to, pick_bucket
 
 _DTYPES = {"label": np.int32, "fine_label": np.int32, "index": np.int64, "mask": np.float32,
@@ -82,6 +83,11 @@ class BatchIterator:
         self.drop_remainder = drop_remainder
         self.batches_per_epoch = per_epoch
         self.lengths = getattr(source, "lengths", None)
+        if self.lengths is None and n and "input_ids" in source[0]:
+            raise ValueError(
+                "A text source needs a `lengths` array (tokens per example) so that every "
+                "host pads a global batch to the same length: use sources.TextSource."
+            )
         buckets = bucket_lengths if bucket_lengths is not None else getattr(source, "buckets", None)
         self.buckets = None if buckets is None else tuple(sorted(int(b) for b in buckets))
         order = grain.MapDataset.range(n)
@@ -125,11 +131,7 @@ class BatchIterator:
         """This process's share of global batch k (pure function of k)."""
         idx, mask = self.positions(k)
         h, p = self.host_batch_size, self.process_index
-        mine = [int(i) for i in idx[p * h:(p + 1) * h]]
-        if hasattr(self.source, "__getitems__"):
-            rows = self.source.__getitems__(mine)
-        else:
-            rows = [self.source[i] for i in mine]
+        rows = read_records(self.source, idx[p * h:(p + 1) * h])
         out: dict[str, np.ndarray] = {}
         for key in rows[0]:
             if key in _TOKEN_KEYS:

@@ -16,6 +16,13 @@ import numpy as np
 INPUT_KINDS = ("image", "features", "text")
 
 
+def read_records(source: Any, idx: Sequence[int]) -> list[Any]:
+    """`[source[i] for i in idx]`, through the batched `__getitems__` when there is one."""
+    if hasattr(source, "__getitems__"):
+        return list(source.__getitems__([int(i) for i in idx]))
+    return [source[int(i)] for i in idx]
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What the rest of the library needs to know about a dataset.

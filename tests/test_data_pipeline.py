@@ -116,6 +116,20 @@ def test_resume_continues_exactly(rng, num_threads):
         make_iterator(src, global_batch_size=8, seed=8).set_state(state)
 
 
+def test_state_resumes_on_another_process_count(rng):
+    src = _toy(40, rng)
+    one = make_iterator(src, global_batch_size=8, seed=5)
+    _indices(one, 3)
+    state = one.get_state()
+    want = next(one)["index"]
+    halves = []
+    for p in range(2):
+        it = make_iterator(src, global_batch_size=8, seed=5, process_index=p, process_count=2)
+        it.set_state(state)
+        halves.append(next(it)["index"])
+    np.testing.assert_array_equal(np.concatenate(halves), want)
+
+
 @pytest.mark.parametrize("procs", [2, 4])
 def test_sharding_disjoint_and_covering(rng, procs):
     n, g = 50, 8

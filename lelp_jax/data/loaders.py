@@ -2,7 +2,7 @@
 
 Config keys read (all optional except `name`; see `default_data_config`):
 name, data_dir, max_examples_per_split, in_memory, input_kind, max_length, bucket_lengths,
-tokenizer, tfds_config, files, text_column, label_column, fine_label_column,
+tokenizer, tfds_config, files, dataset_name, text_column, label_column, fine_label_column,
 class_names, num_classes, num_fine_classes.
 """
 from __future__ import annotations
@@ -18,9 +18,6 @@ from lelp_jax.data import builders, catalogue, local
 from lelp_jax.data.sources import ArraySource, DatasetInfo, MappedSource, TextSource, read_records
 from lelp_jax.data.tokenizer import bucket_lengths, load_tokenizer, tokenize
 
-SPLITS = ("train", "validation", "test")
-
-
 def default_data_config() -> ml_collections.ConfigDict:
     """Every key `load_split` reads, with its default."""
     return ml_collections.ConfigDict({
@@ -34,6 +31,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         "tokenizer": None,  # text: tokenizer.json path; None -> the MiniLM one
         "tfds_config": None,  # catalogue: e.g. amazon_us_reviews category
         "files": {},  # local: split -> .csv / .jsonl / .npz path
+        "dataset_name": None,  # local: the name in DatasetInfo (default 'local')
         "text_column": "text",
         "label_column": "label",
         "fine_label_column": None,
@@ -178,25 +176,28 @@ def _load_local(name: str, config: Any, split: str):
         raise ValueError(f"{path}: file not found (data.files['{split}']). Fix the path.")
     class_names = _get(config, "class_names")
     num_classes = _get(config, "num_classes")
+    cap = _get(config, "max_examples_per_split")
     if path.lower().endswith(".npz"):
         arrays = local.read_npz(path, class_names=class_names, num_classes=num_classes)
-        src = ArraySource(arrays)
-        kind = "image" if "image" in arrays else "features"
-        shape = arrays[kind].shape[1:]
-        if kind == "image":
-            kind, shape = _image_view(_get(config, "input_kind"), shape)
+        arrays = {k: v[:cap] for k, v in arrays.items()}
+        if "image" in arrays:
+            kind, shape = _image_view(_get(config, "input_kind"), arrays["image"].shape[1:])
             if kind == "features":
-                arrays["features"] = arrays.pop("image").reshape(len(src), -1)
-                src = ArraySource(arrays)
+                arrays["features"] = arrays.pop("image").reshape(len(arrays["label"]), -1)
+        else:
+            kind, shape = "features", arrays["features"].shape[1:]
+        src = ArraySource(arrays)
         fine = arrays.get("fine_label")
-        vocab, max_len = None, None
+        vocab = None
     else:
+        _text_view(_get(config, "input_kind"))
         texts, labels, fine = local.read_text_file(
             path, text_column=_get(config, "text_column", "text"),
             label_column=_get(config, "label_column", "label"),
             fine_label_column=_get(config, "fine_label_column"),
             class_names=class_names, num_classes=num_classes)
-        src, max_len, vocab = text_source(texts, labels, fine, config)
+        fine = None if fine is None else fine[:cap]
+        src, max_len, vocab = text_source(texts[:cap], labels[:cap], fine, config)
         kind, shape = "text", (max_len,)
     n_cls = len(class_names) if class_names is not None else int(num_classes)
     n_fine = _get(config, "num_fine_classes") or (None if fine is None else int(fine.max()) + 1)

@@ -9,7 +9,9 @@ integers in [0, num_classes); one of `class_names` / `num_classes` must be set.
 .npz files hold `features` (N, F) or `images` (N, H, W[, ch]; uint8 is divided
 by 255, floats are taken as already in [0, 1]) plus `labels` (N,) and
 optionally `fine_labels` (N,).
-Every problem is a ValueError naming the file, the problem and the fix.
+`num_fine_classes`, when unset, is the largest fine label of the loaded file + 1:
+set it when splits may differ. Every problem is a ValueError naming the file,
+the problem and the fix.
 """
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ class BatchIterator:
         self._read_options = grain.ReadOptions(
             num_threads=num_threads, prefetch_buffer_size=max(prefetch, num_threads))
         self._next = 0
-        self._it = self._batches.to_iter_dataset(self._read_options).__iter__()
+        self._it = None  # started on the first `next`, at batch `self._next`
 
     def __len__(self) -> int:
         if self.num_epochs is None:
@@ -112,6 +112,9 @@ class BatchIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            self._it = self._batches.to_iter_dataset(self._read_options).__iter__()
+            self._it.set_state({"next_index": self._next})
         out = next(self._it)
         self._next += 1
         return out
@@ -151,6 +154,8 @@ class BatchIterator:
         return longest if self.buckets is None else pick_bucket(longest, self.buckets)
 
     def get_state(self) -> dict[str, Any]:
+        """The next global batch number and the settings it is valid for. The process
+        count is not part of it: a state resumes on any number of processes."""
         return {
             "next_batch": self._next,
             "seed": self.seed,
@@ -161,6 +166,7 @@ class BatchIterator:
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
+        """Continue at `state['next_batch']`; refuses a state taken with other settings."""
         for key in ("seed", "shuffle", "num_examples", "global_batch_size", "drop_remainder"):
             if state[key] != getattr(self, key):
                 raise ValueError(
@@ -168,8 +174,7 @@ class BatchIterator:
                     f"{getattr(self, key)!r}: build the iterator with the settings of the saved run."
                 )
         self._next = int(state["next_batch"])
-        self._it = self._batches.to_iter_dataset(self._read_options).__iter__()
-        self._it.set_state({"next_index": self._next})
+        self._it = None
 
 
 def make_iterator(

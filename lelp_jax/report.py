@@ -57,8 +57,9 @@ def _read_jsonl(path: Path) -> list[dict]:
 def load_workdir(workdir: str | os.PathLike) -> dict[str, Any]:
     """Everything the report needs from one workdir, as plain Python/NumPy.
 
-    Returns ``{"root", "dataset", "config_name", "teacher", "runs", "eigenvalues", "sweep"}``;
-    ``eigenvalues`` is ``(C, D)`` or None, ``sweep`` the sweep summary or None. A run without
+    Returns ``{"root", "dataset", "config_name", "teacher", "runs", "eigenvalues", "sweep",
+    "subclass_teacher"}``; ``eigenvalues`` is ``(C, D)`` or None, ``sweep`` the sweep summary
+    or None, ``subclass_teacher`` the result of the Subclass-Distillation teacher or None. A run without
     a ``history`` gets one from its metrics.jsonl. Raises ValueError when the folder holds
     no results at all.
     """
@@ -66,7 +67,7 @@ def load_workdir(workdir: str | os.PathLike) -> dict[str, Any]:
     if not root.is_dir():
         raise ValueError(f"lelp report: {str(root)!r} is not a folder; pass workdirs written by `lelp run`.")
     out: dict[str, Any] = {"root": root, "dataset": None, "config_name": None, "teacher": {}, "runs": [],
-                           "eigenvalues": None, "sweep": None}
+                           "eigenvalues": None, "sweep": None, "subclass_teacher": None}
     if (root / "results.json").exists():
         res = _read_json(root / "results.json")
         out.update(dataset=res.get("dataset"), config_name=res.get("config_name"), teacher=res.get("teacher") or {},
@@ -84,6 +85,8 @@ def load_workdir(workdir: str | os.PathLike) -> dict[str, Any]:
             mpath = root / "runs" / str(run.get("method")) / f"seed_{run.get('seed')}" / "metrics.jsonl"
             if mpath.exists():
                 run["history"] = [r for r in _read_jsonl(mpath) if "val_accuracy" in r]
+    if (root / "subclass_teacher" / "result.json").exists():
+        out["subclass_teacher"] = _read_json(root / "subclass_teacher" / "result.json")
     if (root / "projections.npz").exists():
         with np.load(root / "projections.npz", allow_pickle=False) as z:
             if "eigenvalues" in z:
@@ -137,8 +140,9 @@ def _params(p: Sequence[int]) -> str:
     return f"{p[0]:,}" if len(p) == 1 else f"{p[0]:,}–{p[-1]:,}"
 
 
-def format_table(teacher: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
-    """The Markdown table: the teacher first, then one line per method."""
+def format_table(teacher: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                 subclass_teacher: Optional[Mapping[str, Any]] = None) -> str:
+    """The Markdown table: the teacher (and the Subclass-Distillation teacher) first, then one line per method."""
     lines = [
         "| model | test acc % (last) | test acc % (best val) | params | seeds |",
         "|---|---|---|---|---|",
@@ -149,6 +153,10 @@ def format_table(teacher: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) 
         name = f"teacher ({teacher['model']})" if teacher.get("model") else "teacher"
         tp = teacher.get("params", teacher.get("teacher_params"))
         lines.append(f"| {name} | {acc_s} | {acc_s} | {_params([int(tp)] if tp is not None else [])} | – |")
+    if subclass_teacher:
+        st = subclass_teacher
+        lines.append(f"| subclass teacher (C*S head) | {100 * float(st['test_accuracy_last']):.2f} | "
+                     f"{100 * float(st['test_accuracy_best_val']):.2f} | {_params([int(st['student_params'])])} | – |")
     for r in rows:
         lines.append(
             f"| {r['method']} | {_pct(r['test_accuracy_last'])} | {_pct(r['test_accuracy_best_val'])} | "
@@ -308,7 +316,7 @@ def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
             head = f"### {w['config_name']} (`{w['root']}`)"
             section = []
             if w["runs"] or w["teacher"]:
-                table = format_table(w["teacher"], method_table(w["runs"]))
+                table = format_table(w["teacher"], method_table(w["runs"]), w["subclass_teacher"])
                 section += [table, ""]
                 parts.append(table)
             if w["eigenvalues"] is not None:

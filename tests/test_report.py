@@ -33,6 +33,8 @@ def _fabricate(root, rng, *, with_results_json=True):
         (root / "teacher").mkdir()
         (root / "teacher" / "teacher.json").write_text(json.dumps(teacher))
         (root / "config.json").write_text(json.dumps({"name": "tiny", "data": {"name": "digits_binary"}}))
+    (root / "subclass_teacher").mkdir()
+    (root / "subclass_teacher" / "result.json").write_text(json.dumps(_run("subclass_teacher", 0, 0.9, 0.91, 5000)))
     np.savez(root / "projections.npz", eigenvalues=np.sort(rng.uniform(0, 2, size=(2, 8)))[:, ::-1],
              metadata=np.array("{}"))
     sweep_points = []
@@ -56,6 +58,7 @@ def test_report_table_and_plots(tmp_path, rng, with_results_json):
     res = report.build_report([tmp_path / "wd"], tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## digits_binary" in md and "| teacher (mlp) | 95.12 | 95.12 | 4,321 |" in md
+    assert "| subclass teacher (C*S head) | 90.00 | 91.00 | 5,000 | – |" in md
     for m, a in accs.items():
         row = next(line for line in md.splitlines() if line.startswith(f"| {m} |"))
         nums = [float(x) for x in re.findall(r"\d+\.\d+", row)]

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lelp_jax.statistics import _host_value
 from lelp_jax.targets import class_log_probs
 
 __all__ = ["soft_cross_entropy", "cross_entropy", "kd_loss", "lelp_loss"]
@@ -56,8 +57,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Ar
     k = logits.shape[-1]
     if labels.shape != logits.shape[:1]:
         raise ValueError(f"cross_entropy: labels must be ({logits.shape[0]},), got {labels.shape}.")
-    if not isinstance(labels, jax.core.Tracer):
-        lab = np.asarray(labels)
+    lab = _host_value(labels)
+    if lab is not None:
         if lab.size and (lab.min() < 0 or lab.max() >= k):
             raise ValueError(f"cross_entropy: labels must lie in [0, {k}), got range [{lab.min()}, "
                              f"{lab.max()}]; check the label column or the number of logits.")

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from lelp_jax.statistics import ClassMoments, covariance
+from lelp_jax.statistics import ClassMoments, _host_value, covariance
 
 __all__ = [
     "Projections",
@@ -178,15 +178,14 @@ def _validate(moments: ClassMoments, classifier_weights, num_subclasses: int, nu
     if classifier_weights is not None:
         arrays["classifier_weights"] = classifier_weights
     for name, arr in arrays.items():
-        if isinstance(arr, jax.core.Tracer):
-            continue
-        if not np.all(np.isfinite(np.asarray(arr))):
+        value = _host_value(arr)
+        if value is not None and not np.all(np.isfinite(value)):
             raise ValueError(
                 f"fit_projections: {name} contains NaN or inf; check the teacher embeddings (and the mask "
                 "of padded rows) that built the moments."
             )
-    if not isinstance(moments.count, jax.core.Tracer):
-        counts = np.asarray(moments.count)
+    counts = _host_value(moments.count)
+    if counts is not None:
         for k, n in enumerate(counts):
             if n < s + 1:
                 raise ValueError(

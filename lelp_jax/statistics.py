@@ -72,8 +72,17 @@ def init_moments(num_classes: int, dim: int, dtype=jnp.float32) -> ClassMoments:
     )
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+def _host_value(x) -> Optional[np.ndarray]:
+    """``x`` as a NumPy array when its values can be checked here, else None.
+
+    None for tracers (inside jit: only shape checks apply) and for arrays spanning
+    other hosts' devices (multi-host: fetching them would fail).
+    """
+    if isinstance(x, jax.core.Tracer):
+        return None
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        return None
+    return np.asarray(x)
 
 
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -155,9 +164,10 @@ def update_moments(
         raise ValueError(
             f"update_moments: mask must be ({labels.shape[0]},), got {mask.shape}; pass one weight per row."
         )
-    if _is_concrete(labels):
-        lab = np.asarray(labels)
-        valid = lab if mask is None or not _is_concrete(mask) else lab[np.asarray(mask) != 0]
+    lab = _host_value(labels)
+    if lab is not None:
+        weights = None if mask is None else _host_value(mask)
+        valid = lab if weights is None else lab[weights != 0]
         if valid.size and (valid.min() < 0 or valid.max() >= c):
             raise ValueError(
                 f"update_moments: labels must lie in [0, {c}), got range [{valid.min()}, {valid.max()}]; "

@@ -17,23 +17,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from lelp_jax.projections import Projections
+from lelp_jax.statistics import _host_value
 
 __all__ = ["subclass_targets", "split_targets", "class_log_probs"]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 def _check_positive(name: str, value, fn: str) -> None:
-    if _concrete(value) and not float(value) > 0:
+    v = _host_value(value)
+    if v is not None and not float(v) > 0:
         raise ValueError(f"{fn}: {name} must be > 0, got {value!r}; it is a temperature (try 1.0).")
 
 
 def _check_finite(name: str, x, fn: str) -> None:
-    if _concrete(x) and not np.all(np.isfinite(np.asarray(x))):
+    v = _host_value(x)
+    if v is not None and not np.all(np.isfinite(v)):
         raise ValueError(f"{fn}: {name} contains NaN or inf; check the teacher outputs for this batch.")
 
 

@@ -101,12 +101,15 @@ def test_gradients_match_finite_differences(rng):
     with jax.enable_x64(True):
         r64, t64, m64 = (jnp.asarray(a, jnp.float64) for a in (r, t, mask))
         y64 = jnp.asarray(y)
-        check_grads(lambda x: lj.lelp_loss(x, t64, labels=y64, alpha=0.5, num_classes=2, mask=m64),
-                    (r64,), order=1, modes=("rev",))
-        check_grads(lambda x: lj.soft_cross_entropy(x, t64, mask=m64), (r64,), order=1, modes=("rev",))
-        check_grads(lambda x: lj.cross_entropy(x, y64), (r64,), order=1, modes=("rev",))
-        check_grads(lambda x: lj.kd_loss(x, jnp.asarray(l), tau=2.0, labels=y64, alpha=0.3),
-                    (r64[:, :2],), order=1, modes=("rev",))
+        losses = [
+            (lambda x: lj.lelp_loss(x, t64, labels=y64, alpha=0.5, num_classes=2, mask=m64), r64),
+            (lambda x: lj.soft_cross_entropy(x, t64, mask=m64), r64),
+            (lambda x: lj.cross_entropy(x, y64), r64),
+            (lambda x: lj.kd_loss(x, jnp.asarray(l), tau=2.0, labels=y64, alpha=0.3), r64[:, :2]),
+        ]
+        for f, x in losses:
+            assert jax.jit(f)(x).dtype == jnp.float64
+            check_grads(jax.jit(f), (x,), order=1, modes=("rev",))
     # float32, jitted: finite and equal to the closed form (softmax(r) sum_k t_k - t) / B for alpha = 0.
     g = jax.jit(jax.grad(lambda x: lj.lelp_loss(x, t)))(r)
     assert np.all(np.isfinite(np.asarray(g)))

@@ -1,0 +1,215 @@
+"""The method registry: what each distillation method needs, its loss, its class prediction.
+
+A :class:`Method` is a frozen description used by the pipeline and the train step:
+
+- ``needs_teacher``: the train step must get teacher (embedding, logits);
+- ``fit``: which artifact the pipeline builds before training and passes as the
+  step's ``aux`` (``'projections'`` for LELP-like methods, ``'kmeans'``, ``'oracle'``,
+  or None); ``fit_options(cfg)`` gives the keyword arguments of that fit (e.g.
+  ``fit_projections(null_space=..., rotate=..., directions=...)``);
+- ``head_outputs(num_classes, cfg)``: the student head width (C, or C*S);
+- ``loss(*, student_logits, student_embedding, batch, teacher_embedding,
+  teacher_logits, aux, method_params, cfg) -> scalar``: jittable, built from the
+  core (:mod:`lelp_jax.losses`, :mod:`lelp_jax.targets`); padding rows (``batch['mask']``
+  0) carry no weight;
+- ``class_log_probs(student_logits, num_classes, cfg) -> (B, C)``: how the
+  student's logits map to class log-probabilities (argmax = prediction);
+- ``init_params(key, *, student_embedding_dim, teacher_embedding_dim, cfg)``:
+  extra trainable parameters owned by the method (e.g. a FitNet adapter), or None.
+
+``cfg`` is the run's full config; each method reads its own section (``cfg.kd``,
+``cfg.lelp``, ...) and ``cfg.train.label_smoothing`` for hard-label terms. A new
+method is one ``register_method(Method(...))`` call.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lelp_jax import losses, targets
+
+__all__ = ["Method", "METHODS", "register_method", "get_method", "method_names"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A distillation method (see the module docstring for each field's contract)."""
+
+    name: str
+    needs_teacher: bool
+    loss: Callable[..., jax.Array]
+    head_outputs: Callable[[int, Any], int]
+    class_log_probs: Callable[[jax.Array, int, Any], jax.Array]
+    fit: Optional[str] = None
+    fit_options: Callable[[Any], Mapping[str, Any]] = lambda cfg: {}
+    init_params: Optional[Callable[..., Any]] = None
+    needs_fine_labels: bool = False
+    description: str = ""
+
+    @property
+    def needs_projections(self) -> bool:
+        """True when the step's ``aux`` must be a :class:`lelp_jax.projections.Projections`."""
+        return self.fit == "projections"
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add ``method`` to the registry (a name can be registered once)."""
+    if method.name in METHODS:
+        raise ValueError(f"register_method: {method.name!r} is already registered; pick another name.")
+    METHODS[method.name] = method
+    return method
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(METHODS)
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; unknown names list the valid ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}.") from None
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def section(cfg: Any, name: str) -> Any:
+    """``cfg[name]`` (ConfigDict/Mapping/attribute), or an empty dict when absent."""
+    if cfg is None:
+        return {}
+    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
+        out = cfg.get(name)
+    else:
+        out = getattr(cfg, name, None)
+    return {} if out is None else out
+
+
+def option(cfg: Any, name: str, key: str, default: Any) -> Any:
+    """``cfg[name][key]`` or ``default``."""
+    sec = section(cfg, name)
+    value = sec.get(key, default) if hasattr(sec, "get") else getattr(sec, key, default)
+    return default if value is None else value
+
+
+def batch_mask(batch: Mapping[str, jax.Array]) -> jax.Array:
+    """Per-row weights: ``batch['mask']`` or ones."""
+    if "mask" in batch:
+        return batch["mask"].astype(jnp.float32)
+    return jnp.ones(batch["label"].shape, jnp.float32)
+
+
+def plain_class_log_probs(student_logits: jax.Array, num_classes: int, cfg: Any) -> jax.Array:
+    """C-way head: ``log_softmax(logits)``."""
+    if student_logits.shape[-1] != num_classes:
+        raise ValueError(f"student has {student_logits.shape[-1]} logits for {num_classes} classes; a plain-head "
+                         "method needs head_outputs == num_classes.")
+    return jax.nn.log_softmax(student_logits, axis=-1)
+
+
+def subclass_class_log_probs(student_logits: jax.Array, num_classes: int, cfg: Any) -> jax.Array:
+    """C*S-way head: ``log q_c = logsumexp_s log_softmax(r)_{c,s}`` (:func:`lelp_jax.targets.class_log_probs`)."""
+    return targets.class_log_probs(student_logits, num_classes=num_classes)
+
+
+def _plain_head(num_classes: int, cfg: Any) -> int:
+    return num_classes
+
+
+def _lelp_head(num_classes: int, cfg: Any) -> int:
+    return num_classes * int(option(cfg, "lelp", "num_subclasses", 1))
+
+
+def _hard_labels_loss(logits: jax.Array, batch: Mapping[str, jax.Array], cfg: Any) -> jax.Array:
+    """CE(y, softmax(logits)), with label smoothing eps = ``cfg.train.label_smoothing``:
+    target (1 - eps) onehot(y) + eps / K (Szegedy et al. 2016)."""
+    mask = batch_mask(batch)
+    eps = float(option(cfg, "train", "label_smoothing", 0.0))
+    if eps:
+        smooth = optax.smooth_labels(jax.nn.one_hot(batch["label"], logits.shape[-1], dtype=logits.dtype), eps)
+        return losses.soft_cross_entropy(logits, smooth, mask=mask)
+    return losses.cross_entropy(logits, batch["label"], mask=mask)
+
+
+# ----------------------------------------------------------------------------- ce
+
+
+def _ce_loss(*, student_logits, batch, cfg, **_: Any) -> jax.Array:
+    """Hard labels only: ``mean_b -log softmax(r_b)_{y_b}`` (:func:`lelp_jax.losses.cross_entropy`)."""
+    return _hard_labels_loss(student_logits, batch, cfg)
+
+
+register_method(Method(
+    name="ce", needs_teacher=False, loss=_ce_loss, head_outputs=_plain_head,
+    class_log_probs=plain_class_log_probs, description="cross-entropy on hard labels (no teacher)",
+))
+
+
+# ----------------------------------------------------------------------------- kd
+
+
+def _kd_loss(*, student_logits, batch, teacher_logits, cfg, **_: Any) -> jax.Array:
+    """Hinton KD with ``cfg.kd.tau`` and ``cfg.kd.alpha`` (:func:`lelp_jax.losses.kd_loss`)."""
+    return losses.kd_loss(student_logits, teacher_logits, tau=float(option(cfg, "kd", "tau", 1.0)),
+                          labels=batch["label"], alpha=float(option(cfg, "kd", "alpha", 0.0)),
+                          mask=batch_mask(batch))
+
+
+register_method(Method(
+    name="kd", needs_teacher=True, loss=_kd_loss, head_outputs=_plain_head,
+    class_log_probs=plain_class_log_probs, description="Hinton KD (tau, alpha)",
+))
+
+
+# ----------------------------------------------------------------------------- lelp and its ablations
+
+
+def _lelp_loss(*, student_logits, batch, teacher_embedding, teacher_logits, aux, cfg, **_: Any) -> jax.Array:
+    """LELP: targets t_{c,s} = softmax(l/tau)_c softmax_s(z_{c,.}/beta)_s from the projections in
+    ``aux`` (:func:`lelp_jax.targets.subclass_targets`), loss :func:`lelp_jax.losses.lelp_loss`."""
+    if aux is None:
+        raise ValueError("LELP-type methods need the fitted Projections as the train step's aux.")
+    t = targets.subclass_targets(aux, teacher_embedding, teacher_logits,
+                                 beta=float(option(cfg, "lelp", "beta", 1.0)),
+                                 tau=float(option(cfg, "lelp", "tau", 1.0)),
+                                 standardize=bool(option(cfg, "lelp", "standardize", False)))
+    num_classes = teacher_logits.shape[-1]
+    return losses.lelp_loss(student_logits, t, labels=batch["label"], alpha=float(option(cfg, "lelp", "alpha", 0.0)),
+                            num_classes=num_classes, mask=batch_mask(batch))
+
+
+def _projection_options(*, directions: str, null_space: Optional[bool] = None,
+                        rotate: Optional[bool] = None) -> Callable[[Any], dict[str, Any]]:
+    """Keyword arguments of :func:`lelp_jax.projections.fit_projections` (besides moments and W)."""
+
+    def options(cfg: Any) -> dict[str, Any]:
+        return {
+            "num_subclasses": int(option(cfg, "lelp", "num_subclasses", 1)),
+            "null_space": bool(option(cfg, "lelp", "null_space", True)) if null_space is None else null_space,
+            "rotate": bool(option(cfg, "lelp", "rotate", True)) if rotate is None else rotate,
+            "directions": directions,
+            "key": int(option(cfg, "lelp", "seed", 0)),
+        }
+
+    return options
+
+
+for _name, _opts, _desc in (
+    ("lelp", _projection_options(directions="pca"), "LELP: null-space PCA directions, Haar-rotated"),
+    ("random", _projection_options(directions="random"), "LELP ablation: Haar-random directions"),
+    ("pca", _projection_options(directions="pca", null_space=False, rotate=False),
+     "LELP ablation: plain PCA (no null space, no rotation)"),
+):
+    register_method(Method(
+        name=_name, needs_teacher=True, loss=_lelp_loss, head_outputs=_lelp_head,
+        class_log_probs=subclass_class_log_probs, fit="projections", fit_options=_opts, description=_desc,
+    ))

@@ -1,0 +1,146 @@
+"""Method registry and wiring: each method's train-step loss equals the core functions' value."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _multihost_worker import NUM_CLASSES, mlp, small_config, synthetic_arrays
+
+from lelp_jax import losses, methods, projections, sharding, statistics, targets, train
+
+
+def test_registry_names_and_error():
+    assert {"ce", "kd", "lelp", "random", "pca"} <= set(methods.method_names())
+    with pytest.raises(ValueError, match="unknown method 'lelpp'; valid methods: .*ce.*kd.*lelp"):
+        methods.get_method("lelpp")
+    with pytest.raises(ValueError, match="already registered"):
+        methods.register_method(methods.get_method("ce"))
+
+
+def test_method_requirements_and_fit_options():
+    cfg = small_config()
+    cfg.lelp.num_subclasses = 3
+    assert not methods.get_method("ce").needs_teacher
+    assert methods.get_method("kd").needs_teacher and not methods.get_method("kd").needs_projections
+    for name in ("lelp", "random", "pca"):
+        m = methods.get_method(name)
+        assert m.needs_teacher and m.needs_projections and m.head_outputs(2, cfg) == 6
+    assert methods.get_method("ce").head_outputs(2, cfg) == 2
+    assert methods.get_method("lelp").fit_options(cfg) == dict(num_subclasses=3, null_space=True, rotate=True,
+                                                                directions="pca", key=0)
+    assert methods.get_method("random").fit_options(cfg)["directions"] == "random"
+    pca = methods.get_method("pca").fit_options(cfg)
+    assert (pca["null_space"], pca["rotate"], pca["directions"]) == (False, False, "pca")
+
+
+def _setup(rng, method_name, head):
+    """A teacher, a student with ``head`` outputs, a batch, an optimizer and the initial state."""
+    cfg = small_config()
+    cfg.kd.tau, cfg.kd.alpha = 3.0, 0.3
+    cfg.lelp.beta, cfg.lelp.tau, cfg.lelp.alpha = 0.7, 2.0, 0.25
+    data = synthetic_arrays(64, int(rng.integers(1 << 30)))
+    teacher, student = mlp(hidden=12), mlp(num_outputs=head)
+    t_vars = teacher.init(jax.random.PRNGKey(int(rng.integers(1 << 30))), {"features": data["features"][:1]})
+    method = methods.get_method(method_name)
+    opt = train.make_optimizer(cfg.train, num_steps=10)
+    state = train.init_train_state(model=student, method=method, optimizer=opt,
+                                   sample_batch={"features": data["features"][:1]},
+                                   seed=int(rng.integers(1 << 30)), method_cfg=cfg)
+    batch = {"features": data["features"][:16], "label": data["label"][:16],
+             "mask": (rng.random(16) < 0.8).astype(np.float32)}
+    return cfg, data, teacher, t_vars, student, method, opt, state, batch
+
+
+def _step_loss(mesh, cfg, teacher, t_vars, student, method, opt, state, batch, aux=None):
+    step = train.make_train_step(model=student, method=method, optimizer=opt, num_classes=NUM_CLASSES,
+                                 method_cfg=cfg, teacher_apply=teacher.apply, mesh=mesh)
+    params = jax.tree_util.tree_map(np.asarray, state.params)
+    _, metrics = step(sharding.replicate(state, mesh), sharding.shard_batch(batch, mesh),
+                      None if t_vars is None else sharding.replicate(t_vars, mesh),
+                      None if aux is None else sharding.replicate(aux, mesh))
+    return float(metrics["loss"]), params
+
+
+def test_ce_and_kd_losses_match_core(rng):
+    mesh = sharding.make_mesh()
+    cfg, _, teacher, t_vars, student, method, opt, state, batch = _setup(rng, "ce", NUM_CLASSES)
+    loss, params = _step_loss(mesh, cfg, teacher, None, student, method, opt, state, batch)
+    _, logits = student.apply({"params": params}, batch)
+    want = losses.cross_entropy(logits, jnp.asarray(batch["label"]), mask=jnp.asarray(batch["mask"]))
+    np.testing.assert_allclose(loss, float(want), rtol=1e-5)
+
+    cfg, _, teacher, t_vars, student, method, opt, state, batch = _setup(rng, "kd", NUM_CLASSES)
+    loss, params = _step_loss(mesh, cfg, teacher, t_vars, student, method, opt, state, batch)
+    _, logits = student.apply({"params": params}, batch)
+    _, t_logits = teacher.apply(t_vars, batch)
+    want = losses.kd_loss(logits, t_logits, tau=3.0, labels=jnp.asarray(batch["label"]), alpha=0.3,
+                          mask=jnp.asarray(batch["mask"]))
+    np.testing.assert_allclose(loss, float(want), rtol=1e-5)
+
+
+def test_ce_label_smoothing_matches_numpy(rng):
+    mesh = sharding.make_mesh()
+    cfg, _, teacher, _, student, method, opt, state, batch = _setup(rng, "ce", NUM_CLASSES)
+    cfg.train.label_smoothing = 0.2
+    loss, params = _step_loss(mesh, cfg, teacher, None, student, method, opt, state, batch)
+    _, logits = student.apply({"params": params}, batch)
+    z = np.asarray(logits, np.float64)
+    logp = z - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) - z.max(1, keepdims=True)
+    t = 0.8 * np.eye(NUM_CLASSES)[batch["label"]] + 0.2 / NUM_CLASSES
+    want = np.sum(batch["mask"] * -(t * logp).sum(1)) / batch["mask"].sum()
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lelp", "pca"])
+def test_lelp_loss_matches_core_and_numpy(rng, name):
+    """Cached mode (teacher outputs in the batch); the loss equals targets + lelp_loss and a float64 reference."""
+    mesh = sharding.make_mesh()
+    s = 2
+    cfg, data, teacher, t_vars, student, method, opt, state, batch = _setup(rng, name, NUM_CLASSES * s)
+    emb_all, logit_all = teacher.apply(t_vars, {"features": data["features"]})
+    moments = statistics.update_moments(statistics.init_moments(NUM_CLASSES, 12), emb_all,
+                                        jnp.asarray(data["label"]))
+    proj = projections.fit_projections(moments, classifier_weights=t_vars["params"]["head"]["kernel"].T,
+                                       **method.fit_options(cfg))
+    t_emb, t_logits = (np.asarray(x) for x in teacher.apply(t_vars, batch))
+    cached = {**batch, "teacher_embedding": t_emb, "teacher_logits": t_logits}
+    loss, params = _step_loss(mesh, cfg, teacher, None, student, method, opt, state, cached, aux=proj)
+    _, logits = student.apply({"params": params}, batch)
+    t = targets.subclass_targets(proj, jnp.asarray(t_emb), jnp.asarray(t_logits), beta=0.7, tau=2.0)
+    want = losses.lelp_loss(logits, t, labels=jnp.asarray(batch["label"]), alpha=0.25, num_classes=NUM_CLASSES,
+                            mask=jnp.asarray(batch["mask"]))
+    np.testing.assert_allclose(loss, float(want), rtol=1e-5)
+
+    # float64 NumPy reference of the whole composition
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    u, mu = np.asarray(proj.directions, np.float64), np.asarray(proj.means, np.float64)
+    z = np.einsum("bcd,cds->bcs", t_emb.astype(np.float64)[:, None, :] - mu[None], u)
+    p = np.exp(log_softmax(t_logits.astype(np.float64) / 2.0))
+    tt = (p[:, :, None] * np.exp(log_softmax(z / 0.7))).reshape(16, -1)
+    logq = log_softmax(np.asarray(logits, np.float64))
+    soft = -(tt * logq).sum(1)
+    logq_c = np.log(np.exp(logq.reshape(16, NUM_CLASSES, s)).sum(-1))
+    hard = -logq_c[np.arange(16), batch["label"]]
+    m = batch["mask"]
+    ref = np.sum(m * (0.75 * soft + 0.25 * hard)) / m.sum()
+    np.testing.assert_allclose(loss, ref, rtol=1e-4)
+
+
+def test_lelp_needs_projections(rng):
+    mesh = sharding.make_mesh()
+    cfg, _, teacher, t_vars, student, method, opt, state, batch = _setup(rng, "lelp", 4)
+    with pytest.raises(ValueError, match="Projections"):
+        _step_loss(mesh, cfg, teacher, t_vars, student, method, opt, state, batch)
+
+
+def test_subclass_class_log_probs_matches_numpy(rng):
+    logits = rng.normal(size=(5, 6)).astype(np.float32)
+    got = methods.get_method("lelp").class_log_probs(jnp.asarray(logits), 2, None)
+    x = logits.astype(np.float64)
+    logq = x - np.log(np.exp(x).sum(1, keepdims=True))
+    want = np.log(np.exp(logq.reshape(5, 2, 3)).sum(-1))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="plain-head"):
+        methods.get_method("kd").class_log_probs(jnp.asarray(logits), 2, None)

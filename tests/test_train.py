@@ -1,0 +1,201 @@
+"""Train step (sharding invariance, one compilation, cached = online teacher), the loop, checkpoints,
+teacher outputs and streaming statistics."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from _multihost_worker import NUM_CLASSES, mlp, run_train, small_config, source, synthetic_arrays
+
+from lelp_jax import methods, sharding, teacher, train
+
+
+def _init(model, method, cfg, seed=0, num_steps=10):
+    opt = train.make_optimizer(cfg.train, num_steps=num_steps)
+    state = train.init_train_state(model=model, method=method, optimizer=opt,
+                                   sample_batch={"features": np.zeros((1, 6), np.float32)}, seed=seed,
+                                   method_cfg=cfg)
+    return opt, state
+
+
+def _run_steps(mesh, model, method, cfg, batches, *, teacher_apply=None, t_vars=None):
+    opt, state = _init(model, method, cfg)
+    step = train.make_train_step(model=model, method=method, optimizer=opt, num_classes=NUM_CLASSES,
+                                 method_cfg=cfg, teacher_apply=teacher_apply, mesh=mesh)
+    state = sharding.replicate(state, mesh)
+    tv = None if t_vars is None else sharding.replicate(t_vars, mesh)
+    losses = []
+    for b in batches:
+        state, metrics = step(state, sharding.shard_batch(b, mesh), tv, None)
+        losses.append(float(metrics["loss"]))
+    return sharding.to_host(state), np.asarray(losses), step
+
+
+def _batches(rng, n=5, size=16):
+    data = synthetic_arrays(n * size, int(rng.integers(1 << 30)))
+    return [{"features": data["features"][i * size:(i + 1) * size], "label": data["label"][i * size:(i + 1) * size],
+             "mask": np.ones(size, np.float32)} for i in range(n)]
+
+
+def test_eight_devices_match_one_device_and_compile_once(rng):
+    """BatchNorm + dropout student: 5 steps on an 8-device mesh == on 1 device; one compilation."""
+    cfg = small_config()
+    model = mlp(dropout=0.3, batch_norm=True)
+    batches = _batches(rng)
+    s8, l8, step8 = _run_steps(sharding.make_mesh(), model, methods.get_method("ce"), cfg, batches)
+    s1, l1, _ = _run_steps(sharding.make_mesh(1), model, methods.get_method("ce"), cfg, batches)
+    assert step8._cache_size() == 1  # compiled once for 5 steps
+    assert int(s8.step) == int(s1.step) == 5
+    np.testing.assert_allclose(l8, l1, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves((s8.params, s8.batch_stats, s8.opt_state)),
+                    jax.tree_util.tree_leaves((s1.params, s1.batch_stats, s1.opt_state))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert jax.tree_util.tree_leaves(s8.batch_stats)  # BN statistics were tracked
+    assert np.all(np.diff(l8[[0, -1]]) < 0)  # it learns
+
+
+def test_cached_teacher_equals_online_teacher(rng):
+    cfg = small_config()
+    t_model = mlp(hidden=12)
+    t_vars = t_model.init(jax.random.PRNGKey(3), {"features": np.zeros((1, 6), np.float32)})
+    batches = _batches(rng, n=3)
+    cached = []
+    for b in batches:
+        emb, logits = t_model.apply(t_vars, b)
+        cached.append({**b, "teacher_embedding": np.asarray(emb), "teacher_logits": np.asarray(logits)})
+    mesh = sharding.make_mesh()
+    kd = methods.get_method("kd")
+    s_on, l_on, _ = _run_steps(mesh, mlp(), kd, cfg, batches, teacher_apply=t_model.apply, t_vars=t_vars)
+    s_ca, l_ca, _ = _run_steps(mesh, mlp(), kd, cfg, cached)
+    np.testing.assert_allclose(l_on, l_ca, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(s_on.params), jax.tree_util.tree_leaves(s_ca.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="needs teacher outputs"):
+        _run_steps(mesh, mlp(), kd, cfg, batches)
+
+
+def test_bfloat16_compute_keeps_float32_master_params(rng):
+    cfg = small_config()
+    model, ce = mlp(), methods.get_method("ce")
+    opt, state = _init(model, ce, cfg)
+    mesh = sharding.make_mesh()
+    batch = sharding.shard_batch(_batches(rng, n=1)[0], mesh)
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        step = train.make_train_step(model=model, method=ce, optimizer=opt, num_classes=NUM_CLASSES, method_cfg=cfg,
+                                     mesh=mesh, compute_dtype=dtype)
+        new, metrics = step(sharding.replicate(state, mesh), batch, None, None)
+        assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(new.params))
+        out[dtype] = float(metrics["loss"])
+    np.testing.assert_allclose(out["bfloat16"], out["float32"], rtol=3e-2)
+
+
+def test_make_optimizer_schedule_and_errors():
+    cfg = small_config(learning_rate=0.1, warmup_steps=4, schedule="cosine", optimizer="sgd")
+    opt = train.make_optimizer(cfg.train, num_steps=20)
+    params = {"w": jnp.zeros(())}
+    state = opt.init(params)
+    lrs = []
+    for _ in range(20):  # with gradient 1 and momentum 0.9 the first update is -lr(0); read lr via the count
+        updates, state = opt.update({"w": jnp.ones(())}, state, params)
+        lrs.append(updates)
+    sched = optax.warmup_cosine_decay_schedule(0.0, 0.1, 4, 20, 0.0)
+    assert float(sched(0)) == 0.0 and abs(float(sched(4)) - 0.1) < 1e-7 and float(sched(20)) == 0.0
+    assert float(lrs[0]["w"]) == 0.0  # warm-up starts at 0
+    for bad, match in (({"optimizer": "lamb"}, "optimizer"), ({"schedule": "step"}, "schedule"),
+                       ({"compute_dtype": "float16"}, "compute_dtype")):
+        with pytest.raises(ValueError, match=match):
+            train.make_optimizer({**dict(cfg.train), **bad}, num_steps=10)
+
+
+def test_train_and_evaluate_writes_record_and_resumes_to_same_result(tmp_path):
+    wd = str(tmp_path / "run")
+    rec = run_train(wd, num_steps=20, checkpoint_every=10)
+    for key in ("method", "seed", "steps", "test_accuracy_last", "test_accuracy_best_val", "best_val_accuracy",
+                "best_step", "student_params", "history", "wall_time_s"):
+        assert key in rec
+    assert rec["steps"] == 20 and [h["step"] for h in rec["history"]] == [10, 20]
+    assert rec["best_val_accuracy"] == max(h["val_accuracy"] for h in rec["history"])
+    with open(os.path.join(wd, "result.json")) as f:
+        assert json.load(f)["test_accuracy_last"] == rec["test_accuracy_last"]
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        lines = [json.loads(x) for x in f]
+    assert [x["step"] for x in lines if "val_accuracy" in x] == [10, 20]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(wd, "tensorboard")))
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["10", "20"]
+    again = run_train(wd, num_steps=20, checkpoint_every=10)  # resumes from the final checkpoint
+    assert {k: v for k, v in again.items() if k != "wall_time_s"} == {k: v for k, v in rec.items() if k != "wall_time_s"}
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        assert len([json.loads(x) for x in f if "val_accuracy" in x]) == 2  # no duplicated lines
+
+    # restored variables give the recorded test accuracy, on any mesh
+    ce = methods.get_method("ce")
+    for mesh in (sharding.make_mesh(), sharding.make_mesh(1)):
+        v = train.load_variables(wd, which="last", mesh=mesh)
+        ev = train.make_eval_step(model=mlp(), method=ce, num_classes=NUM_CLASSES, method_cfg=None, mesh=mesh)
+        from lelp_jax.data import make_iterator
+
+        batches = make_iterator(source(64, 2), global_batch_size=64, seed=0, shuffle=False, num_epochs=1,
+                                drop_remainder=False)
+        assert train.evaluate(ev, v["params"], {}, batches, mesh) == rec["test_accuracy_last"]
+
+
+def test_saved_variables_restore_bit_exactly(tmp_path, rng):
+    cfg = small_config()
+    model = mlp(batch_norm=True)
+    opt, state = _init(model, methods.get_method("ce"), cfg, seed=int(rng.integers(1 << 30)))
+    state = state.replace(batch_stats=jax.tree_util.tree_map(
+        lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), state.batch_stats))
+    best = {"params": jax.tree_util.tree_map(lambda x: x + 1, state.params), "batch_stats": state.batch_stats}
+    ck = train._Checkpoints(str(tmp_path / "checkpoints"))
+    ck.save(7, train._ckpt_tree(state, best), {"data": {}})
+    ck.close()
+    for which, want in (("last", state.variables()), ("best", best)):
+        got = train.load_variables(str(tmp_path), which=which)
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train.load_variables(str(tmp_path / "nothing"))
+
+
+def test_teacher_cache_and_moments_match_numpy(tmp_path, rng):
+    mesh = sharding.make_mesh()
+    t_model = mlp(hidden=12)
+    t_vars = t_model.init(jax.random.PRNGKey(int(rng.integers(1 << 30))), {"features": np.zeros((1, 6), np.float32)})
+    src = source(50, int(rng.integers(1 << 30)))  # 50 = 3 full batches of 16 + a padded one
+    feats = np.stack([src[i]["features"] for i in range(50)])
+    labels = np.array([src[i]["label"] for i in range(50)])
+    # centre the random teacher's logits so that its argmax picks both classes
+    _, raw = t_model.apply(t_vars, {"features": feats})
+    t_vars["params"]["head"]["bias"] = t_vars["params"]["head"]["bias"] - np.median(np.asarray(raw), axis=0)
+    path = str(tmp_path / "outputs" / "train.npz")
+    cache = teacher.cache_teacher_outputs(t_model.apply, t_vars, src, mesh=mesh, batch_size=16, path=path)
+    emb, logits = (np.asarray(x, np.float64) for x in t_model.apply(t_vars, {"features": feats}))
+    np.testing.assert_allclose(cache.embeddings, emb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cache.logits, logits, rtol=1e-5, atol=1e-6)
+    loaded = teacher.load_teacher_cache(path)
+    np.testing.assert_array_equal(loaded.embeddings, cache.embeddings)
+    assert not [f for f in os.listdir(tmp_path / "outputs") if "tmp" in f]
+    with pytest.raises(ValueError, match="outside the cached split"):
+        cache.lookup(np.array([0, 50]))
+
+    for fit_labels, y in (("labels", labels), ("teacher", logits.argmax(1))):
+        online = sharding.to_host(teacher.accumulate_moments(t_model.apply, t_vars, src, mesh=mesh, num_classes=2,
+                                                             batch_size=16, fit_labels=fit_labels))
+        cached = sharding.to_host(teacher.accumulate_moments(None, None, src, mesh=mesh, num_classes=2,
+                                                             batch_size=16, fit_labels=fit_labels, cache=cache))
+        for c in range(2):
+            h = emb[y == c]
+            assert len(h) > 1
+            mu = h.mean(0)
+            for m in (online, cached):
+                assert m.count[c] == len(h)
+                np.testing.assert_allclose(m.mean[c], mu, rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(m.m2[c], (h - mu).T @ (h - mu), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="fit_labels"):
+        teacher.accumulate_moments(t_model.apply, t_vars, src, mesh=mesh, num_classes=2, batch_size=16,
+                                   fit_labels="gold")

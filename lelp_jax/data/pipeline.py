@@ -3,7 +3,9 @@ sharding, a fixed global batch, padding of the last batch, exact resume.
 
 Global batch k of the stream (epoch e = k // batches_per_epoch, b = k mod it)
 holds the positions [b*G, (b+1)*G) of epoch e's permutation of the split
-(grain's `index_shuffle`, seed + e). Process p of P gets the contiguous rows
+(`np.random.default_rng([seed, e]).permutation(n)`, cached per epoch). The
+stream of batches is a `grain.MapDataset` (random access by k), iterated with
+grain's thread prefetch; its state is just k. Process p of P gets the contiguous rows
 [p*G/P, (p+1)*G/P) of it, so the concatenation of the host batches in process
 order is the same global batch whatever P is, every host reads only its rows,
 and a saved state (the next k) resumes on any number of processes.
@@ -17,6 +19,7 @@ exactly once in masked sums, and padding rows keep a real `index` (writing
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterator, Sequence
 
@@ -90,10 +93,7 @@ class BatchIterator:
             )
         buckets = bucket_lengths if bucket_lengths is not None else getattr(source, "buckets", None)
         self.buckets = None if buckets is None else tuple(sorted(int(b) for b in buckets))
-        order = grain.MapDataset.range(n)
-        if shuffle:
-            order = order.shuffle(seed=seed)
-        self._order = order.repeat(None)
+        self._epoch_order = functools.lru_cache(maxsize=2)(self._permutation)
         self._batches = (
             grain.MapDataset.range(per_epoch).repeat(num_epochs)
             .map_with_index(lambda k, _: self.batch(k))
@@ -125,10 +125,15 @@ class BatchIterator:
         n, g = self.num_examples, self.global_batch_size
         start = b * g
         real = min(g, n - start)
-        pos = start + np.arange(g) % real
-        idx = np.asarray([self._order[epoch * n + int(p)] for p in pos], np.int64)
+        idx = self._epoch_order(epoch)[start + np.arange(g) % real]
         mask = (np.arange(g) < real).astype(np.float32)
         return idx, mask
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """Epoch `epoch`'s order of the split: a permutation seeded by (seed, epoch)."""
+        if not self.shuffle:
+            return np.arange(self.num_examples, dtype=np.int64)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
 
     def batch(self, k: int) -> dict[str, np.ndarray]:
         """This process's share of global batch k (pure function of k)."""

@@ -88,6 +88,28 @@ def test_null_space_fit_orthogonal_to_row_space(rng):
     assert proj.null_space and proj.rotate and proj.seed == 1 and proj.num_subclasses == 4
 
 
+def test_degenerate_class_still_gets_null_space_directions(rng):
+    """A class whose null-space variance has rank 1 < S: the extra directions must still avoid W's row space."""
+    d, n = 8, 60
+    w = rng.standard_normal((2, d)).astype(np.float32)
+    p = ref_projector(w)
+    v = p @ rng.standard_normal(d)
+    v /= np.linalg.norm(v)
+    row = w[0] / np.linalg.norm(w[0])
+    # Class 0: variance along one null-space direction and (large) along the row space of W only.
+    h0 = np.outer(rng.standard_normal(n), v) + 10 * np.outer(rng.standard_normal(n), row)
+    h1 = rng.standard_normal((n, d))
+    h = np.concatenate([h0, h1]).astype(np.float32)
+    y = np.repeat([0, 1], n).astype(np.int32)
+    m = lj.update_moments(lj.init_moments(2, d), h, y)
+    proj = lj.fit_projections(m, classifier_weights=w, num_subclasses=3, key=0)
+    u = np.asarray(proj.directions[0], np.float64)
+    np.testing.assert_allclose(u.T @ u, np.eye(3), atol=1e-5)
+    assert np.abs(w @ u).max() <= 1e-5 * np.linalg.norm(w, axis=1).max()
+    np.testing.assert_allclose(np.asarray(proj.eigenvalues[0, 1:]), 0.0, atol=1e-4)
+    assert np.all(np.isfinite(np.asarray(proj.scales)))
+
+
 def test_rotation_keeps_subspace_and_is_seeded(rng):
     m, _, _ = make_moments(rng)
     w = rng.standard_normal((2, 12)).astype(np.float32)

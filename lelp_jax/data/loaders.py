@@ -84,14 +84,15 @@ def _text_view(input_kind: str | None) -> None:
         raise ValueError(f"input_kind {input_kind!r} does not apply to a text dataset; use 'text' or None.")
 
 
-def _maybe_in_memory(src: MappedSource, config: Any, chunk: int = 2048):
-    """With data.in_memory, read the whole split once into an ArraySource (faster epochs)."""
-    if not _get(config, "in_memory", False):
-        return src
-    rows = []
-    for start in range(0, len(src), chunk):
-        rows += read_records(src, range(start, min(start + chunk, len(src))))
-    return ArraySource({k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "index"})
+def _source(raw: Any, fn: Callable[[Any], dict], config: Any, rows: np.ndarray | None = None):
+    """MappedSource of raw tfds records; with data.in_memory the raw records (uint8
+    images stay uint8) are first read once into NumPy arrays: faster epochs."""
+    if _get(config, "in_memory", False):
+        keep = range(len(raw)) if rows is None else rows
+        records = read_records(raw, keep)
+        raw = ArraySource({k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]})
+        rows = None
+    return MappedSource(raw, fn, rows)
 
 
 def _image_fn(kind: str, scale: float, fine: bool) -> Callable[[Mapping[str, Any]], dict]:
@@ -130,7 +131,7 @@ def _load_builder(name: str, config: Any, split: str):
     shape = tuple(feats["image"].shape)
     kind, in_shape = _image_view(_get(config, "input_kind"), shape)
     scale = 255.0 if feats["image"].np_dtype == np.uint8 else 1.0
-    src = _maybe_in_memory(MappedSource(raw, _image_fn(kind, scale, fine)), config)
+    src = _source(raw, _image_fn(kind, scale, fine), config)
     return src, DatasetInfo(input_kind=kind, input_shape=in_shape, **common)
 
 
@@ -159,8 +160,7 @@ def _load_catalogue(name: str, config: Any, split: str):
                                 split_sizes={split: len(src)}, **common)
     kind, in_shape = _image_view(_get(config, "input_kind"), entry["input_shape"])
     rows = None if cap is None else np.arange(min(int(cap), len(raw)))
-    src = _maybe_in_memory(
-        MappedSource(raw, functools.partial(_flattened, catalogue.cifar100_record, kind), rows), config)
+    src = _source(raw, functools.partial(_flattened, catalogue.cifar100_record, kind), config, rows)
     return src, DatasetInfo(input_kind=kind, input_shape=in_shape, split_sizes={split: len(src)},
                             fine_class_names=None, **common)
 

@@ -457,6 +457,25 @@ def _ckpt_tree(state: TrainState, best: Mapping[str, Any]) -> dict:
     return {"state": serialization.to_state_dict(state), "best": serialization.to_state_dict(dict(best))}
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch.
+
+    tensorboardX imports torch (if installed) only to accept torch tensors; we log
+    Python floats, and importing torch costs seconds per process, so torch is
+    hidden from that one import unless it is already loaded.
+    """
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 def _copy(tree: Any) -> Any:
     """Fresh buffers (the train step donates the state's, so a kept reference must not alias them)."""
     return jax.tree_util.tree_map(lambda x: x.copy(), tree)
@@ -563,9 +582,7 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
     writer = None
     if is_main:
         _truncate_jsonl(metrics_path, start)
-        from tensorboardX import SummaryWriter
-
-        writer = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+        writer = _summary_writer_class()(logdir=os.path.join(workdir, "tensorboard"))
 
     def emit(step: int, values: Mapping[str, float]) -> None:
         if not is_main:

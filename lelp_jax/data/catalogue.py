@@ -8,9 +8,15 @@
   label 0..4, text = `review_body`. tfds has only a train split: train =
   `train[:80%]`, validation = `train[80%:90%]`, test = `train[90%:]` (tfds
   stores records in a key-hash-shuffled order, so the slices are random).
+  Amazon withdrew the source files (the public S3 bucket) in 2023, so
+  `tfds build` of it fails even online: this serves users who already hold a
+  prepared copy; others can export their reviews to CSV and use `local`.
 - `cifar100_binary` (tfds `cifar100`): label = fine % 2, fine_label = the 100
   fine classes. Splits: train = `train[:45000]`, validation = `train[45000:]`,
   test = `test`.
+
+Reading needs no TensorFlow (array_record + `as_data_source`; PNG images are
+decoded with Pillow); preparing a copy (`tfds build`) does need it.
 
 Before touching a builder's data, `catalogue_builder` checks that the data_dir
 holds a prepared copy and raises at once otherwise: nothing here downloads.

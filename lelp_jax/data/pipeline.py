@@ -16,6 +16,10 @@ positions of each epoch are skipped (different examples each epoch); with
 copies of its own real rows carrying `mask = 0`, so every example counts
 exactly once in masked sums, and padding rows keep a real `index` (writing
 `outputs[index]` for them rewrites the same value).
+
+Text: `input_ids` / `attention_mask` of a global batch are right-padded (id 0)
+to the smallest bucket length holding its longest real row, computed from the
+source's `lengths`, so all hosts agree without talking to each other.
 """
 from __future__ import annotations
 
@@ -80,7 +84,7 @@ class BatchIterator:
         self.host_batch_size = global_batch_size // process_count
         self.process_index = process_index
         self.process_count = process_count
-        self.seed = seed
+        self.seed = int(seed)
         self.shuffle = shuffle
         self.num_epochs = num_epochs
         self.drop_remainder = drop_remainder
@@ -173,9 +177,9 @@ class BatchIterator:
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue at `state['next_batch']`; refuses a state taken with other settings."""
         for key in ("seed", "shuffle", "num_examples", "global_batch_size", "drop_remainder"):
-            if state[key] != getattr(self, key):
+            if state.get(key) != getattr(self, key):
                 raise ValueError(
-                    f"Iterator state has {key}={state[key]!r} but this iterator has "
+                    f"Iterator state has {key}={state.get(key)!r} but this iterator has "
                     f"{getattr(self, key)!r}: build the iterator with the settings of the saved run."
                 )
         self._next = int(state["next_batch"])

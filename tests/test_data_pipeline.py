@@ -57,6 +57,18 @@ def test_digits_binary_counts_balance_fine_labels(digits_dir):
     assert info.class_names == ("even", "odd") and info.input_shape == (8, 8, 1)
 
 
+def test_stratified_split_disjoint_covering_proportional(rng):
+    from lelp_jax.data.builders import stratified_split
+
+    labels = rng.integers(0, 3, 1000)
+    parts = stratified_split(labels, fractions=(0.8, 0.1, 0.1), seed=int(rng.integers(1000)))
+    rows = np.concatenate(parts)
+    assert sorted(rows.tolist()) == list(range(1000))
+    for part, frac in zip(parts, (0.8, 0.1, 0.1)):
+        for c in range(3):  # floor per class: off by at most one per class
+            assert abs((labels[part] == c).sum() - frac * (labels == c).sum()) <= 1
+
+
 def test_digits_features_view_and_cap(tmp_path):
     src, info = _digits(str(tmp_path), "train", input_kind="features", max_examples_per_split=50)
     assert len(src) == 50 and info.input_kind == "features" and info.input_shape == (64,)

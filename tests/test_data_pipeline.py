@@ -82,7 +82,8 @@ def test_digits_in_memory_equals_lazy(digits_dir):
     mem, info = _digits(digits_dir, "validation", in_memory=True, input_kind="features")
     flat, _ = _digits(digits_dir, "validation", input_kind="features")
     kw = dict(global_batch_size=50, seed=4, num_epochs=1, drop_remainder=False)
-    for a, b, c in zip(make_iterator(lazy, **kw), make_iterator(mem, **kw), make_iterator(flat, **kw)):
+    lazy_threads = make_iterator(lazy, num_threads=3, **kw)  # concurrent reads of the tfds source
+    for a, b, c in zip(lazy_threads, make_iterator(mem, **kw), make_iterator(flat, num_threads=0, **kw)):
         np.testing.assert_array_equal(a["image"].reshape(50, -1), b["features"])
         for key in c:
             np.testing.assert_array_equal(b[key], c[key])

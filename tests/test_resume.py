@@ -1,6 +1,7 @@
 """Kill -9 during training, restart, same result; a corrupt latest checkpoint falls back to the previous."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +35,14 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def test_sigkill_then_restart_gives_the_uninterrupted_result(tmp_path):
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run in this process: (workdir, record)."""
+    wd = str(tmp_path_factory.mktemp("reference") / "run")
+    return wd, run_train(wd, num_steps=STEPS, checkpoint_every=EVERY)
+
+
+def test_sigkill_then_restart_gives_the_uninterrupted_result(tmp_path, reference):
     wd = str(tmp_path / "killed")
     proc = _start(wd)
     try:
@@ -59,23 +67,23 @@ def test_sigkill_then_restart_gives_the_uninterrupted_result(tmp_path):
     assert proc.returncode == 0, err.decode()[-3000:]
     with open(os.path.join(wd, "result.json")) as f:
         resumed = json.load(f)
-    reference = run_train(str(tmp_path / "reference"), num_steps=STEPS, checkpoint_every=EVERY)
-    _same(resumed, json.loads(json.dumps(reference)))
+    _same(resumed, json.loads(json.dumps(reference[1])))
     with open(os.path.join(wd, "metrics.jsonl")) as f:
         evals = [json.loads(x)["step"] for x in f if "val_accuracy" in x]
     assert evals == list(range(EVERY, STEPS + 1, EVERY))  # no line lost or repeated across the kill
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, reference):
     wd = str(tmp_path / "run")
-    reference = run_train(wd, num_steps=20, checkpoint_every=EVERY)
-    assert _committed_steps(wd) == [15, 20]
-    latest = os.path.join(wd, "checkpoints", "20", "state")
+    shutil.copytree(reference[0], wd)
+    last, previous = STEPS, STEPS - EVERY
+    assert _committed_steps(wd) == [previous, last]
+    latest = os.path.join(wd, "checkpoints", str(last), "state")
     for root, _, files in os.walk(latest):
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
-    with pytest.warns(RuntimeWarning, match="step 20 .* unreadable"):
-        again = run_train(wd, num_steps=20, checkpoint_every=EVERY)
-    _same(again, reference)
-    assert _committed_steps(wd) == [15, 20]
+    with pytest.warns(RuntimeWarning, match=f"step {last} .* unreadable"):
+        again = run_train(wd, num_steps=STEPS, checkpoint_every=EVERY)
+    _same(again, reference[1])
+    assert _committed_steps(wd) == [previous, last]

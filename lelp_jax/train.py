@@ -28,7 +28,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -230,8 +230,6 @@ def make_train_step(*, model: nn.Module, method: Any, optimizer: optax.GradientT
     With ``mesh``, state/teacher/aux are declared replicated and the batch split
     over ``'data'``; without it, shardings follow the inputs.
     """
-    if method.needs_teacher and teacher_apply is None:
-        log.debug("make_train_step: no teacher_apply; teacher outputs must come from the batch (cached mode).")
     dtype = jnp.dtype(compute_dtype)
 
     def step_fn(state: TrainState, batch: dict, teacher_variables: Any, aux: Any):
@@ -331,7 +329,7 @@ def init_train_state(*, model: nn.Module, method: Any, optimizer: optax.Gradient
                       opt_state=opt_state, rng=k_train, method_params=method_params)
 
 
-def evaluate(eval_step: Callable, params: Any, batch_stats: Any, batches: Iterator[Mapping[str, np.ndarray]],
+def evaluate(eval_step: Callable, params: Any, batch_stats: Any, batches: Iterable[Mapping[str, np.ndarray]],
              mesh: Mesh) -> float:
     """Accuracy over a split: sum of correct / sum of mask over (host-local, padded) batches."""
     correct = count = 0.0

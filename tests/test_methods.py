@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _multihost_worker import NUM_CLASSES, mlp, small_config, synthetic_arrays
+from _multihost_worker import NUM_CLASSES, mlp, small_config, source, synthetic_arrays
 
 from lelp_jax import losses, methods, projections, sharding, statistics, targets, train
 
@@ -144,3 +144,59 @@ def test_subclass_class_log_probs_matches_numpy(rng):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="plain-head"):
         methods.get_method("kd").class_log_probs(jnp.asarray(logits), 2, None)
+
+
+def _adapter_method():
+    """A FitNet-style method built from the registry's parts: extra trainable params via ``init_params``."""
+    from lelp_jax import feature_losses
+
+    def init_params(key, *, student_embedding_dim, teacher_embedding_dim, cfg):
+        return {"kernel": 0.1 * jax.random.normal(key, (student_embedding_dim, teacher_embedding_dim)),
+                "bias": jnp.zeros((teacher_embedding_dim,))}
+
+    def loss(*, student_logits, student_embedding, batch, teacher_embedding, method_params, **_):
+        mask = methods.batch_mask(batch)
+        return (losses.cross_entropy(student_logits, batch["label"], mask=mask)
+                + feature_losses.fitnet_loss(student_embedding, teacher_embedding, method_params, mask=mask))
+
+    return methods.Method(name="adapter_test", needs_teacher=True, loss=loss, head_outputs=lambda c, cfg: c,
+                          class_log_probs=methods.plain_class_log_probs, init_params=init_params)
+
+
+def test_method_params_are_trained_and_checkpointed(rng, tmp_path):
+    from lelp_jax import feature_losses
+
+    mesh = sharding.make_mesh()
+    cfg, data, teacher, t_vars, student, _, _, _, batch = _setup(rng, "ce", NUM_CLASSES)
+    opt = train.make_optimizer(small_config(warmup_steps=0).train, num_steps=10)  # lr(0) > 0
+    method = _adapter_method()
+    state = train.init_train_state(model=student, method=method, optimizer=opt,
+                                   sample_batch={"features": data["features"][:1]}, seed=1, method_cfg=cfg,
+                                   teacher_embedding_dim=12)
+    assert state.method_params["kernel"].shape == (8, 12)
+    step = train.make_train_step(model=student, method=method, optimizer=opt, num_classes=NUM_CLASSES,
+                                 method_cfg=cfg, teacher_apply=teacher.apply, mesh=mesh)
+    adapter0 = jax.tree_util.tree_map(np.asarray, state.method_params)
+    new, metrics = step(sharding.replicate(state, mesh), sharding.shard_batch(batch, mesh),
+                        sharding.replicate(t_vars, mesh), None)
+    assert not np.allclose(np.asarray(new.method_params["kernel"]), adapter0["kernel"])  # the adapter learns
+    s_emb, s_logits = student.apply({"params": state.params}, batch)  # replicate() copied: state is intact
+    t_emb, _ = teacher.apply(t_vars, batch)
+    mask = jnp.asarray(batch["mask"])
+    want = (losses.cross_entropy(s_logits, jnp.asarray(batch["label"]), mask=mask)
+            + feature_losses.fitnet_loss(s_emb, t_emb, adapter0, mask=mask))
+    np.testing.assert_allclose(float(metrics["loss"]), float(want), rtol=1e-5)
+
+    rec = train.train_and_evaluate(model=student, method=method, cfg=small_config(num_steps=4, eval_every=2,
+                                                                                   checkpoint_every=2),
+                                   train_source=source(64, 0), val_source=source(32, 1), test_source=source(32, 2),
+                                   mesh=mesh, workdir=str(tmp_path), seed=0, num_classes=NUM_CLASSES,
+                                   teacher_apply=teacher.apply, teacher_variables=t_vars, progress=False)
+    assert rec["steps"] == 4 and rec["method"] == "adapter_test"
+    # resume restores the adapter too: a second call continues from the final checkpoint, same record
+    again = train.train_and_evaluate(model=student, method=method, cfg=small_config(num_steps=4, eval_every=2,
+                                                                                     checkpoint_every=2),
+                                     train_source=source(64, 0), val_source=source(32, 1), test_source=source(32, 2),
+                                     mesh=mesh, workdir=str(tmp_path), seed=0, num_classes=NUM_CLASSES,
+                                     teacher_apply=teacher.apply, teacher_variables=t_vars, progress=False)
+    assert again["history"] == rec["history"]

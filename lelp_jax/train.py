@@ -423,7 +423,8 @@ class _Checkpoints:
         self.manager = ocp.CheckpointManager(
             os.path.abspath(directory),
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 enable_async_checkpointing=False),
+                                                 enable_async_checkpointing=False,
+                                                 cleanup_tmp_directories=True),  # leftovers of a killed save
             item_handlers=_item_handlers(),
         )
 
@@ -480,11 +481,12 @@ def _copy(tree: Any) -> Any:
 
 
 def _truncate_jsonl(path: str, max_step: int) -> None:
-    """Drop metric lines written after the restored step (they will be written again)."""
+    """Drop metric lines written after the restored step, and final test lines (they will be written again)."""
     if not os.path.exists(path):
         return
     with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= max_step]
+        rows = [(ln, json.loads(ln)) for ln in f if ln.strip()]
+    lines = [ln for ln, row in rows if row.get("step", 0) <= max_step and "test_accuracy_last" not in row]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(lines)
@@ -521,7 +523,8 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
         cfg = _with_train_section(cfg, train_cfg)
     c = train_config(train_cfg)
     if method.needs_teacher and teacher_variables is None and teacher_cache is None:
-        raise ValueError(f"method {method.name!r} needs a teacher: pass teacher_apply+teacher_variables or teacher_cache.")
+        raise ValueError(f"method {method.name!r} needs a teacher: pass teacher_apply+teacher_variables "
+                         "or teacher_cache.")
     if teacher_variables is not None and teacher_apply is None:
         raise ValueError("teacher_variables given without teacher_apply.")
     make_iterator = make_iterator or _default_make_iterator()
@@ -580,7 +583,9 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
     writer = None
     if is_main:
         _truncate_jsonl(metrics_path, start)
-        writer = _summary_writer_class()(logdir=os.path.join(workdir, "tensorboard"))
+        # purge_step: events after the restored step (from a killed run) are dropped
+        writer = _summary_writer_class()(logdir=os.path.join(workdir, "tensorboard"),
+                                         purge_step=start + 1 if start else None)
 
     def emit(step: int, values: Mapping[str, float]) -> None:
         if not is_main:

@@ -60,8 +60,9 @@ class SmallCNN(nn.Module):
 
     The default (32, 64) + (128,) is a typical small teacher on 28x28 or 32x32
     images; (8, 16) + (32,) is the paper-regime student. Dropout before each Dense
-    after the first (and before ``head``) in train. embedding = last hidden activation (flattened conv output if
-    ``hidden`` is empty). ``batch_norm`` adds BatchNorm after each conv.
+    after the first (and before ``head``) in train. embedding = last hidden
+    activation (flattened conv output if ``hidden`` is empty). ``batch_norm`` adds
+    BatchNorm after each conv.
     """
 
     num_outputs: int
@@ -187,28 +188,34 @@ _MBV2_CIFAR_PLAN = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
 class MobileNetV2(nn.Module):
     """MobileNetV2 (Sandler et al. 2018) with a CIFAR-size stride plan and width multiplier.
 
-    Stem conv3x3(32w, stride 1), inverted residual stages, 1x1 conv to
-    ``1280 * max(1, w)`` + ReLU6, global average pool = embedding; dropout before ``head``.
+    Stem conv3x3(32w, stride 1), inverted residual stages from ``plan`` (rows
+    (expand t, channels c, repeats n, stride s); default the CIFAR plan), 1x1 conv
+    to ``last_channels * max(1, w)`` + ReLU6, global average pool = embedding;
+    dropout before ``head``. A shorter ``plan`` gives a smaller network.
     """
 
     num_outputs: int
     width: float = 1.0
     dropout_rate: float = 0.0
+    plan: Sequence[tuple[int, int, int, int]] = _MBV2_CIFAR_PLAN
+    last_channels: int = 1280
     input_key: str = "image"
 
     @nn.compact
     def __call__(self, batch, *, train: bool = False):
         if self.width <= 0:
             raise ValueError(f"MobileNetV2 width must be > 0, got {self.width}.")
+        if not self.plan or any(len(row) != 4 for row in self.plan):
+            raise ValueError(f"MobileNetV2 plan must be a non-empty list of (t, c, n, s) rows, got {self.plan}.")
         x = get_input(batch, self.input_key, "MobileNetV2").astype(jnp.float32)
         check_rank(x, 4, "image (B, H, W, ch)", "MobileNetV2")
         x = nn.Conv(_make_divisible(32 * self.width), (3, 3), padding="SAME", use_bias=False, name="stem")(x)
         x = nn.relu6(_bn(train, name="stem_bn")(x))
-        for i, (t, c, n, s) in enumerate(_MBV2_CIFAR_PLAN):
+        for i, (t, c, n, s) in enumerate(self.plan):
             ch = _make_divisible(c * self.width)
             for j in range(n):
                 x = InvertedResidual(ch, s if j == 0 else 1, t, name=f"block{i}_{j}")(x, train=train)
-        last = _make_divisible(1280 * max(1.0, self.width))
+        last = _make_divisible(self.last_channels * max(1.0, self.width))
         x = nn.Conv(last, (1, 1), use_bias=False, name="last_conv")(x)
         x = nn.relu6(_bn(train, name="last_bn")(x))
         h = jnp.mean(x, axis=(1, 2))

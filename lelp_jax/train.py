@@ -604,16 +604,16 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_steps, initial=start, desc=f"{method.name} seed {seed}", dynamic_ncols=True)
-    pending: list[jax.Array] = []
-    last_loss = float("nan")
+    pending: list[tuple[jax.Array, jax.Array]] = []  # (loss, batch accuracy) per step, read at log/eval time
+    last_loss = last_acc = float("nan")
     t_log, n_log = time.time(), 0
 
     def flush_losses() -> None:
-        nonlocal last_loss
-        for x in shd.to_host(pending):
-            meta["loss_sum"] += float(x)
+        nonlocal last_loss, last_acc
+        for loss, acc in shd.to_host(pending):
+            meta["loss_sum"] += float(loss)
             meta["loss_count"] += 1
-            last_loss = float(x)
+            last_loss, last_acc = float(loss), float(acc)
         pending.clear()
 
     try:
@@ -623,7 +623,7 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
                 emb, logits = teacher_cache.lookup(host_batch["index"])
                 host_batch = {**host_batch, "teacher_embedding": emb, "teacher_logits": logits}
             state, metrics = train_step(state, shd.shard_batch(host_batch, mesh), online_teacher, aux)
-            pending.append(metrics["loss"])
+            pending.append((metrics["loss"], metrics["accuracy"]))
             n_log += batch_size
             if step % log_every == 0 or step == num_steps:
                 flush_losses()
@@ -631,9 +631,10 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
                 rate = n_log / max(now - t_log, 1e-9)
                 t_log, n_log = now, 0
                 if bar is not None:
-                    bar.set_postfix(loss=f"{last_loss:.4f}", val_acc=f"{meta['best_val_accuracy']:.4f}",
+                    bar.set_postfix(loss=f"{last_loss:.4f}", acc=f"{last_acc:.3f}",
+                                    best_val=f"{meta['best_val_accuracy']:.3f}",
                                     ex_s=f"{rate:.0f}")
-                emit(step, {"train_loss_last": last_loss, "examples_per_s": rate})
+                emit(step, {"train_loss_last": last_loss, "train_accuracy_last": last_acc, "examples_per_s": rate})
             if step % eval_every == 0 or step == num_steps:
                 flush_losses()
                 val_acc = evaluate(eval_step, state.params, state.batch_stats, eval_batches(val_source), mesh)

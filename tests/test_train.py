@@ -94,17 +94,24 @@ def test_bfloat16_compute_keeps_float32_master_params(rng):
 
 
 def test_make_optimizer_schedule_and_errors():
-    cfg = small_config(learning_rate=0.1, warmup_steps=4, schedule="cosine", optimizer="sgd")
+    """SGD + momentum 0.9 on a constant gradient 1: update_t = -lr(t) m_t, m_t = sum_k<=t 0.9^(t-k),
+    lr(t) = 0.1 t / 4 during warm-up, then 0.1 (1 + cos(pi (t - 4) / 16)) / 2 (cosine to 0 at t = 20)."""
+    cfg = small_config(learning_rate=0.1, warmup_steps=4, schedule="cosine", optimizer="sgd", momentum=0.9)
     opt = train.make_optimizer(cfg.train, num_steps=20)
     params = {"w": jnp.zeros(())}
     state = opt.init(params)
-    lrs = []
-    for _ in range(20):  # with gradient 1 and momentum 0.9 the first update is -lr(0); read lr via the count
+    got = []
+    for _ in range(20):
         updates, state = opt.update({"w": jnp.ones(())}, state, params)
-        lrs.append(updates)
-    sched = optax.warmup_cosine_decay_schedule(0.0, 0.1, 4, 20, 0.0)
-    assert float(sched(0)) == 0.0 and abs(float(sched(4)) - 0.1) < 1e-7 and float(sched(20)) == 0.0
-    assert float(lrs[0]["w"]) == 0.0  # warm-up starts at 0
+        got.append(float(updates["w"]))
+    t = np.arange(20, dtype=np.float64)
+    lr = np.where(t < 4, 0.1 * t / 4, 0.1 * (1 + np.cos(np.pi * (t - 4) / 16)) / 2)
+    m = np.array([sum(0.9 ** (i - k) for k in range(i + 1)) for i in range(20)])
+    np.testing.assert_allclose(got, -lr * m, rtol=1e-5, atol=1e-7)
+    const = train.make_optimizer(small_config(learning_rate=0.1, warmup_steps=0, schedule="constant",
+                                              optimizer="sgd", momentum=0.0).train, num_steps=5)
+    updates, _ = const.update({"w": jnp.ones(())}, const.init(params), params)
+    assert abs(float(updates["w"]) + 0.1) < 1e-7
     for bad, match in (({"optimizer": "lamb"}, "optimizer"), ({"schedule": "step"}, "schedule"),
                        ({"compute_dtype": "float16"}, "compute_dtype")):
         with pytest.raises(ValueError, match=match):

@@ -484,9 +484,15 @@ def _truncate_jsonl(path: str, max_step: int) -> None:
     """Drop metric lines written after the restored step, and final test lines (they will be written again)."""
     if not os.path.exists(path):
         return
+    lines = []
     with open(path) as f:
-        rows = [(ln, json.loads(ln)) for ln in f if ln.strip()]
-    lines = [ln for ln, row in rows if row.get("step", 0) <= max_step and "test_accuracy_last" not in row]
+        for ln in f:
+            try:
+                row = json.loads(ln)
+            except json.JSONDecodeError:  # a line cut by a kill mid-write
+                continue
+            if row.get("step", 0) <= max_step and "test_accuracy_last" not in row:
+                lines.append(ln if ln.endswith("\n") else ln + "\n")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(lines)

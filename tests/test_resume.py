@@ -83,7 +83,12 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, reference):
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
+    with open(os.path.join(wd, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 3, "train_lo')  # a line cut by a kill mid-write
     with pytest.warns(RuntimeWarning, match=f"step {last} .* unreadable"):
         again = run_train(wd, num_steps=STEPS, checkpoint_every=EVERY)
     _same(again, reference[1])
     assert _committed_steps(wd) == [previous, last]
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        evals = [json.loads(x)["step"] for x in f if "val_accuracy" in x]
+    assert evals == list(range(EVERY, STEPS + 1, EVERY))

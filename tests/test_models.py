@@ -207,6 +207,9 @@ def test_build_model_errors():
         build_model("resnet", num_outputs=2, depth=10).init(_key(0), {"image": np.zeros((1, 8, 8, 3))})
     with pytest.raises(ValueError, match="already registered"):
         register_model("mlp", MLP)
+    with pytest.raises(ValueError, match="max_len 16"):
+        c = _compiled("text_transformer")
+        c.model.apply(c.variables, {"input_ids": np.ones((1, 20), np.int32)})
 
 
 def _param_count(name, batch, **kwargs):
@@ -281,3 +284,17 @@ def test_teacher_from_flax_on_a_user_module(rng):
     frozen = dataclasses.FrozenInstanceError
     with pytest.raises(frozen):
         teacher.name = "other"
+
+
+def test_interface_docstring_example_runs():
+    """The wrapping example in lelp_jax.models.interface (copied to the README) must work."""
+    import textwrap
+
+    from lelp_jax.models import interface
+
+    doc = interface.__doc__
+    code = textwrap.dedent(doc[doc.index("    import flax.linen"):doc.index("A teacher that is not Flax")])
+    scope: dict = {}
+    exec(compile(code, "interface_example", "exec"), scope)
+    assert scope["embedding"].shape == (4, 64) and scope["logits"].shape == (4, 2)
+    assert scope["W"].shape == (2, 64) and scope["b"].shape == (2,)

@@ -27,16 +27,21 @@ Registry names and main options
   ``embedding_bag``: masked mean of token embeddings (+ optional ``hidden``).
   All over WordPiece ids (vocab 30522, the MiniLM tokenizer).
 
-Teacher / student pairs with a parameter ratio of at least 10x (counted with
-``count_params`` in tests/test_models.py, num_outputs = 2):
-- vision: ``resnet`` depth 56 (855k) vs ``small_cnn`` conv (8, 16) + dense 32 on
-  32x32x3 images (34k): 25x. On 28x28x1 (Fashion-MNIST): ``small_cnn`` default
-  (421k) vs ``small_cnn`` (8, 16) + 32 (26k): 15.9x.
-- text: ``minilm`` (22.6M; the unused BERT pooler is not loaded) vs
-  ``text_transformer`` d_model 64, 2 layers (2.07M): 10.9x; vs ``embedding_bag``
-  embed 64 (1.95M): 11.6x; vs ``mlp`` 384 -> 64 on frozen MiniLM features (25k): 911x.
-- digits (8x8): ``mlp`` hidden (256, 256) teacher (83k) vs ``mlp`` hidden (8,) (538): 154x;
-  vs linear ``mlp`` hidden () (130): 638x.
+Teacher / student pairs with a parameter ratio of at least 10x (``count_params``,
+num_outputs = 2; the ratios are checked in tests/test_models.py). FLOPs are XLA's
+compiled count for one example (``flops_per_example``, CPU; text at 64 tokens):
+- vision: ``resnet`` depth 56 (855k params, 236M FLOPs) vs ``small_cnn``
+  conv (8, 16) + dense 32 on 32x32x3 (34k, 1.07M): 25x params, 220x FLOPs.
+  Fashion-MNIST 28x28x1: ``small_cnn`` default (421k, 7.9M) vs ``small_cnn``
+  (8, 16) + 32 (26k, 0.59M): 15.9x params, 13x FLOPs.
+- text: ``minilm`` (22.6M, 1.44G; the unused BERT pooler is not loaded) vs
+  ``text_transformer`` d_model 64, 2 layers (2.07M, 17M): 10.9x params, 84x FLOPs;
+  vs ``embedding_bag`` embed 64 (1.95M, 9k FLOPs): 11.6x; vs ``mlp`` 384 -> 64 on
+  frozen MiniLM ``features`` (25k): 911x.
+- digits (8x8 as 64 features): ``mlp`` hidden (256, 256) (83k) vs ``mlp`` hidden (8,)
+  (538): 154x; vs linear ``mlp`` hidden () (130): 638x.
+``model_table([(ModelInfo('resnet56', ...), ModelInfo('small_cnn', ...))])`` prints
+such a table for your own pairs.
 
 How to add a model
 1. Write a ``nn.Module`` with a ``num_outputs: int`` field, an ``input_key`` field,

@@ -8,6 +8,8 @@ few lines, as long as it returns ``(embedding, logits)`` and its last layer is a
 Dense at a known path::
 
     import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
     from lelp_jax.models import teacher_from_flax
 
     class MyNet(nn.Module):
@@ -16,11 +18,11 @@ Dense at a known path::
             h = nn.relu(nn.Dense(64)(batch["features"]))
             return h, nn.Dense(2, name="head")(h)
 
-    net = MyNet()
-    variables = net.init(jax.random.key(0), {"features": jnp.zeros((1, 10))})
-    teacher = teacher_from_flax(net, variables, name="my_net")
-    embedding, logits = teacher.apply_fn(teacher.variables, batch)
-    W, b = teacher.classifier_weights()
+    batch = {"features": jnp.ones((4, 10))}
+    variables = MyNet().init(jax.random.key(0), batch)
+    teacher = teacher_from_flax(MyNet(), variables, name="my_net")
+    embedding, logits = teacher.apply_fn(teacher.variables, batch)  # (4, 64), (4, 2)
+    W, b = teacher.classifier_weights()                            # (2, 64), (2,)
 
 A teacher that is not Flax (or not linear-headed in this layout) builds
 ``Teacher(apply_fn=..., variables=..., classifier_weights=..., name=...)`` directly.

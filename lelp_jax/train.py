@@ -301,9 +301,8 @@ def _default_make_iterator():
 
 
 def _sample_batch(source: Any) -> dict[str, np.ndarray]:
-    """One-row batch from ``source[0]`` (for shape inference at init)."""
-    ex = source[0]
-    return {k: np.asarray(v)[None] for k, v in ex.items()}
+    """One-row batch from ``source[0]`` (for shape inference at init); numeric entries only."""
+    return _strip({k: np.asarray(v)[None] for k, v in source[0].items()})
 
 
 def init_train_state(*, model: nn.Module, method: Any, optimizer: optax.GradientTransformation,

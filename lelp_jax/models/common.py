@@ -11,9 +11,6 @@ from typing import Any
 
 import jax.numpy as jnp
 
-INPUT_KEYS = ("image", "features", "input_ids")
-
-
 def get_input(batch: Any, key: str, model_name: str) -> jnp.ndarray:
     """Return ``batch[key]`` or raise a ValueError that says what the model needs."""
     if not isinstance(batch, Mapping):

@@ -23,6 +23,7 @@ h and runs the encoder deterministically (pair it with an optimizer mask such as
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from pathlib import Path
@@ -225,10 +226,17 @@ def minilm_init_variables(model: MiniLM, rng: jax.Array, *, encoder_params: dict
     return {"params": params}
 
 
-def minilm_encode(encoder_params: dict, input_ids, attention_mask, *, normalize: bool = True,
-                  dtype: Any = jnp.float32) -> jax.Array:
-    """Sentence embeddings (B, 384) of a token batch with the given encoder params (eval mode)."""
-    ids = jnp.asarray(input_ids, jnp.int32)
-    mask = jnp.asarray(attention_mask)
+@functools.partial(jax.jit, static_argnames=("normalize", "dtype"))
+def _encode(encoder_params, ids, mask, normalize, dtype):
     hidden = MiniLMEncoder(dtype=dtype).apply({"params": encoder_params}, ids, mask, train=False)
     return sentence_embedding(hidden, mask, normalize=normalize)
+
+
+def minilm_encode(encoder_params: dict, input_ids, attention_mask, *, normalize: bool = True,
+                  dtype: Any = jnp.float32) -> jax.Array:
+    """Sentence embeddings (B, 384) of a token batch with the given encoder params (eval, jitted).
+
+    Compiles once per (B, L) shape: pad batches to a few bucket lengths.
+    """
+    return _encode(encoder_params, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
+                   normalize, dtype)

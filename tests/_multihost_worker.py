@@ -105,7 +105,7 @@ def run_multihost(out_dir: str, pid: int, nproc: int, port: int) -> None:
 
 
 def multihost_job(pid: int, nproc: int) -> dict:
-    """A few train steps (kd, online teacher) and moment accumulation; returns host NumPy results.
+    """A few train steps (kd, online teacher), moment accumulation and a teacher-output cache.
 
     Each process passes rows [pid*B/n, (pid+1)*B/n) of every global batch, so the
     single-process run (pid=0, nproc=1) sees the same global batches.
@@ -138,7 +138,9 @@ def multihost_job(pid: int, nproc: int) -> dict:
         t_model.apply, t_vars, source(64, 0), mesh=mesh, num_classes=NUM_CLASSES, batch_size=16,
         process_index=pid, process_count=nproc)
     moments = sharding.to_host(moments)
-    out = {"loss": np.asarray(losses)}
+    cache = teacher.cache_teacher_outputs(t_model.apply, t_vars, source(40, 0), mesh=mesh, batch_size=16,
+                                          process_index=pid, process_count=nproc)  # 40: last batch padded
+    out = {"loss": np.asarray(losses), "cache_embeddings": cache.embeddings, "cache_logits": cache.logits}
     out.update({f"param_{i}": x for i, x in enumerate(jax.tree_util.tree_leaves(sharding.to_host(state.params)))})
     out.update({f"moments_{k}": np.asarray(v) for k, v in
                 zip(("count", "mean", "m2"), (moments.count, moments.mean, moments.m2))})

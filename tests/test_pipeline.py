@@ -1,0 +1,189 @@
+"""The whole `lelp run` on digits_binary end to end (smoke size), resume, extension, workdir rules."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lelp_jax import cli, pipeline
+from lelp_jax.config import load_config
+
+CONFIG = "configs/digits_binary.py"
+
+
+def snapshot(root):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.stat(p)
+            out[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def env_dirs(tmp_path_factory):
+    """A shared tfds data dir and no persistent compilation cache (tests write nothing outside tmp)."""
+    old = os.environ.get("LELP_JAX_CACHE_DIR")
+    os.environ["LELP_JAX_CACHE_DIR"] = "off"
+    yield {"data_dir": str(tmp_path_factory.mktemp("tfds"))}
+    if old is None:
+        os.environ.pop("LELP_JAX_CACHE_DIR", None)
+    else:
+        os.environ["LELP_JAX_CACHE_DIR"] = old
+
+
+def smoke_args(workdir, data_dir):
+    return [
+        "--config", CONFIG, "--workdir", str(workdir), "--config.smoke=true", f"--config.data.data_dir={data_dir}",
+        "--config.teacher.train.num_steps=40", "--config.train.num_steps=20", "--config.train.checkpoint_every=0",
+        "--config.teacher.train.checkpoint_every=0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, env_dirs):
+    """`lelp run --methods ce,kd`, then `lelp run --methods ce,kd,lelp,pca` in the same workdir."""
+    workdir = tmp_path_factory.mktemp("run") / "wd"
+    base = smoke_args(workdir, env_dirs["data_dir"])
+    assert cli.main(["run", *base, "--methods", "ce,kd"]) == 0
+    first = json.loads((workdir / "results.json").read_text())
+    ce_before = snapshot(workdir / "runs" / "ce")
+    assert cli.main(["run", *base, "--methods", "ce,kd,lelp,pca"]) == 0
+    return {"workdir": workdir, "base": base, "first": first, "ce_before": ce_before}
+
+
+def test_run_produces_results_for_every_method(finished_run):
+    wd = finished_run["workdir"]
+    results = json.loads((wd / "results.json").read_text())
+    assert results["dataset"] == "digits_binary" and results["config_name"] == "digits_binary"
+    assert [(r["method"], r["seed"]) for r in results["runs"]] == [("ce", 0), ("kd", 0), ("lelp", 0), ("pca", 0)]
+    teacher = results["teacher"]
+    assert teacher["source"] == "trained" and teacher["params"] > 10 * results["runs"][0]["student_params"]
+    assert 0.5 < teacher["test_accuracy"] <= 1.0
+    required = ("method", "seed", "overrides", "test_accuracy_last", "test_accuracy_best_val", "best_val_accuracy",
+                "best_step", "student_params", "teacher_params", "teacher_test_accuracy", "wall_time_s", "steps",
+                "history")
+    for r in results["runs"]:
+        assert all(k in r for k in required), sorted(set(required) - set(r))
+        assert r["steps"] == 20 and 0.0 <= r["test_accuracy_best_val"] <= 1.0
+        assert r["teacher_test_accuracy"] == teacher["test_accuracy"]
+        assert r["overrides"]["train.num_steps"] == 20 and r["overrides"]["smoke"] is True
+    # LELP-type students have a C*S head: S = 5 subclasses per class.
+    by = {r["method"]: r for r in results["runs"]}
+    assert by["lelp"]["student_params"] > by["ce"]["student_params"]
+    for name in ("config.json", "teacher/teacher.json", "statistics.npz", "projections.npz", "projections_pca.npz"):
+        assert (wd / name).exists(), name
+    stored = json.loads((wd / "config.json").read_text())
+    assert stored["train"]["num_steps"] == 20 and stored["methods"] == ["ce", "kd", "lelp", "pca"]
+
+
+def test_extending_methods_reuses_finished_runs(finished_run):
+    wd = finished_run["workdir"]
+    assert [r["method"] for r in finished_run["first"]["runs"]] == ["ce", "kd"]
+    assert snapshot(wd / "runs" / "ce") == finished_run["ce_before"]  # not retrained
+
+
+def test_rerun_is_a_noop(finished_run, capsys):
+    wd = finished_run["workdir"]
+    before = snapshot(wd)
+    assert cli.main(["run", *finished_run["base"], "--methods", "ce,kd,lelp,pca"]) == 0
+    out = capsys.readouterr().out
+    assert snapshot(wd) == before
+    for stage in ("teacher", "statistics", "fit", "distill", "eval"):
+        assert f"[{stage}] already done, skipped" in out
+
+
+def test_statistics_match_numpy_on_teacher_embeddings(finished_run):
+    """statistics.npz holds the per-class count/mean/M2 of the teacher's train embeddings (float64 check)."""
+    import jax
+
+    wd = finished_run["workdir"]
+    config = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")])
+    env = pipeline.Env(config)
+    model, variables = pipeline.load_teacher(config, wd, env)
+    source, info = env.split("train")
+    rows = [source[i] for i in range(len(source))]
+    batch = {"image": np.stack([r["image"] for r in rows])}
+    emb, _ = model.apply(jax.device_get(variables), batch, train=False)
+    emb = np.asarray(emb, np.float64)
+    labels = np.asarray([r["label"] for r in rows])
+    with np.load(wd / "statistics.npz") as f:
+        count, mean, m2 = f["count"], f["mean"], f["m2"]
+    for c in range(info.num_classes):
+        h = emb[labels == c]
+        mu = h.mean(0)
+        assert count[c] == len(h)
+        np.testing.assert_allclose(mean[c], mu, atol=1e-4 * (1 + np.abs(mu).max()))
+        ref = (h - mu).T @ (h - mu)
+        np.testing.assert_allclose(m2[c], ref, atol=1e-3 * (1 + np.abs(ref).max()))
+
+
+def test_projection_settings_are_recorded(finished_run):
+    from lelp_jax.projections import load_projections
+
+    wd = finished_run["workdir"]
+    lelp = load_projections(wd / "projections.npz")
+    pca = load_projections(wd / "projections_pca.npz")
+    assert lelp.num_subclasses == 5 and lelp.null_space and lelp.rotate
+    assert not pca.null_space and not pca.rotate
+    s = dict(lelp.settings)
+    assert s["beta"] == 1.0 and s["tau"] == 2.0 and s["fit_labels"] == "labels"
+    assert s["teacher"].startswith("mlp@") and s["teacher"].endswith("teacher")
+
+
+def test_teacher_checkpoint_is_loaded_not_retrained(finished_run, tmp_path, env_dirs, capsys):
+    src = finished_run["workdir"]
+    wd = tmp_path / "reuse"
+    args = smoke_args(wd, env_dirs["data_dir"])
+    assert cli.main(["teacher", *args, f"--config.teacher.checkpoint={src}"]) == 0
+    assert "checkpoint teacher" in capsys.readouterr().out
+    loaded = json.loads((wd / "teacher" / "teacher.json").read_text())
+    trained = json.loads((src / "teacher" / "teacher.json").read_text())
+    assert loaded["source"] == "checkpoint"
+    assert loaded["params"] == trained["params"]
+    assert loaded["test_accuracy"] == pytest.approx(trained["test_accuracy"], abs=1e-9)
+    assert not (wd / "teacher" / "checkpoints").exists()
+
+
+def test_eval_names_missing_runs(finished_run, capsys):
+    wd = finished_run["workdir"]
+    before = snapshot(wd)
+    rc = cli.main(["eval", *finished_run["base"], "--methods", "ce,kd,lelp,pca", "--seeds", "0,1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "runs not finished" in err and "ce/seed_1" in err and "pca/seed_1" in err
+    # config.json records the latest methods/seeds; nothing else changed.
+    changed = {k for k in snapshot(wd) if snapshot(wd)[k] != before.get(k)}
+    assert changed <= {"config.json"}
+
+
+def test_force_deletes_only_pipeline_artifacts(tmp_path):
+    config = load_config(CONFIG, [])
+    other = load_config(CONFIG, ["--config.lelp.beta=3"])
+    wd = tmp_path / "wd"
+    pipeline.init_workdir(config, wd)
+    (wd / "runs" / "ce" / "seed_0").mkdir(parents=True)
+    (wd / "runs" / "ce" / "seed_0" / "result.json").write_text("{}")
+    (wd / "statistics.npz").write_bytes(b"x")
+    (wd / "my_notes.txt").write_text("mine")
+    with pytest.raises(pipeline.WorkdirError, match="lelp.beta: 1.0 -> 3.0"):
+        pipeline.init_workdir(other, wd)
+    pipeline.init_workdir(other, wd, force=True)
+    assert sorted(p.name for p in wd.iterdir()) == ["config.json", "my_notes.txt"]
+    assert json.loads((wd / "config.json").read_text())["lelp"]["beta"] == 3.0
+
+
+def test_carved_validation_is_disjoint_seeded_and_reindexed():
+    from lelp_jax.data.sources import ArraySource
+
+    parent = ArraySource({"label": np.arange(50) % 2, "features": np.arange(100.0).reshape(50, 2)})
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(50)
+    val = pipeline.SubsetSource(parent, np.sort(perm[:5]))
+    train = pipeline.SubsetSource(parent, np.sort(perm[5:]))
+    assert len(val) == 5 and len(train) == 45
+    seen = {float(val[i]["features"][0]) for i in range(5)} | {float(train[i]["features"][0]) for i in range(45)}
+    assert len(seen) == 50
+    assert [int(train[i]["index"]) for i in range(45)] == list(range(45))
+    with pytest.raises(IndexError):
+        val[5]

@@ -33,7 +33,11 @@ import optax
 
 from lelp_jax import losses, targets
 
-__all__ = ["Method", "METHODS", "register_method", "get_method", "method_names"]
+__all__ = [
+    "Method", "METHODS", "register_method", "get_method", "method_names",
+    # building blocks for registering more methods
+    "section", "option", "batch_mask", "plain_class_log_probs", "subclass_class_log_probs",
+]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -149,10 +149,12 @@ def format_table(teacher: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
     ]
     if teacher:
         acc = teacher.get("test_accuracy", teacher.get("teacher_test_accuracy"))
+        last = teacher.get("test_accuracy_last", acc)
         acc_s = "n/a" if acc is None else f"{100 * float(acc):.2f}"
+        last_s = "n/a" if last is None else f"{100 * float(last):.2f}"
         name = f"teacher ({teacher['model']})" if teacher.get("model") else "teacher"
         tp = teacher.get("params", teacher.get("teacher_params"))
-        lines.append(f"| {name} | {acc_s} | {acc_s} | {_params([int(tp)] if tp is not None else [])} | – |")
+        lines.append(f"| {name} | {last_s} | {acc_s} | {_params([int(tp)] if tp is not None else [])} | – |")
     if subclass_teacher:
         st = subclass_teacher
         lines.append(f"| subclass teacher (C*S head) | {100 * float(st['test_accuracy_last']):.2f} | "
@@ -181,7 +183,7 @@ def _plt():
 def plot_spectrum(eigenvalues: np.ndarray, path: Path, *, title: str) -> Path:
     """Per-class eigenvalues of the (projected) teacher-embedding covariance, descending, log scale."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 3.8))
     floor = 1e-12
     for c, ev in enumerate(np.atleast_2d(eigenvalues)):
         ev = np.sort(np.asarray(ev, np.float64))[::-1]
@@ -321,7 +323,7 @@ def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                 parts.append(table)
             if w["eigenvalues"] is not None:
                 p = plot_spectrum(w["eigenvalues"], out / f"{tag}_spectrum.png",
-                                  title=f"{dataset} / {w['config_name']}: per-class teacher-embedding spectrum")
+                                  title=f"{dataset} / {w['config_name']}: teacher-embedding spectrum per class")
                 plots.append(str(p))
                 section.append(f"![spectrum]({p.name})")
             if any(r.get("history") for r in w["runs"]):

@@ -101,3 +101,55 @@ def test_sweep_point_missing_runs_is_an_error(tmp_path):
 
     with pytest.raises(RuntimeError, match="without every method"):
         sweep.run_sweep(_config(), tmp_path, {"lelp.beta": [1.0]}, share_teacher=False, run_fn=incomplete, log=lambda m: None)
+
+
+# ----------------------------------------------------------------------------- real pipeline, tiny
+
+
+def _tiny_config():
+    from lelp_jax.config import load_config
+
+    steps = ["teacher.train.num_steps=6", "train.num_steps=6"] + [
+        f"{s}.{k}=3" for s in ("teacher.train", "train") for k in ("eval_every", "checkpoint_every", "log_every")]
+    return load_config("digits_binary", ["smoke=true", "methods=lelp", "seeds=0"] + steps)
+
+
+def test_tiny_sweep_resumes_after_kill_and_reports(tmp_path):
+    from lelp_jax import pipeline, report
+
+    calls = []
+
+    def killed_on_second(cfg, workdir, *, log=print):
+        calls.append(workdir)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return pipeline.run_all(cfg, workdir, log=log)
+
+    grid = sweep.parse_grid(["lelp.num_subclasses=1,3"])
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(_tiny_config(), tmp_path, grid, run_fn=killed_on_second, log=lambda m: None)
+    first = tmp_path / "sweep" / "lelp.num_subclasses=1"
+    stamp = (first / "results.json").stat().st_mtime_ns
+    calls.clear()
+
+    def counting(cfg, workdir, *, log=print):
+        calls.append(workdir)
+        return pipeline.run_all(cfg, workdir, log=log)
+
+    summary = sweep.run_sweep(_tiny_config(), tmp_path, grid, run_fn=counting, log=lambda m: None)
+    assert calls == [str(tmp_path / "sweep" / "lelp.num_subclasses=3")]
+    assert (first / "results.json").stat().st_mtime_ns == stamp  # not recomputed
+    assert [p["status"] for p in summary["points"]] == ["done", "done"]
+    # the points share the one teacher trained in sweep/_teacher
+    for p in summary["points"]:
+        cfg = json.loads((tmp_path / "sweep" / p["name"] / "config.json").read_text())
+        assert cfg["teacher"]["checkpoint"] == str((tmp_path / "sweep" / "_teacher").resolve())
+    res = json.loads((first / "results.json").read_text())
+    assert res["runs"][0]["student_params"] < res["teacher"]["params"]
+
+    out = report.build_report([tmp_path, first], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    names = sorted(p.rsplit("/", 1)[-1] for p in out["plots"])
+    assert names == ["digits_binary_digits_binary_2_curves.png", "digits_binary_digits_binary_2_spectrum.png",
+                     "digits_binary_digits_binary_sweep_lelp.num_subclasses.png"]
+    assert "| lelp |" in md and "| 1 | " in md and "| 3 | " in md

@@ -232,6 +232,18 @@ def teacher_source_dir(config: ml_collections.ConfigDict, workdir: str | os.Path
     return Workdir(workdir).teacher_dir
 
 
+def _minilm_variables(model, seed: int):
+    from lelp_jax.models import minilm_init_variables
+
+    import jax
+
+    return minilm_init_variables(model, jax.random.PRNGKey(seed))
+
+
+# teacher.pretrained name -> (model, seed) -> initial variables for fine-tuning.
+PRETRAINED: dict[str, Callable[[Any, int], Any]] = {"minilm": _minilm_variables}
+
+
 def preflight(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, force: bool = False) -> None:
     """Every check that can fail on user input, before anything is written.
 
@@ -240,6 +252,27 @@ def preflight(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
     """
     if not force:
         check_workdir(config, workdir)
+    if config.data.name == "local":
+        for split in ("train", "test"):
+            path = config.data.files.get(split)
+            if not path:
+                raise ConfigError(f"data.name='local' needs data.files.{split}; pass --config.data.files.{split}=FILE.")
+            if not Path(path).expanduser().is_file():
+                raise ConfigError(f"data.files.{split}={path!r} does not exist; fix the path.")
+    if config.teacher.pretrained and config.teacher.pretrained not in PRETRAINED:
+        raise ConfigError(f"teacher.pretrained={config.teacher.pretrained!r} is unknown; choose one of "
+                          f"{sorted(PRETRAINED)} or leave it unset (random init).")
+    if config.teacher.pretrained and not config.teacher.checkpoint and not Workdir(workdir).teacher_json.exists():
+        import inspect
+
+        from lelp_jax import train
+
+        if "init_variables" not in inspect.signature(train.train_and_evaluate).parameters:
+            raise ConfigError(
+                f"teacher.pretrained={config.teacher.pretrained!r} needs train.train_and_evaluate(init_variables=...), "
+                "which this installation lacks; train from scratch (--config.teacher.pretrained=none) or pass a "
+                "trained teacher with --config.teacher.checkpoint."
+            )
     if config.teacher.checkpoint and not (not force and Workdir(workdir).teacher_json.exists()):
         src = teacher_source_dir(config, workdir)
         if not (src / "checkpoints").is_dir():
@@ -294,9 +327,9 @@ class Env:
 
 
 def _data_config(data: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The data section as the data layer reads it (unset ``files`` entries dropped)."""
+    """The data section as the data layer reads it (unset/empty ``files`` entries dropped)."""
     d = data.to_dict()
-    d["files"] = {k: v for k, v in (d.get("files") or {}).items() if v is not None}
+    d["files"] = {k: v for k, v in (d.get("files") or {}).items() if v}
     return d
 
 
@@ -417,8 +450,11 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         record = {"source": "checkpoint", "checkpoint": str(src.resolve()), "test_accuracy": test_acc,
                   "val_accuracy": val_acc, "params": count_params(variables["params"])}
     else:
+        init = {}
+        if config.teacher.pretrained:
+            init = {"init_variables": PRETRAINED[config.teacher.pretrained](model, int(config.teacher.seed))}
         result = train.train_and_evaluate(
-            model=model, method=get_method("ce"), cfg=config, train_cfg=config.teacher.train,
+            **init, model=model, method=get_method("ce"), cfg=config, train_cfg=config.teacher.train,
             train_source=train_src, val_source=val_src, test_source=test_src, mesh=env.mesh,
             workdir=str(wd.teacher_dir), seed=int(config.teacher.seed), num_classes=info.num_classes,
         )

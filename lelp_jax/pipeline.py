@@ -247,11 +247,19 @@ PRETRAINED: dict[str, Callable[[Any, int], Any]] = {"minilm": _minilm_variables}
 def preflight(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, force: bool = False) -> None:
     """Every check that can fail on user input, before anything is written.
 
-    The workdir must be new or made by this config (unless ``force``); a given
-    ``teacher.checkpoint`` must exist and hold Orbax checkpoints.
+    The workdir must be new or made by this config (unless ``force``); every method
+    must be registered; ``local`` data needs existing train/test files; a
+    ``teacher.pretrained`` name must be known; a given ``teacher.checkpoint`` must
+    exist and hold Orbax checkpoints.
     """
     if not force:
         check_workdir(config, workdir)
+    from lelp_jax.methods import METHODS
+
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"method(s) {unknown} are not available in this installation; available: "
+                          f"{', '.join(METHODS)}.")
     if config.data.name == "local":
         for split in ("train", "test"):
             path = config.data.files.get(split)

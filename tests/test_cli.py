@@ -146,3 +146,22 @@ def test_missing_required_argument_exits_2(capsys):
 def test_every_subcommand_is_registered():
     for name in ("run", "teacher", "fit", "distill", "eval", "report", "sweep", "config"):
         assert name in cli.COMMANDS
+
+
+def test_local_data_without_files_and_unavailable_method_stop_early(tmp_path, capsys, monkeypatch):
+    wd = tmp_path / "w"
+    rc, _, err = run_cli(["run", "--config", "configs/text_csv.py", "--workdir", str(wd)], capsys)
+    assert rc == 2 and "needs data.files.train" in err and not wd.exists()
+    rc, _, err = run_cli(
+        ["run", "--config", "configs/text_csv.py", "--workdir", str(wd),
+         f"--config.data.files.train={tmp_path / 'missing.csv'}", f"--config.data.files.test={tmp_path / 'x.csv'}"],
+        capsys,
+    )
+    assert rc == 2 and "missing.csv' does not exist" in err and not wd.exists()
+
+    from lelp_jax import methods
+
+    monkeypatch.delitem(methods.METHODS, "kd")
+    rc, _, err = run_cli(["run", "--config", "configs/digits_binary.py", "--workdir", str(wd), "--methods", "ce,kd"],
+                         capsys)
+    assert rc == 2 and "['kd'] are not available" in err and not wd.exists()

@@ -14,8 +14,13 @@ Seeds and methods from the command line:
 
 Smoke test (seconds): add --config.smoke=true.
 
-Runtime: about RUNTIME_CPU on a 2-core CPU (measured); well under a minute on one
-accelerator (estimate: it is dominated by compilation).
+Runtime: about 5 minutes on a 2-core CPU (measured: 314 s with an empty compilation
+cache: teacher 21 s, fit 12 s, 15 student runs of 1500 steps at 14-30 s each);
+about 1 minute on one accelerator (estimate: compilation dominates at this size).
+Smoke run: about 45 s (measured).
+Result of that run (test accuracy at the best-validation step, mean ± std over 3
+seeds, 185 test images, so about ±1.5% per seed is noise): teacher 98.9%, ce 95.5 ±
+0.9, kd 93.9 ± 1.0, lelp 95.3 ± 1.8, random 95.5 ± 2.2, pca 94.2 ± 1.1.
 """
 from lelp_jax.config import base_config
 

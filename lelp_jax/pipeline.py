@@ -754,12 +754,12 @@ def stage_distill(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                 teacher_variables=teacher_variables if method.needs_teacher and cache is None else None,
                 teacher_cache=cache if method.needs_teacher else None, aux=aux, record_extra=extra,
             )
-            done.append(f"{name}/seed_{seed} {100 * result['test_accuracy_best_val']:.1f}%")
+            done.append(f"{name}/seed_{seed}")
             if log is not None:
                 log(f"{name}/seed_{seed}: test acc {100 * result['test_accuracy_best_val']:.1f}% (best val), "
                     f"{100 * result['test_accuracy_last']:.1f}% (last), {time.perf_counter() - t0:.1f} s")
     _sync("distill")
-    return {"skipped": False, "message": "; ".join(done)}
+    return {"skipped": False, "message": f"{len(done)} runs trained"}
 
 
 def _run_order(config: ml_collections.ConfigDict, method: str, seed: int) -> tuple:

@@ -155,6 +155,7 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
     from lelp_jax import sharding
 
     sharding.initialize_distributed(config.distributed)
+    pipeline.preflight(config, args.workdir, force=args.force)
     enable_compilation_cache()
     log = _print(args.quiet)
     t0 = time.perf_counter()

@@ -8,6 +8,12 @@ from lelp_jax import cli
 from lelp_jax.config import ConfigError
 
 
+@pytest.fixture(autouse=True)
+def no_compilation_cache(monkeypatch):
+    """Commands that get past the checks must not point JAX's cache at the home folder."""
+    monkeypatch.setenv("LELP_JAX_CACHE_DIR", "off")
+
+
 def snapshot(root):
     """Every path under root with its size and mtime (ns): proves a command touched nothing."""
     if not os.path.exists(root):

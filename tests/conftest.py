@@ -21,3 +21,11 @@ def rng():
     seed = int(np.random.SeedSequence().entropy % (2**32))
     print(f"rng seed: {seed}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_dir(tmp_path_factory):
+    """Prepare datasets in a per-session folder, never in the user's ~/tensorflow_datasets."""
+    if "LELP_DATA_DIR" not in os.environ:
+        os.environ["LELP_DATA_DIR"] = str(tmp_path_factory.mktemp("tensorflow_datasets"))
+    yield

@@ -54,7 +54,6 @@ def test_eight_devices_match_one_device_and_compile_once(rng):
                     jax.tree_util.tree_leaves((s1.params, s1.batch_stats, s1.opt_state))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert jax.tree_util.tree_leaves(s8.batch_stats)  # BN statistics were tracked
-    assert np.all(np.diff(l8[[0, -1]]) < 0)  # it learns
 
 
 def test_cached_teacher_equals_online_teacher(rng):

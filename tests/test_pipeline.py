@@ -187,3 +187,25 @@ def test_carved_validation_is_disjoint_seeded_and_reindexed():
     assert [int(train[i]["index"]) for i in range(45)] == list(range(45))
     with pytest.raises(IndexError):
         val[5]
+
+
+def test_cached_teacher_outputs_match_online(finished_run, tmp_path, env_dirs):
+    """teacher_cache=True: outputs cached once; statistics and a KD run match the online workdir's."""
+    src = finished_run["workdir"]
+    wd = tmp_path / "cached"
+    args = [a for a in smoke_args(wd, env_dirs["data_dir"])]
+    assert cli.main(["distill", *args, "--config.teacher_cache=true", f"--config.teacher.checkpoint={src}",
+                     "--methods", "kd,lelp"]) == 0
+    with np.load(wd / "teacher_outputs" / "train.npz") as f:
+        emb, logits = f["embeddings"], f["logits"]
+    assert emb.shape[1] == 256 and logits.shape[1] == 2 and np.isfinite(emb).all()
+    with np.load(wd / "statistics.npz") as a, np.load(src / "statistics.npz") as b:
+        np.testing.assert_array_equal(a["count"], b["count"])
+        np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a["m2"], b["m2"], rtol=1e-4, atol=1e-3)
+    for method in ("kd", "lelp"):
+        cached = json.loads((wd / "runs" / method / "seed_0" / "result.json").read_text())
+        online = json.loads((src / "runs" / method / "seed_0" / "result.json").read_text())
+        losses_c = [h["train_loss"] for h in cached["history"]]
+        losses_o = [h["train_loss"] for h in online["history"]]
+        np.testing.assert_allclose(losses_c, losses_o, rtol=1e-4)

@@ -36,8 +36,25 @@ from lelp_jax.config import ConfigError, config_to_dict, identity_dict
 __all__ = [
     "WorkdirError",
     "Workdir",
+    "Env",
+    "SubsetSource",
+    "STAGES",
+    "PRETRAINED",
     "check_workdir",
     "init_workdir",
+    "preflight",
+    "load_teacher",
+    "load_statistics",
+    "method_aux",
+    "stage_teacher",
+    "stage_teacher_outputs",
+    "stage_statistics",
+    "stage_fit",
+    "stage_distill",
+    "stage_eval",
+    "run_stages",
+    "run_all",
+    "summarize",
     "write_json_atomic",
     "read_json",
     "is_main_process",
@@ -50,8 +67,7 @@ _ARTIFACTS = (
     "teacher_outputs",
     "statistics.npz",
     "projections.npz",
-    "projections_random.npz",
-    "projections_pca.npz",
+    "projections_*.npz",
     "runs",
     "results.json",
 )
@@ -184,12 +200,12 @@ def init_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike, 
         check_workdir(config, wd.root)
     if is_main_process():
         if force and wd.root.is_dir():
-            for name in _ARTIFACTS:
-                target = wd.root / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+            for pattern in _ARTIFACTS:
+                for target in wd.root.glob(pattern):
+                    if target.is_dir():
+                        shutil.rmtree(target)
+                    else:
+                        target.unlink()
         wd.root.mkdir(parents=True, exist_ok=True)
         wanted = config_to_dict(config)
         if not (wd.config_json.exists() and read_json(wd.config_json) == wanted):
@@ -206,13 +222,6 @@ def _sync(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(f"lelp_pipeline_{name}")
-
-
-def _timed(fn: Callable[[], dict]) -> dict:
-    t0 = time.perf_counter()
-    out = fn()
-    out.setdefault("seconds", time.perf_counter() - t0)
-    return out
 
 
 # ----------------------------------------------------------------------------- pre-flight
@@ -868,7 +877,10 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
 
 def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, force: bool = False,
-            log: Callable[[str], None] = print) -> dict:
-    """The whole experiment (teacher, outputs, statistics, fit, distill, eval); returns results.json."""
-    run_stages(config, workdir, stages=list(STAGES), force=force, log=log)
+            overrides: Mapping[str, Any] | None = None, log: Callable[[str], None] = print) -> dict:
+    """The whole experiment (teacher, outputs, statistics, fit, distill, eval); returns results.json.
+
+    ``overrides`` ({dotted key: value}) is recorded in every new run's result.
+    """
+    run_stages(config, workdir, stages=list(STAGES), force=force, overrides=overrides, log=log)
     return read_json(Workdir(workdir).results)

@@ -165,6 +165,7 @@ def test_force_deletes_only_pipeline_artifacts(tmp_path):
     (wd / "runs" / "ce" / "seed_0").mkdir(parents=True)
     (wd / "runs" / "ce" / "seed_0" / "result.json").write_text("{}")
     (wd / "statistics.npz").write_bytes(b"x")
+    (wd / "projections_random.npz").write_bytes(b"x")
     (wd / "my_notes.txt").write_text("mine")
     with pytest.raises(pipeline.WorkdirError, match="lelp.beta: 1.0 -> 3.0"):
         pipeline.init_workdir(other, wd)

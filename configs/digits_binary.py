@@ -15,7 +15,9 @@ Seeds and methods from the command line:
 Smoke test (seconds): add --config.smoke=true.
 
 Runtime: about 5 minutes on a 2-core CPU (measured: 314 s with an empty compilation
-cache: teacher 21 s, fit 12 s, 15 student runs of 1500 steps at 14-30 s each);
+cache, on a 2-vCPU machine shared with other jobs (load average above 10), so a
+quiet machine is faster: teacher 21 s, fit 12 s, 15 student runs of 1500 steps at
+14-30 s each);
 about 1 minute on one accelerator (estimate: compilation dominates at this size).
 Smoke run: about 45 s (measured).
 Result of that run (test accuracy at the best-validation step, mean ± std over 3

@@ -175,7 +175,11 @@ def _cmd_config(argv: Sequence[str]) -> int:
     rest, overrides = split_overrides(argv)
     args = _stage_parser("config").parse_args(rest)
     config = _load(args, overrides)
-    print(config)
+    import json
+
+    from lelp_jax.config import config_to_dict
+
+    print(json.dumps(config_to_dict(config), indent=2))
     return 0
 
 

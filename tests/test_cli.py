@@ -64,8 +64,9 @@ def test_config_command_prints_typed_overrides(capsys):
         capsys,
     )
     assert rc == 0
-    assert "num_steps: 7" in out and "rotate: false" in out
-    assert "- 3\n- 4" in out and "- ce\n- lelp" in out
+    printed = json.loads(out)
+    assert printed["train"]["num_steps"] == 7 and printed["lelp"]["rotate"] is False
+    assert printed["seeds"] == [3, 4] and printed["methods"] == ["ce", "lelp"]
 
 
 def test_typo_key_stops_before_workdir_exists(tmp_path, capsys):

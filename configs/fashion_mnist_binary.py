@@ -1,8 +1,8 @@
-r"""Fashion-MNIST 0-4 vs 5-9 with CNNs: ce, kd, lelp, ablations and the oracle subclasses.
+r"""Fashion-MNIST 0-4 vs 5-9 with CNNs: ce, kd, lelp and its random/pca ablations.
 
 Coarse label = fine class >= 5 (the paper's CIFAR-100bin recipe on Fashion-MNIST);
-the fine label is kept, so `oracle` (true fine classes as subclasses, the upper
-bound of the paper's Figure 3) runs too. Teacher: small_cnn conv 32/64 + dense
+the fine label is kept, so the `oracle` method (true fine classes as subclasses,
+the upper bound of the paper's Figure 3) can be added with --methods. Teacher: small_cnn conv 32/64 + dense
 128 (421k params, about 95% test). Student: small_cnn conv 8/16 + dense 32 (26k
 params, 16x fewer). Data: the Debian package `dataset-fashion-mnist`
 (`apt-get install dataset-fashion-mnist`), read offline.
@@ -10,10 +10,11 @@ params, 16x fewer). Data: the Debian package `dataset-fashion-mnist`
 Command:
   lelp run --config configs/fashion_mnist_binary.py --workdir /tmp/lelp_fashion
 
-Smoke test (about a minute): add --config.smoke=true.
+Smoke test: add --config.smoke=true (measured: 120 s for ce, kd, lelp on a loaded
+2-core machine; teacher 91% on the 256-image smoke split).
 
 Runtime (estimates): about 60-90 minutes on a 2-core CPU (teacher 3 epochs, then
-6 methods x 2 seeds x 4 epochs); about 5 minutes on one GPU/TPU chip.
+5 methods x 2 seeds x 4 epochs); about 5 minutes on one GPU/TPU chip.
 """
 from lelp_jax.config import base_config
 
@@ -46,6 +47,6 @@ def get_config():
     c.train.eval_every = 500
     c.train.checkpoint_every = 500
 
-    c.methods = ("ce", "kd", "lelp", "random", "pca", "oracle")
+    c.methods = ("ce", "kd", "lelp", "random", "pca")  # + oracle: --methods ce,kd,lelp,random,pca,oracle
     c.seeds = (0, 1)
     return c

@@ -269,8 +269,13 @@ def plot_sweep(sweep: Mapping[str, Any], key: str, path: Path, *, title: str,
     return path
 
 
+def _axes(sweep: Mapping[str, Any]) -> list[str]:
+    """The swept keys in the order they were given (``axes``), else as stored."""
+    return list(sweep.get("axes") or sweep["grid"])
+
+
 def _sweep_table(sweep: Mapping[str, Any]) -> str:
-    keys = list(sweep["grid"])
+    keys = _axes(sweep)
     methods: list[str] = []
     for p in sweep.get("points", []):
         for m in p.get("summary") or {}:
@@ -332,9 +337,9 @@ def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                 section.append(f"![curves]({p.name})")
             if w["sweep"] is not None and w["sweep"].get("points"):
                 sweep = w["sweep"]
-                section += ["", f"Sweep over {', '.join(sweep['grid'])} (seeds {sweep.get('seeds')}):", "",
+                section += ["", f"Sweep over {', '.join(_axes(sweep))} (seeds {sweep.get('seeds')}):", "",
                             _sweep_table(sweep), ""]
-                for key in sweep["grid"]:
+                for key in _axes(sweep):
                     p = plot_sweep(sweep, key, out / f"{tag}_sweep_{_tag(key)}.png",
                                    title=f"{dataset} / {w['config_name']}: accuracy against {key}")
                     plots.append(str(p))

@@ -11,7 +11,8 @@ method x seed is skipped without touching the pipeline; an interrupted point res
 through the pipeline's own stage skipping and checkpoints. After every point
 ``WORKDIR/sweep/summary.json`` is rewritten atomically:
 
-    {"grid": {key: [values]}, "seeds": [...], "methods": [...], "dataset", "config_name",
+    {"axes": [key, ...] (grid order), "grid": {key: [values]}, "seeds": [...], "methods": [...],
+     "dataset", "config_name",
      "teacher": path or null,
      "points": [{"name", "overrides": {key: typed value}, "workdir", "status": done|pending|failed,
                  "error"?, "summary": {method: {"test_accuracy_last": {"mean","std"},
@@ -190,6 +191,7 @@ def run_sweep(
             if v not in axes[k]:
                 axes[k].append(v)
     summary: dict[str, Any] = {
+        "axes": list(grid),  # the grid's key order (JSON objects are written with sorted keys)
         "grid": axes,
         "seeds": seeds, "methods": methods, "dataset": config.data.name, "config_name": config.name,
         "teacher": str(teacher_dir) if shared else config.teacher.checkpoint,

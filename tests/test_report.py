@@ -47,7 +47,8 @@ def _fabricate(root, rng, *, with_results_json=True):
                                  "workdir": "x", "summary": summ})
     (root / "sweep").mkdir()
     (root / "sweep" / "summary.json").write_text(json.dumps(
-        {"grid": {"lelp.num_subclasses": [1, 2, 4], "lelp.beta": [0.5, 1.0]}, "seeds": [0, 1],
+        {"axes": ["lelp.num_subclasses", "lelp.beta"], "grid": {"lelp.beta": [0.5, 1.0], "lelp.num_subclasses": [1, 2, 4]},
+         "seeds": [0, 1],
          "dataset": "digits_binary", "config_name": "tiny", "points": sweep_points}))
     return accs
 
@@ -65,6 +66,7 @@ def test_report_table_and_plots(tmp_path, rng, with_results_json):
         ref = [100 * a[:, 0].mean(), 100 * a[:, 0].std(), 100 * a[:, 1].mean(), 100 * a[:, 1].std()]
         np.testing.assert_allclose(nums, ref, atol=0.006)  # 2 decimals
         assert row.rstrip().endswith("| 123 | 3 |")
+    assert "| lelp.num_subclasses | lelp.beta | kd (best val) | lelp (best val) | status |" in md  # grid order
     names = sorted(p.rsplit("/", 1)[-1] for p in res["plots"])
     assert names == sorted(["digits_binary_tiny_spectrum.png", "digits_binary_tiny_curves.png",
                             "digits_binary_tiny_sweep_lelp.num_subclasses.png", "digits_binary_tiny_sweep_lelp.beta.png"])

@@ -77,6 +77,7 @@ def test_sweep_summary_and_resume_after_kill(tmp_path):
     assert first not in fake2.calls and len(fake2.calls) == 3  # the finished point was not recomputed
     assert all(p["status"] == "done" for p in summary["points"])
     assert summary["grid"] == {"lelp.num_subclasses": [1, 2], "lelp.beta": [0.5, 2.0]}
+    assert summary["axes"] == ["lelp.num_subclasses", "lelp.beta"]
     for p in summary["points"]:
         s_, b = p["overrides"]["lelp.num_subclasses"], p["overrides"]["lelp.beta"]
         for m in ("kd", "lelp"):

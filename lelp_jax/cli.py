@@ -29,13 +29,13 @@ __all__ = ["main", "COMMANDS", "STAGE_COMMANDS", "split_overrides", "build_parse
 
 # Subcommand -> the pipeline stages it runs, in order (prerequisites included; done ones skip).
 STAGE_COMMANDS: dict[str, tuple[str, ...]] = {
+    "run": ("teacher", "teacher_outputs", "statistics", "fit", "distill", "eval"),
     "teacher": ("teacher", "teacher_outputs"),
     "outputs": ("teacher", "teacher_outputs"),
     "stats": ("teacher", "teacher_outputs", "statistics"),
     "fit": ("teacher", "teacher_outputs", "statistics", "fit"),
     "distill": ("teacher", "teacher_outputs", "statistics", "fit", "distill"),
     "eval": ("eval",),
-    "run": ("teacher", "teacher_outputs", "statistics", "fit", "distill", "eval"),
 }
 
 _STAGE_HELP = {

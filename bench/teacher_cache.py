@@ -48,7 +48,8 @@ def load_subset(num_examples: int, max_length: int, seed: int):
     return source
 
 
-def run_mode(mode: str, a, *, mesh, source, teacher, teacher_vars, student, epochs: int) -> dict[str, float]:
+def run_mode(mode: str, a, *, mesh, source, teacher, teacher_vars, teacher_dim: int, student,
+             epochs: int) -> dict[str, float]:
     """One end-to-end distillation in ``mode`` ('cached' | 'online'); seconds by phase."""
     import jax
 
@@ -63,8 +64,9 @@ def run_mode(mode: str, a, *, mesh, source, teacher, teacher_vars, student, epoc
     optimizer = make_optimizer(cfg["train"], num_steps=10_000)
     sample = {k: np.asarray(v)[None] for k, v in source[0].items()}
     t0 = time.perf_counter()
-    state = shd.replicate(init_train_state(model=student, method=method, optimizer=optimizer, sample_batch=sample,
-                                           seed=0, method_cfg=cfg, teacher_embedding_dim=384), mesh)
+    state = shd.replicate(C.jit_init(lambda: init_train_state(
+        model=student, method=method, optimizer=optimizer, sample_batch=sample, seed=0, method_cfg=cfg,
+        teacher_embedding_dim=teacher_dim)), mesh)
     cache, online_vars, t_cache = None, None, 0.0
     if mode == "cached":
         cache = cache_teacher_outputs(teacher.apply, teacher_vars, source, mesh=mesh, batch_size=a.batch_size)
@@ -97,10 +99,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-length", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--student", default="text_transformer", choices=["text_transformer", "embedding_bag"])
+    p.add_argument("--teacher", default="minilm", choices=["minilm", "tiny"],
+                   help="'tiny': a 1-layer text_transformer (d_model 32) standing in for MiniLM (smoke runs)")
     a = p.parse_args(argv)
     C.check_repeats(a.repeats)
     if a.smoke:
         a.epochs, a.num_examples, a.max_length, a.batch_size, a.student = [1], 32, 16, 16, "embedding_bag"
+        a.teacher = "tiny"  # MiniLM's compile alone takes longer than the whole smoke budget
     import jax
 
     from lelp_jax import sharding as shd
@@ -110,8 +115,16 @@ def main(argv=None) -> int:
     t_start = time.time()
     mesh = shd.make_mesh()
     source = load_subset(a.num_examples, a.max_length, seed=0)
-    teacher = build_model("minilm", num_outputs=2)
-    teacher_vars = minilm_init_variables(teacher, jax.random.PRNGKey(0))
+    if a.teacher == "minilm":
+        teacher = build_model("minilm", num_outputs=2)
+        teacher_vars = minilm_init_variables(teacher, jax.random.PRNGKey(0))
+    else:
+        teacher = build_model("text_transformer", num_outputs=2, d_model=32, num_layers=1, num_heads=2,
+                              max_len=max(a.max_length, 16))
+        teacher_vars = C.jit_init(lambda: teacher.init(jax.random.PRNGKey(0),
+                                                       {k: np.asarray(v)[None] for k, v in source[0].items()}))
+    teacher_dim = int(jax.eval_shape(lambda v: teacher.apply(
+        v, {k: np.asarray(x)[None] for k, x in source[0].items()}), teacher_vars)[0].shape[-1])
     if a.student == "text_transformer":
         student = build_model("text_transformer", num_outputs=2, d_model=64, num_layers=2, num_heads=4,
                               max_len=max(a.max_length, 16))
@@ -123,7 +136,8 @@ def main(argv=None) -> int:
         for _ in range(a.repeats):
             for mode in ("cached", "online"):
                 res[mode].append(run_mode(mode, a, mesh=mesh, source=source, teacher=teacher,
-                                          teacher_vars=teacher_vars, student=student, epochs=epochs))
+                                          teacher_vars=teacher_vars, teacher_dim=teacher_dim,
+                                          student=student, epochs=epochs))
         med = {m: {k: C.median([r[k] for r in rs]) for k in ("total", "teacher_cache", "student_loop")}
                for m, rs in res.items()}
         speedup = med["online"]["total"] / med["cached"]["total"]
@@ -135,7 +149,7 @@ def main(argv=None) -> int:
     info["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print("## teacher_cache: cached vs online MiniLM teacher outputs, end-to-end KD\n")
     print(C.machine_table(info, {"snippets": a.num_examples, "max length (tokens)": a.max_length,
-                                 "batch size": a.batch_size, "student": a.student, "method": "kd",
+                                 "batch size": a.batch_size, "teacher": a.teacher, "student": a.student, "method": "kd",
                                  "mesh devices": mesh.devices.size, "repeats": a.repeats,
                                  "total wall time": f"{time.time() - t_start:.0f} s"}))
     print()

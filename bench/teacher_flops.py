@@ -7,7 +7,8 @@ float32, batch split over the mesh, variables replicated) for:
 - ``minilm`` (all-MiniLM-L6-v2, pretrained encoder) on (B, L) token ids, L = 32 and 128;
 - ``resnet`` depth 56 (CIFAR ResNet-56, random init) on (B, 32, 32, 3) images.
 FLOPs per call come from XLA's cost analysis of the compiled step
-(``compiled.cost_analysis()['flops']``, a multiply-add = 2). The reference is a
+(``compiled.cost_analysis()['flops']``, a multiply-add = 2; it describes the
+per-device SPMD program, so it is multiplied by the mesh's device count). The reference is a
 jitted ``jnp.dot`` of two N x N float32 matrices (2 N^3 FLOPs) timed in the same
 run, interleaved with the teacher steps: the best dense throughput XLA reaches
 here, so "fraction" = achieved / matmul is the share of this machine's practical
@@ -25,13 +26,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 
-def compiled_flops(jitted, *args) -> float:
-    cost = jitted.lower(*args).compile().cost_analysis()
+def compile_with_flops(jitted, *args, num_devices: int = 1):
+    """(compiled executable, FLOPs per call): the per-device SPMD program's FLOPs times the device count."""
+    compiled = jitted.lower(*args).compile()
+    cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
     if not cost or "flops" not in cost:
         raise RuntimeError("this JAX backend reports no 'flops' in cost_analysis().")
-    return float(cost["flops"])
+    return compiled, float(cost["flops"]) * num_devices
 
 
 def time_calls(fn, calls: int) -> float:
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
         cases.append((f"minilm B={a.batch_size} L={length}", mstep, (mvars, batch), a.batch_size))
     resnet = build_model("resnet", num_outputs=2, depth=a.resnet_depth)
     images = rng.random((a.image_batch_size, 32, 32, 3), dtype=np.float32)
-    rvars = shd.replicate(resnet.init(jax.random.PRNGKey(0), {"image": images[:1]}, train=False), mesh)
+    rvars = shd.replicate(C.jit_init(lambda: resnet.init(jax.random.PRNGKey(0), {"image": images[:1]}, train=False)), mesh)
     rstep = make_teacher_step(resnet.apply, mesh)
     cases.append((f"resnet-{a.resnet_depth} B={a.image_batch_size} 32x32x3", rstep, (rvars, shd.shard_batch({"image": images}, mesh)),
                   a.image_batch_size))
@@ -88,7 +91,10 @@ def main(argv=None) -> int:
     y = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32))
     dot = jax.jit(jnp.dot)
     dot_flops = 2.0 * n ** 3
-    flops = {label: compiled_flops(step, *args) for label, step, args, _ in cases}
+    flops = {}
+    for i, (label, step, args, bsz) in enumerate(cases):  # compile once; time the same executable
+        compiled, flops[label] = compile_with_flops(step, *args, num_devices=mesh.devices.size)
+        cases[i] = (label, compiled, args, bsz)
     jax.block_until_ready(dot(x, y))
     for _, step, args, _ in cases:  # compile + warm-up
         jax.block_until_ready(step(*args))

@@ -53,8 +53,8 @@ def jax_side(kind: str, batch_np: dict, teacher_dim: int):
     method = get_method("kd")
     optimizer = make_optimizer(cfg["train"], num_steps=10_000)
     sample = {k: v[:1] for k, v in batch_np.items()}
-    state = init_train_state(model=model, method=method, optimizer=optimizer, sample_batch=sample, seed=0,
-                             method_cfg=cfg, teacher_embedding_dim=teacher_dim)
+    state = C.jit_init(lambda: init_train_state(model=model, method=method, optimizer=optimizer, sample_batch=sample,
+                                                seed=0, method_cfg=cfg, teacher_embedding_dim=teacher_dim))
     params0 = jax.tree_util.tree_map(np.asarray, state.params)
     step = make_train_step(model=model, method=method, optimizer=optimizer, num_classes=NUM_CLASSES,
                            method_cfg=cfg)
@@ -137,6 +137,7 @@ def main(argv=None) -> int:
         return 0
     if a.smoke:
         a.steps, a.batch_size, a.image_size = 2, 16, 16
+        a.students = ["mlp"]  # XLA's CPU compile of the conv net alone takes longer than the smoke budget
     torch.set_num_threads(os.cpu_count() or 1)
     info = C.machine_info()
     info["torch"] = f"{torch.__version__} ({torch.get_num_threads()} threads)"

@@ -7,6 +7,11 @@ import pytest
 from lelp_jax import clustering as cl
 
 
+def _j(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` compiled as one XLA program (much faster than op-by-op for tests)."""
+    return jax.jit(lambda: fn(*args, **kwargs))()
+
+
 def _np_lloyd(x, w, cents, iters):
     x = x.astype(np.float64)
     cents = cents.astype(np.float64).copy()
@@ -24,14 +29,14 @@ def _np_lloyd(x, w, cents, iters):
 def test_squared_distances_matches_numpy(rng):
     x, m = rng.normal(size=(13, 5)), rng.normal(size=(4, 5))
     ref = ((x[:, None] - m[None]) ** 2).sum(-1)
-    np.testing.assert_allclose(cl.squared_distances(jnp.asarray(x, jnp.float32), jnp.asarray(m, jnp.float32)), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_j(cl.squared_distances, jnp.asarray(x, jnp.float32), jnp.asarray(m, jnp.float32)), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_lloyd_matches_numpy_reference(rng):
     x = rng.normal(size=(60, 3)).astype(np.float32)
     w = (rng.uniform(size=60) > 0.2).astype(np.float32)
     init = x[rng.choice(60, 4, replace=False)]
-    cents, inertia = cl.lloyd(jnp.asarray(x), jnp.asarray(w), jnp.asarray(init), num_iters=10)
+    cents, inertia = _j(cl.lloyd, jnp.asarray(x), jnp.asarray(w), jnp.asarray(init), num_iters=10)
     ref_c, ref_i = _np_lloyd(x, w, init, 10)
     np.testing.assert_allclose(cents, ref_c, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(inertia, ref_i, rtol=1e-4)
@@ -41,7 +46,7 @@ def test_kmeans_plusplus_picks_weighted_rows_distinct(rng):
     x = rng.normal(size=(40, 3)).astype(np.float32)
     w = np.zeros(40, np.float32)
     w[:10] = 1.0
-    cents = np.asarray(cl.kmeans_plusplus_init(jax.random.PRNGKey(int(rng.integers(1 << 30))), jnp.asarray(x), jnp.asarray(w), num_clusters=5))
+    cents = np.asarray(_j(cl.kmeans_plusplus_init, jax.random.PRNGKey(int(rng.integers(1 << 30))), jnp.asarray(x), jnp.asarray(w), num_clusters=5))
     idx = [int(np.argmin(((x - c) ** 2).sum(1))) for c in cents]
     assert all(i < 10 for i in idx), idx  # only rows with positive weight
     assert len(set(idx)) == 5  # distinct points give distinct centroids
@@ -81,9 +86,9 @@ def test_kmeans_scores_match_numpy(rng, scale):
     h = rng.normal(size=(7, 6))
     d2 = ((h[:, None, None, :] - cents[None]) ** 2).sum(-1)
     ref = -d2 * (np.asarray(fit.scale, np.float64)[None, :, None] if scale == "gmm" else 1.0)
-    np.testing.assert_allclose(cl.kmeans_scores(jnp.asarray(h, jnp.float32), fit, scale=scale), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_j(cl.kmeans_scores, jnp.asarray(h, jnp.float32), fit, scale=scale), ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="scale"):
-        cl.kmeans_scores(jnp.asarray(h, jnp.float32), fit, scale="bogus")
+        _j(cl.kmeans_scores, jnp.asarray(h, jnp.float32), fit, scale="bogus")
 
 
 def test_oracle_slots_and_targets_match_numpy(rng):
@@ -97,7 +102,7 @@ def test_oracle_slots_and_targets_match_numpy(rng):
     np.testing.assert_array_equal(slots.slot_mask, [[1, 1, 0], [1, 1, 1], [1, 0, 0]])
     np.testing.assert_array_equal(slots.slot_of_fine, [0, 0, 0, 1, 1, 2])
     p = rng.dirichlet(np.ones(3), size=50)
-    t = np.asarray(cl.oracle_targets(jnp.asarray(p, jnp.float32), jnp.asarray(y), jnp.asarray(fine), slots), np.float64)
+    t = np.asarray(_j(cl.oracle_targets, jnp.asarray(p, jnp.float32), jnp.asarray(y), jnp.asarray(fine), slots), np.float64)
     ref = np.zeros((50, 3, 3))
     mask = np.asarray(slots.slot_mask, np.float64)
     for i in range(50):
@@ -117,7 +122,7 @@ def test_oracle_slots_fold_into_fewer_slots():
     # class 1 has fine labels 0, 3, 5 -> slots 0, 1, 0 (round-robin); class 2 uses one slot
     np.testing.assert_array_equal(slots.slot_of_fine, [0, 0, 0, 1, 1, 0])
     np.testing.assert_array_equal(slots.slot_mask, [[1, 1], [1, 1], [1, 0]])
-    t = cl.oracle_targets(jnp.ones((6, 3)) / 3, jnp.asarray(fine_to_class), jnp.asarray(fine), slots)
+    t = _j(cl.oracle_targets, jnp.ones((6, 3)) / 3, jnp.asarray(fine_to_class), jnp.asarray(fine), slots)
     np.testing.assert_allclose(np.asarray(t).sum(-1), 1 / 3, atol=1e-6)
 
 

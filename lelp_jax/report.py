@@ -6,10 +6,11 @@ Reads, per workdir (never a checkpoint, never a model):
   when a result carries no history), sweep/summary.json (accuracy against each swept key).
 
 Writes to OUT_DIR:
-  report.md                        one table per dataset: the teacher, then every method's test
-                                   accuracy (mean ± std over seeds) at the last step and at the
-                                   best-validation step, student parameters, number of seeds;
-                                   one table per sweep
+  report.md                        one table per dataset: each workdir's teacher, then every
+                                   method's test accuracy (mean ± std over seeds) at the last step
+                                   and at the best-validation step, student parameters, number of
+                                   seeds (rows prefixed by the config name when several workdirs
+                                   share a dataset); one table per sweep
   TAG_spectrum.png                 per-class eigen-spectrum of the teacher embeddings (log scale)
   TAG_curves.png                   validation accuracy and train loss against step, per method
                                    (mean over seeds)
@@ -31,7 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["load_workdir", "method_table", "format_table", "build_report", "main"]
+__all__ = ["load_workdir", "method_table", "table_rows", "format_table", "build_report", "main"]
 
 _METRICS = ("test_accuracy_last", "test_accuracy_best_val")
 
@@ -140,13 +141,14 @@ def _params(p: Sequence[int]) -> str:
     return f"{p[0]:,}" if len(p) == 1 else f"{p[0]:,}–{p[-1]:,}"
 
 
-def format_table(teacher: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
-                 subclass_teacher: Optional[Mapping[str, Any]] = None) -> str:
-    """The Markdown table: the teacher (and the Subclass-Distillation teacher) first, then one line per method."""
-    lines = [
-        "| model | test acc % (last) | test acc % (best val) | params | seeds |",
-        "|---|---|---|---|---|",
-    ]
+_TABLE_HEAD = ("| model | test acc % (last) | test acc % (best val) | params | seeds |", "|---|---|---|---|---|")
+
+
+def table_rows(teacher: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+               subclass_teacher: Optional[Mapping[str, Any]] = None, *, prefix: str = "") -> list[str]:
+    """Markdown rows: the teacher (and the Subclass-Distillation teacher), then one per method;
+    ``prefix`` (e.g. ``"config: "``) tells workdirs apart in a dataset's shared table."""
+    lines = []
     if teacher:
         acc = teacher.get("test_accuracy", teacher.get("teacher_test_accuracy"))
         last = teacher.get("test_accuracy_last", acc)
@@ -154,17 +156,23 @@ def format_table(teacher: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         last_s = "n/a" if last is None else f"{100 * float(last):.2f}"
         name = f"teacher ({teacher['model']})" if teacher.get("model") else "teacher"
         tp = teacher.get("params", teacher.get("teacher_params"))
-        lines.append(f"| {name} | {last_s} | {acc_s} | {_params([int(tp)] if tp is not None else [])} | – |")
+        lines.append(f"| {prefix}{name} | {last_s} | {acc_s} | {_params([int(tp)] if tp is not None else [])} | – |")
     if subclass_teacher:
         st = subclass_teacher
-        lines.append(f"| subclass teacher (C*S head) | {100 * float(st['test_accuracy_last']):.2f} | "
+        lines.append(f"| {prefix}subclass teacher (C*S head) | {100 * float(st['test_accuracy_last']):.2f} | "
                      f"{100 * float(st['test_accuracy_best_val']):.2f} | {_params([int(st['student_params'])])} | – |")
     for r in rows:
         lines.append(
-            f"| {r['method']} | {_pct(r['test_accuracy_last'])} | {_pct(r['test_accuracy_best_val'])} | "
+            f"| {prefix}{r['method']} | {_pct(r['test_accuracy_last'])} | {_pct(r['test_accuracy_best_val'])} | "
             f"{_params(r['student_params'])} | {r['n']} |"
         )
-    return "\n".join(lines)
+    return lines
+
+
+def format_table(teacher: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                 subclass_teacher: Optional[Mapping[str, Any]] = None) -> str:
+    """One workdir's Markdown table (header + :func:`table_rows`)."""
+    return "\n".join([*_TABLE_HEAD, *table_rows(teacher, rows, subclass_teacher)])
 
 
 def _tag(text: str) -> str:
@@ -292,6 +300,12 @@ def _sweep_table(sweep: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _labels(ws: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Row/section labels: the config name, or the folder name where config names repeat."""
+    names = [str(w["config_name"]) for w in ws]
+    return [n if names.count(n) == 1 else f"{n} [{Path(w['root']).name}]" for n, w in zip(names, ws)]
+
+
 def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write ``report.md`` and the PNG plots for ``workdirs`` into ``out_dir``.
 
@@ -312,27 +326,30 @@ def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     used: set[str] = set()
     for dataset, ws in by_dataset.items():
         md += [f"## {dataset}", ""]
-        parts = []
-        for w in ws:
+        labels = _labels(ws)
+        with_rows = [(w, lab) for w, lab in zip(ws, labels) if w["runs"] or w["teacher"]]
+        if with_rows:
+            lines = list(_TABLE_HEAD)
+            for w, lab in with_rows:
+                lines += table_rows(w["teacher"], method_table(w["runs"]), w["subclass_teacher"],
+                                    prefix=f"{lab}: " if len(with_rows) > 1 else "")
+            tables[dataset] = "\n".join(lines)
+            md += [tables[dataset], ""]
+        for w, lab in zip(ws, labels):
             tag = _tag(f"{dataset}_{w['config_name']}")
             base, i = tag, 1
             while tag in used:
                 i += 1
                 tag = f"{base}_{i}"
             used.add(tag)
-            head = f"### {w['config_name']} (`{w['root']}`)"
             section = []
-            if w["runs"] or w["teacher"]:
-                table = format_table(w["teacher"], method_table(w["runs"]), w["subclass_teacher"])
-                section += [table, ""]
-                parts.append(table)
             if w["eigenvalues"] is not None:
                 p = plot_spectrum(w["eigenvalues"], out / f"{tag}_spectrum.png",
-                                  title=f"{dataset} / {w['config_name']}: teacher-embedding spectrum per class")
+                                  title=f"{dataset} / {lab}: teacher-embedding spectrum per class")
                 plots.append(str(p))
                 section.append(f"![spectrum]({p.name})")
             if any(r.get("history") for r in w["runs"]):
-                p = plot_curves(w["runs"], out / f"{tag}_curves.png", title=f"{dataset} / {w['config_name']}")
+                p = plot_curves(w["runs"], out / f"{tag}_curves.png", title=f"{dataset} / {lab}")
                 plots.append(str(p))
                 section.append(f"![curves]({p.name})")
             if w["sweep"] is not None and w["sweep"].get("points"):
@@ -341,11 +358,11 @@ def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                             _sweep_table(sweep), ""]
                 for key in _axes(sweep):
                     p = plot_sweep(sweep, key, out / f"{tag}_sweep_{_tag(key)}.png",
-                                   title=f"{dataset} / {w['config_name']}: accuracy against {key}")
+                                   title=f"{dataset} / {lab}: accuracy against {key}")
                     plots.append(str(p))
                     section.append(f"![sweep {key}]({p.name})")
-            md += [head, ""] + section + [""]
-        tables[dataset] = "\n\n".join(parts)
+            if section:
+                md += [f"### {lab} (`{w['root']}`)", ""] + section + [""]
     md_path = out / "report.md"
     tmp = out / ".report.md.tmp"
     tmp.write_text("\n".join(md) + "\n")

@@ -84,3 +84,14 @@ def test_report_main_and_errors(tmp_path, rng, capsys):
         report.build_report([tmp_path / "empty"], tmp_path / "o2")
     with pytest.raises(ValueError, match="not a folder"):
         report.build_report([tmp_path / "nope"], tmp_path / "o3")
+
+
+def test_two_workdirs_of_a_dataset_share_one_table(tmp_path, rng):
+    _fabricate(tmp_path / "a", rng)
+    _fabricate(tmp_path / "b", rng, with_results_json=False)
+    res = report.build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.count("| model |") == 1 and list(res["tables"]) == ["digits_binary"]
+    for label in ("tiny [a]", "tiny [b]"):
+        assert f"| {label}: teacher (mlp) |" in md and f"| {label}: lelp |" in md
+    assert len({p.rsplit("/", 1)[-1] for p in res["plots"]}) == 8  # every workdir's plots, no name clash

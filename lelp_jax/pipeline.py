@@ -470,8 +470,13 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         init = {}
         if config.teacher.pretrained:
             init = {"init_variables": PRETRAINED[config.teacher.pretrained](model, int(config.teacher.seed))}
+        # The teacher's run sees teacher.train as its `train` section (methods read e.g.
+        # train.label_smoothing from there).
+        teacher_cfg = ml_collections.ConfigDict(config.to_dict())
+        teacher_cfg.train = config.teacher.train.to_dict()
+        teacher_cfg.lock()
         result = train.train_and_evaluate(
-            **init, model=model, method=get_method("ce"), cfg=config, train_cfg=config.teacher.train,
+            **init, model=model, method=get_method("ce"), cfg=teacher_cfg, train_cfg=teacher_cfg.train,
             train_source=train_src, val_source=val_src, test_source=test_src, mesh=env.mesh,
             workdir=str(wd.teacher_dir), seed=int(config.teacher.seed), num_classes=info.num_classes,
         )

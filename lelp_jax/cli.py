@@ -50,7 +50,11 @@ _STAGE_HELP = {
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate ``--config.a.b=V`` / ``--config.a.b V`` overrides from the other arguments."""
+    """Separate overrides from the other arguments.
+
+    Forms: ``--config.a.b=V``, ``--config.a.b V``, and a bare ``--config.a.b``
+    (followed by another option or nothing) meaning ``true``, as absl does for bools.
+    """
     rest, overrides = [], []
     i = 0
     argv = list(argv)
@@ -59,11 +63,11 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         if token.startswith("--config."):
             if "=" in token:
                 overrides.append(token)
-            elif i + 1 < len(argv):
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                 overrides.append(f"{token}={argv[i + 1]}")
                 i += 1
             else:
-                raise ConfigError(f"override {token!r} has no value; write {token}=VALUE.")
+                overrides.append(f"{token}=true")
         else:
             rest.append(token)
         i += 1

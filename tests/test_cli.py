@@ -5,7 +5,6 @@ import os
 import pytest
 
 from lelp_jax import cli
-from lelp_jax.config import ConfigError
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +52,14 @@ def test_split_overrides_both_forms():
     )
     assert rest == ["--config", "c.py", "--workdir", "w"]
     assert ov == ["--config.train.num_steps=5", "--config.lelp.beta=2.5"]
-    with pytest.raises(ConfigError, match="no value"):
-        cli.split_overrides(["--config.lelp.beta"])
+    rest, ov = cli.split_overrides(["--config.smoke", "--workdir", "w", "--config.lelp.rotate"])
+    assert rest == ["--workdir", "w"] and ov == ["--config.smoke=true", "--config.lelp.rotate=true"]
+
+
+def test_bare_flag_on_a_non_bool_key_is_a_clear_error(tmp_path, capsys):
+    rc, _, err = run_cli(["run", "--config", "configs/digits_binary.py", "--workdir", str(tmp_path / "w"),
+                          "--config.train.num_steps"], capsys)
+    assert rc == 2 and "'train.num_steps' is an int; got 'true'" in err
 
 
 def test_config_command_prints_typed_overrides(capsys):

@@ -313,9 +313,9 @@ def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     """
     if not workdirs:
         raise ValueError("lelp report: pass at least one workdir.")
+    loaded = [load_workdir(w) for w in workdirs]  # every input checked before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = [load_workdir(w) for w in workdirs]
     by_dataset: dict[str, list[dict]] = {}
     for w in loaded:
         by_dataset.setdefault(str(w["dataset"]), []).append(w)

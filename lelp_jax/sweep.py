@@ -265,6 +265,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extra.append(f"--config.seeds={args.seeds}")
     config = load_config(args.config, extra)
     grid = parse_grid(args.grid)
+    from lelp_jax import sharding
+
+    sharding.initialize_distributed(config.distributed)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     summary = run_sweep(config, args.workdir, grid, share_teacher=not args.no_share_teacher, log=log)
     log(f"[sweep] {len(summary['points'])} points done; summary {Path(args.workdir) / 'sweep' / 'summary.json'}; "

@@ -83,7 +83,8 @@ def test_report_main_and_errors(tmp_path, rng, capsys):
     with pytest.raises(ValueError, match="no results"):
         report.build_report([tmp_path / "empty"], tmp_path / "o2")
     with pytest.raises(ValueError, match="not a folder"):
-        report.build_report([tmp_path / "nope"], tmp_path / "o3")
+        report.main([str(tmp_path / "nope")])
+    assert not (tmp_path / "nope").exists()  # the default output folder is not created for a bad input
 
 
 def test_two_workdirs_of_a_dataset_share_one_table(tmp_path, rng):

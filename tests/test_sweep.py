@@ -154,3 +154,11 @@ def test_tiny_sweep_resumes_after_kill_and_reports(tmp_path):
     assert names == ["digits_binary_digits_binary_2_curves.png", "digits_binary_digits_binary_2_spectrum.png",
                      "digits_binary_digits_binary_sweep_lelp.num_subclasses.png"]
     assert "| lelp |" in md and "| 1 | " in md and "| 3 | " in md
+
+
+def test_sweep_main_checks_the_grid_before_writing(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'lelp.beta'"):
+        sweep.main(["--config", "digits_binary", "--workdir", str(tmp_path / "w"), "--grid", "lelp.betta=1,2"])
+    with pytest.raises(ConfigError, match="num_subclasses must be >= 1"):
+        sweep.main(["--config", "digits_binary", "--workdir", str(tmp_path / "w"), "--grid", "lelp.num_subclasses=2,0"])
+    assert not (tmp_path / "w").exists()

@@ -210,3 +210,29 @@ def test_cached_teacher_outputs_match_online(finished_run, tmp_path, env_dirs):
         losses_c = [h["train_loss"] for h in cached["history"]]
         losses_o = [h["train_loss"] for h in online["history"]]
         np.testing.assert_allclose(losses_c, losses_o, rtol=1e-4)
+
+
+def test_method_aux_builds_kmeans_and_oracle_artifacts(finished_run):
+    """The pipeline's fits for clustering methods: per-class k-means on the teacher's train
+    embeddings, and the oracle's fine-label slots (digits: 5 digits per parity class)."""
+    from lelp_jax.methods import Method
+
+    wd = finished_run["workdir"]
+    config = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")])
+    env = pipeline.Env(config)
+
+    def fake(fit):
+        return Method(name=f"fake_{fit}", needs_teacher=True, loss=lambda **_: 0.0, head_outputs=lambda c, _: c,
+                      class_log_probs=lambda r, c, _: r, fit=fit)
+
+    km = pipeline.method_aux(fake("kmeans"), config, wd, env)
+    assert km.centroids.shape == (2, 5, 256)
+    source, _ = env.split("train")
+    labels = np.asarray([source[i]["label"] for i in range(len(source))])
+    np.testing.assert_array_equal(np.asarray(km.count), np.bincount(labels, minlength=2))
+    slots = pipeline.method_aux(fake("oracle"), config, wd, env)
+    fine = np.asarray([source[i]["fine_label"] for i in range(len(source))])
+    assert slots.num_subclasses == 5
+    np.testing.assert_array_equal(np.asarray(slots.class_of_fine)[fine], labels)
+    with pytest.raises(ValueError, match="does not build"):
+        pipeline.method_aux(fake("mystery"), config, wd, env)

@@ -118,3 +118,11 @@ def test_docs_name_only_existing_files(doc):
     assert paths
     missing = sorted(p for p in paths if not (root / p).exists())
     assert not missing, f"{doc} names files that do not exist: {missing}"
+
+
+def test_overview_picture_script_draws(tmp_path):
+    """scripts/draw_overview.py (the docs' one picture) runs and writes a PNG."""
+    out = tmp_path / "overview.png"
+    _run([sys.executable, str(DOCS.parent / "scripts" / "draw_overview.py"), "--out", str(out)], tmp_path)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (DOCS / "img" / "lelp_overview.png").is_file()

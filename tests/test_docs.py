@@ -114,7 +114,7 @@ def test_docs_name_only_existing_files(doc):
     """Paths the docs point to (configs, modules, notebooks, tests) exist in the repository."""
     root = DOCS.parent
     text = (DOCS / doc).read_text()
-    paths = set(re.findall(r"`((?:configs|lelp_jax|colab|tests|docs|scripts)/[\w./-]+\.(?:py|md|ipynb|sh))`", text))
+    paths = set(re.findall(r"`((?:configs|lelp_jax|colab|tests|docs|scripts)/[\w./-]+\.(?:py|md|ipynb|sh|png))`", text))
     assert paths
     missing = sorted(p for p in paths if not (root / p).exists())
     assert not missing, f"{doc} names files that do not exist: {missing}"

@@ -279,17 +279,6 @@ def preflight(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
     if config.teacher.pretrained and config.teacher.pretrained not in PRETRAINED:
         raise ConfigError(f"teacher.pretrained={config.teacher.pretrained!r} is unknown; choose one of "
                           f"{sorted(PRETRAINED)} or leave it unset (random init).")
-    if config.teacher.pretrained and not config.teacher.checkpoint and not Workdir(workdir).teacher_json.exists():
-        import inspect
-
-        from lelp_jax import train
-
-        if "init_variables" not in inspect.signature(train.train_and_evaluate).parameters:
-            raise ConfigError(
-                f"teacher.pretrained={config.teacher.pretrained!r} needs train.train_and_evaluate(init_variables=...), "
-                "which this installation lacks; train from scratch (--config.teacher.pretrained=none) or pass a "
-                "trained teacher with --config.teacher.checkpoint."
-            )
     if config.teacher.checkpoint and not (not force and Workdir(workdir).teacher_json.exists()):
         src = teacher_source_dir(config, workdir)
         if not (src / "checkpoints").is_dir():

@@ -307,15 +307,22 @@ def _sample_batch(source: Any) -> dict[str, np.ndarray]:
 
 def init_train_state(*, model: nn.Module, method: Any, optimizer: optax.GradientTransformation,
                      sample_batch: Mapping[str, np.ndarray], seed: int, method_cfg: Any,
-                     teacher_embedding_dim: Optional[int] = None) -> TrainState:
+                     teacher_embedding_dim: Optional[int] = None,
+                     init_variables: Optional[Mapping[str, Any]] = None) -> TrainState:
     """Initial (host-local) state: model.init on a sample batch with key(seed).
 
-    Keys: ``init, method_init, train = split(PRNGKey(seed), 3)``; ``method.init_params``
+    Keys: ``init, dropout, method_init, train = split(PRNGKey(seed), 4)``; ``method.init_params``
     (if the method has trainable params) gets the student/teacher embedding widths.
+    ``init_variables`` (e.g. a pretrained encoder + fresh head) replaces the random
+    ``params``/``batch_stats``; its tree must match the model's. ``model.init`` is jitted:
+    un-jitted it runs op by op, dozens of small compilations for a deep model.
     """
     k_init, k_drop, k_method, k_train = jax.random.split(jax.random.PRNGKey(seed), 4)
     inputs = {k: jnp.asarray(v) for k, v in sample_batch.items() if k not in _TEACHER_KEYS}
-    variables = model.init({"params": k_init, "dropout": k_drop}, inputs, train=False)
+    variables = jax.jit(lambda rngs, x: model.init(rngs, x, train=False))(
+        {"params": k_init, "dropout": k_drop}, inputs)
+    if init_variables is not None:
+        variables = _checked_init_variables(variables, init_variables)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     emb, _ = jax.eval_shape(lambda v: model.apply(v, inputs, train=False), variables)
@@ -326,6 +333,22 @@ def init_train_state(*, model: nn.Module, method: Any, optimizer: optax.Gradient
     opt_state = optimizer.init((params, method_params))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=opt_state, rng=k_train, method_params=method_params)
+
+
+def _checked_init_variables(fresh: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` params/batch_stats in place of ``fresh`` ones, after checking tree and shapes agree."""
+    out = dict(fresh)
+    for col in ("params", "batch_stats"):
+        if col not in given:
+            continue
+        want = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), fresh.get(col, {}))
+        got = jax.tree_util.tree_map(lambda x: (tuple(np.shape(x)), str(np.asarray(x).dtype)), given[col])
+        if want != got:
+            raise ValueError(f"init_variables[{col!r}] does not match the model's {col}: the tree structure, "
+                             "shapes or dtypes differ; build them from the same model (e.g. "
+                             "minilm_init_variables(model, key)).")
+        out[col] = jax.tree_util.tree_map(jnp.asarray, given[col])
+    return out
 
 
 def evaluate(eval_step: Callable, params: Any, batch_stats: Any, batches: Iterable[Mapping[str, np.ndarray]],
@@ -503,8 +526,12 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
                        teacher_apply: Optional[Callable] = None, teacher_variables: Any = None,
                        teacher_cache: Any = None, aux: Any = None, train_cfg: Any = None,
                        record_extra: Optional[Mapping[str, Any]] = None, progress: bool = True,
-                       make_iterator: Optional[Callable] = None) -> dict[str, Any]:
+                       make_iterator: Optional[Callable] = None,
+                       init_variables: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Train ``model`` with ``method``, evaluate, checkpoint, resume; return the result record.
+
+    ``init_variables``: start from these params/batch_stats (fine-tuning a pretrained
+    model) instead of a random init; a resumed run restores its checkpoint instead.
 
     Steps: ``train.num_steps`` or ``ceil(num_epochs * len(train) / batch_size)``.
     Every ``train.eval_every`` steps (and at the end) validation accuracy is measured
@@ -556,7 +583,7 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
             lambda v: teacher_apply(v, {k: jnp.asarray(x) for k, x in sample.items()}, train=False),
             teacher_variables)[0].shape[-1]))
     state = init_train_state(model=model, method=method, optimizer=optimizer, sample_batch=sample, seed=seed,
-                             method_cfg=cfg, teacher_embedding_dim=t_dim)
+                             method_cfg=cfg, teacher_embedding_dim=t_dim, init_variables=init_variables)
     state = shd.replicate(state, mesh)
     best = _copy({"params": state.params, "batch_stats": state.batch_stats})
     aux = shd.replicate(aux, mesh) if aux is not None else None

@@ -234,3 +234,22 @@ def test_supervised_teacher_on_digits_binary_beats_chance(tmp_path):
     ev = train.make_eval_step(model=model, method=methods.get_method("ce"), num_classes=2, method_cfg=cfg, mesh=mesh)
     batches = make_iterator(test_src, global_batch_size=64, seed=0, shuffle=False, num_epochs=1, drop_remainder=False)
     assert train.evaluate(ev, best["params"], {}, batches, mesh) == rec["test_accuracy_best_val"]
+
+
+def test_init_variables_start_from_given_params_and_reject_mismatch(rng):
+    """A pretrained start: the state's params are exactly the given ones; a wrong tree is refused."""
+    cfg = small_config()
+    model, method = mlp(), methods.get_method("ce")
+    _, fresh = _init(model, method, cfg, seed=0)
+    given = jax.tree_util.tree_map(lambda x: rng.normal(size=x.shape).astype(np.float32), fresh.params)
+    opt = train.make_optimizer(cfg.train, num_steps=10)
+    state = train.init_train_state(model=model, method=method, optimizer=opt,
+                                   sample_batch={"features": np.zeros((1, 6), np.float32)}, seed=0,
+                                   method_cfg=cfg, init_variables={"params": given})
+    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(given)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    wrong = jax.tree_util.tree_map(lambda x: np.zeros(x.shape + (1,), np.float32), fresh.params)
+    with pytest.raises(ValueError, match="does not match the model's params"):
+        train.init_train_state(model=model, method=method, optimizer=opt,
+                               sample_batch={"features": np.zeros((1, 6), np.float32)}, seed=0,
+                               method_cfg=cfg, init_variables={"params": wrong})

@@ -7,6 +7,8 @@ their mesh over all 8.
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI's persistent compilation cache stays out of the user's home during tests.
+os.environ.setdefault("LELP_JAX_CACHE_DIR", "off")
 _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()

@@ -36,15 +36,11 @@ __all__ = [
     "config_to_dict",
     "identity_dict",
     "IDENTITY_EXCLUDED",
-    "METHOD_NAMES",
 ]
 
 # Keys that select *which* runs to do or *where* they run, not *what* they compute:
 # a workdir accepts later invocations that differ only here.
 IDENTITY_EXCLUDED = ("methods", "seeds", "distributed", "mesh")
-
-# Every method the comparison set knows (docs/ARCHITECTURE.md, Methods).
-METHOD_NAMES = ("ce", "kd", "lelp", "random", "pca", "kmeans", "oracle", "fitnet", "rkd", "subclass")
 
 # A sub-dict with this name accepts new keys from overrides (model constructor kwargs
 # differ between models, and the model builder rejects unknown ones; data.files maps
@@ -416,11 +412,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
     methods = tuple(config.methods)
     need(len(methods) > 0, "config.methods is empty; list at least one method, e.g. --methods ce,kd,lelp.")
-    unknown = [m for m in methods if m not in METHOD_NAMES]
+    from lelp_jax.methods import method_names  # the registry: register_method() extends it
+
+    known = tuple(method_names())
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], METHOD_NAMES, n=1)
+        close = difflib.get_close_matches(unknown[0], known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown method {unknown[0]!r}{hint}; known methods: {', '.join(METHOD_NAMES)}.")
+        raise ConfigError(f"unknown method {unknown[0]!r}{hint}; known methods: {', '.join(known)}.")
     need(len(set(methods)) == len(methods), f"config.methods lists a method twice: {methods}.")
     seeds = tuple(config.seeds)
     need(len(seeds) > 0, "config.seeds is empty; give at least one seed, e.g. --seeds 0.")

@@ -27,6 +27,7 @@ Timing: median over --repeats (--big-repeats for N > 100k) after one warm-up run
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -163,8 +164,6 @@ def run_worker(side: str, *, n: int, d: int, c: int, s: int, batch_size: int, re
                solver: str, timeout: float, inprocess: bool = False) -> dict[str, Any]:
     """Run one (configuration, side) in a fresh Python process (or here, with ``inprocess``); its result."""
     if inprocess:
-        import argparse
-
         ns = argparse.Namespace(n=n, d=d, c=c, s=s, batch_size=batch_size, repeats=repeats, seed=seed, solver=solver)
         return worker_lelp(ns) if side == "lelp" else worker_sklearn(ns)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--n", str(n), "--d", str(d), "--c", str(c),
@@ -201,11 +200,11 @@ def main(argv=None) -> int:
     p.add_argument("--inprocess", action="store_true",
                    help="run the workers in this process (faster start; peak memory then less isolated); "
                         "implied by --smoke")
-    p.add_argument("--worker", choices=("lelp", "sklearn"), help=argparse_hidden())
-    p.add_argument("--n", type=int, help=argparse_hidden())
-    p.add_argument("--d", type=int, help=argparse_hidden())
-    p.add_argument("--c", type=int, help=argparse_hidden())
-    p.add_argument("--s", type=int, help=argparse_hidden())
+    p.add_argument("--worker", choices=("lelp", "sklearn"), help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--d", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--c", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--s", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     C.check_repeats(a.repeats)
     if a.worker:
@@ -258,7 +257,8 @@ def main(argv=None) -> int:
     info["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print("## fit_projections: lelp_jax streaming fit vs scikit-learn PCA per class\n")
     print(C.machine_table(info, {"S (num_subclasses)": s, "lelp batch size": a.batch_size,
-                                 "sklearn PCA svd_solver": a.solver, "sklearn capped at N <=": f"{a.max_sklearn_n:,}",
+                                 "sklearn PCA svd_solver": f"{a.solver} (resolved to: "
+                                 f"{', '.join(sorted({r['solver'] for r in results if 'solver' in r})) or 'n/a'})", "sklearn capped at N <=": f"{a.max_sklearn_n:,}",
                                  "total wall time": f"{time.time() - t_start:.0f} s"}))
     print()
     print(C.markdown_table(
@@ -291,12 +291,6 @@ def targets_summary(results: list[dict[str, Any]]) -> str:
             for (d, c), rs in sorted(by_dc.items())]
     lines.append("- lelp peak MB over increasing N (flat in N?): " + "; ".join(flat))
     return "\n".join(lines)
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ per-device SPMD program, so it is multiplied by the mesh's device count). The re
 jitted ``jnp.dot`` of two N x N float32 matrices (2 N^3 FLOPs) timed in the same
 run, interleaved with the teacher steps: the best dense throughput XLA reaches
 here, so "fraction" = achieved / matmul is the share of this machine's practical
-peak the teacher step uses. Medians over --repeats; each timing averages --calls calls.
+peak the teacher step uses. Each timing averages --calls calls; reported for the
+median over --repeats and for the best (fastest) repeat: other processes only ever
+add time, so on a shared machine the best repeat is the closer estimate of the
+uncontended speed, and the two fractions bracket the truth.
 """
 from __future__ import annotations
 
@@ -103,20 +106,22 @@ def main(argv=None) -> int:
         dot_t.append(time_calls(lambda: dot(x, y), a.calls))
         for label, step, args, _ in cases:
             step_t[label].append(time_calls(lambda: step(*args), a.calls))
-    peak = dot_flops / C.median(dot_t)
+    peak, peak_best = dot_flops / C.median(dot_t), dot_flops / min(dot_t)
     rows = [[f"jnp.dot {n}x{n} float32 (reference)", C.fmt(dot_flops / 1e9), C.fmt(C.median(dot_t) * 1e3),
-             C.fmt(peak / 1e9), "1.000", "-"]]
+             C.fmt(peak / 1e9), "1.000", C.fmt(peak_best / 1e9), "1.000", "-"]]
     for label, _, _, bsz in cases:
-        t = C.median(step_t[label])
+        t, t_best = C.median(step_t[label]), min(step_t[label])
         rows.append([label, C.fmt(flops[label] / 1e9), C.fmt(t * 1e3), C.fmt(flops[label] / t / 1e9),
-                     f"{flops[label] / t / peak:.3f}", C.fmt(bsz / t)])
+                     f"{flops[label] / t / peak:.3f}", C.fmt(flops[label] / t_best / 1e9),
+                     f"{flops[label] / t_best / peak_best:.3f}", C.fmt(bsz / t)])
     info["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print("## teacher_flops: achieved FLOP/s of the teacher step vs this machine's matmul\n")
     print(C.machine_table(info, {"mesh devices": mesh.devices.size, "repeats": a.repeats, "calls per timing": a.calls,
                                  "total wall time": f"{time.time() - t_start:.0f} s"}))
     print()
-    print(C.markdown_table(["computation", "GFLOP per call (XLA)", "ms per call (median)", "achieved GFLOP/s",
-                            "fraction of matmul FLOP/s", "examples/s"], rows), flush=True)
+    print(C.markdown_table(["computation", "GFLOP per call (XLA)", "ms per call (median)", "GFLOP/s (median)",
+                            "fraction of matmul (median)", "GFLOP/s (best)", "fraction of matmul (best)",
+                            "examples/s (median)"], rows), flush=True)
     if a.json:
         import json
 

@@ -1,15 +1,15 @@
-"""Executes the example in docs/API.md so the documentation never rots."""
+"""Executes the Python API example in README.md so the documentation never rots."""
 import pathlib
 import re
 
 import numpy as np
 
-API_MD = pathlib.Path(__file__).resolve().parents[1] / "docs" / "API.md"
+API_MD = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_api_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", API_MD.read_text(), flags=re.S)
-    assert blocks, "docs/API.md lost its python example"
+    assert blocks, "README.md lost its python API example"
     scope = {}
     exec(compile(blocks[0], str(API_MD), "exec"), scope)
     c, s = scope["C"], scope["S"]

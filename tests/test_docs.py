@@ -3,7 +3,7 @@
 - docs/EXTENDING.md: its ``# file: NAME`` python blocks are written to a fresh folder, then its
   ``lelp`` commands and its plain python block run there, in subprocesses (fresh registries),
   exactly as a user would run them; the results must hold every method named.
-- docs/LAUNCHING.md: every ``lelp`` command parses (subcommand, options, config keys and values)
+- docs/LAUNCHING.md and README.md: every ``lelp`` command parses (subcommand, options, config keys and values)
   through the CLI's own parser and ``load_config``; commands that need a cluster are not run.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _lelp_commands(text: str) -> list[list[str]]:
     out = []
     for line in joined.splitlines():
         line = line.strip()
-        m = re.search(r"(?:^|\s)(lelp\s.*)$", line)
+        m = re.search(r"(?:^|\s|/)(lelp\s.*)$", line)  # also `.venv/bin/lelp ...`
         if m and not line.startswith("#"):
             out.append(shlex.split(m.group(1))[1:])
     return out
@@ -88,16 +88,16 @@ def test_extending_examples_run_as_written(tmp_path):
         assert rerun[r["method"]]["test_accuracy_best_val"] == r["test_accuracy_best_val"]
 
 
-def _launching_commands() -> list[list[str]]:
-    return [argv for lang, body in _blocks(DOCS / "LAUNCHING.md") if lang == "bash"
-            for argv in _lelp_commands(body)]
+def _shell_commands(doc: Path) -> list[list[str]]:
+    return [argv for lang, body in _blocks(doc) if lang == "bash" for argv in _lelp_commands(body)]
 
 
-def test_launching_commands_parse():
+@pytest.mark.parametrize("doc, at_least", [(DOCS / "LAUNCHING.md", 5), (DOCS.parent / "README.md", 2)])
+def test_doc_commands_parse(doc, at_least):
     from lelp_jax import cli
 
-    commands = _launching_commands()
-    assert len(commands) >= 5
+    commands = _shell_commands(doc)
+    assert len(commands) >= at_least
     for argv in commands:
         name, rest = argv[0], argv[1:]
         assert name in cli.COMMANDS, argv
@@ -109,7 +109,7 @@ def test_launching_commands_parse():
         assert config.data.name, argv
 
 
-@pytest.mark.parametrize("doc", ["EXTENDING.md", "LAUNCHING.md"])
+@pytest.mark.parametrize("doc", ["EXTENDING.md", "LAUNCHING.md", "../README.md"])
 def test_docs_name_only_existing_files(doc):
     """Paths the docs point to (configs, modules, notebooks, tests) exist in the repository."""
     root = DOCS.parent

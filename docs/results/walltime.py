@@ -3,7 +3,8 @@
     python docs/results/walltime.py WORKDIR... > docs/results/NAME/walltime.md
 
 Reads WORKDIR/teacher/teacher.json ("seconds") and every run's "wall_time_s" in
-WORKDIR/results.json (or WORKDIR/sweep/*/results.json for a sweep root). If a file
+WORKDIR/results.json (or WORKDIR/sweep/*/results.json for a sweep root, or the finished runs'
+runs/*/seed_*/result.json of an interrupted run). If a file
 WORKDIR.log ends with a line "WALL <seconds>" (written by the commands in
 docs/RESULTS.md), the whole command's wall time is shown too.
 """
@@ -16,11 +17,12 @@ from pathlib import Path
 
 
 def _runs(wd: Path) -> list[dict]:
-    files = [wd / "results.json"] if (wd / "results.json").is_file() else sorted(wd.glob("sweep/*/results.json"))
-    runs = []
-    for f in files:
-        runs += json.loads(f.read_text()).get("runs", [])
-    return runs
+    if (wd / "results.json").is_file():
+        return json.loads((wd / "results.json").read_text()).get("runs", [])
+    sweeps = sorted(wd.glob("sweep/*/results.json"))
+    if sweeps:
+        return [r for f in sweeps for r in json.loads(f.read_text()).get("runs", [])]
+    return [json.loads(f.read_text()) for f in sorted(wd.glob("runs/*/seed_*/result.json"))]
 
 
 def _command_wall(wd: Path) -> str:

@@ -5,7 +5,7 @@ A :class:`Method` is a frozen description used by the pipeline and the train ste
 - ``needs_teacher``: the train step must get teacher (embedding, logits);
 - ``fit``: which artifact the pipeline builds before training and passes as the
   step's ``aux`` (``'projections'`` for LELP-like methods, ``'kmeans'``, ``'oracle'``,
-  or None); ``fit_options(cfg)`` gives the keyword arguments of that fit (e.g.
+  ``'subclass_teacher'`` (the Subclass-Distillation teacher's variables), or None); ``fit_options(cfg)`` gives the keyword arguments of that fit (e.g.
   ``fit_projections(null_space=..., rotate=..., directions=...)``);
 - ``head_outputs(num_classes, cfg)``: the student head width (C, or C*S);
 - ``loss(*, student_logits, student_embedding, batch, teacher_embedding,
@@ -31,12 +31,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lelp_jax import losses, targets
+from lelp_jax import clustering, feature_losses, losses, subclass_distillation, targets
 
 __all__ = [
     "Method", "METHODS", "register_method", "get_method", "method_names",
     # building blocks for registering more methods
     "section", "option", "batch_mask", "plain_class_log_probs", "subclass_class_log_probs",
+    # the Subclass-Distillation teacher (trained by the pipeline, not a student method)
+    "SUBCLASS_TEACHER", "subclass_teacher_model",
 ]
 
 
@@ -217,3 +219,167 @@ for _name, _opts, _desc in (
         name=_name, needs_teacher=True, loss=_lelp_loss, head_outputs=_lelp_head,
         class_log_probs=subclass_class_log_probs, fit="projections", fit_options=_opts, description=_desc,
     ))
+
+
+# ----------------------------------------------------------------------------- kmeans, oracle
+
+
+def _teacher_class_probs(teacher_logits: jax.Array, cfg: Any) -> jax.Array:
+    """p = softmax(l / lelp.tau): every pseudo-subclass method splits the same class probabilities."""
+    return jax.nn.softmax(teacher_logits / float(option(cfg, "lelp", "tau", 1.0)), axis=-1)
+
+
+def _pseudo_subclass_loss(student_logits, t, batch, cfg, num_classes: int) -> jax.Array:
+    return losses.lelp_loss(student_logits, t, labels=batch["label"], alpha=float(option(cfg, "lelp", "alpha", 0.0)),
+                            num_classes=num_classes, mask=batch_mask(batch))
+
+
+def _kmeans_loss(*, student_logits, batch, teacher_embedding, teacher_logits, aux, cfg, **_: Any) -> jax.Array:
+    """k-means pseudo-subclasses: ``t = split_targets(softmax(l/tau), z, beta)`` with
+    ``z_{c,s} = -||h - m_{c,s}||^2 / (2 sigma_c^2)`` (:func:`lelp_jax.clustering.kmeans_scores`,
+    the isotropic-GMM responsibility; ``kmeans.scale='raw'`` drops the 1/(2 sigma_c^2)),
+    ``beta = kmeans.temperature``, ``tau = lelp.tau``, ``alpha = lelp.alpha``; loss
+    :func:`lelp_jax.losses.lelp_loss`. ``aux`` is the :class:`lelp_jax.clustering.KMeansFit` (from
+    k-means, or from agglomerative clusters' means for ``agglomerative``)."""
+    if not isinstance(aux, clustering.KMeansFit):
+        raise ValueError("methods 'kmeans' and 'agglomerative' need a KMeansFit (centroids) as the step's aux.")
+    z = clustering.kmeans_scores(teacher_embedding, aux, scale=str(option(cfg, "kmeans", "scale", "gmm")))
+    t = targets.split_targets(_teacher_class_probs(teacher_logits, cfg), z,
+                              beta=float(option(cfg, "kmeans", "temperature", 1.0)))
+    return _pseudo_subclass_loss(student_logits, t, batch, cfg, teacher_logits.shape[-1])
+
+
+def _oracle_loss(*, student_logits, batch, teacher_logits, aux, cfg, **_: Any) -> jax.Array:
+    """Oracle subclasses: ``t_{y,s} = p_y [s = slot(fine)]``, ``t_{c,s} = p_c / n_c`` on class c's used
+    slots for c != y (:func:`lelp_jax.clustering.oracle_targets`), p = softmax(l / lelp.tau);
+    loss :func:`lelp_jax.losses.lelp_loss`. ``aux`` is the :class:`lelp_jax.clustering.OracleSlots`
+    table with S = lelp.num_subclasses slots (fine labels folded round-robin when a class has more)."""
+    if not isinstance(aux, clustering.OracleSlots):
+        raise ValueError("method 'oracle' needs the OracleSlots table as the train step's aux.")
+    if "fine_label" not in batch:
+        raise ValueError("method 'oracle' needs batch['fine_label']; use a dataset with fine labels.")
+    p = _teacher_class_probs(teacher_logits, cfg)
+    t = clustering.oracle_targets(p, batch["label"], batch["fine_label"], aux)
+    return _pseudo_subclass_loss(student_logits, t.reshape(t.shape[0], -1), batch, cfg, p.shape[-1])
+
+
+register_method(Method(
+    name="kmeans", needs_teacher=True, loss=_kmeans_loss, head_outputs=_lelp_head,
+    class_log_probs=subclass_class_log_probs, fit="kmeans",
+    description="per-class k-means pseudo-subclasses in the teacher embedding, split like LELP",
+))
+register_method(Method(
+    name="agglomerative", needs_teacher=True, loss=_kmeans_loss, head_outputs=_lelp_head,
+    class_log_probs=subclass_class_log_probs, fit="agglomerative",
+    description="per-class Ward clusters (scikit-learn, subsampled) as pseudo-subclasses, split like k-means",
+))
+register_method(Method(
+    name="oracle", needs_teacher=True, loss=_oracle_loss, head_outputs=_lelp_head,
+    class_log_probs=subclass_class_log_probs, fit="oracle", needs_fine_labels=True,
+    description="true fine labels as subclasses (upper bound)",
+))
+
+
+# ----------------------------------------------------------------------------- fitnet, rkd
+
+
+def _kd_term(student_logits, batch, teacher_logits, cfg) -> jax.Array:
+    return losses.kd_loss(student_logits, teacher_logits, tau=float(option(cfg, "kd", "tau", 1.0)),
+                          labels=batch["label"], alpha=float(option(cfg, "kd", "alpha", 0.0)), mask=batch_mask(batch))
+
+
+def _fitnet_init(key: jax.Array, *, student_embedding_dim: int, teacher_embedding_dim: Optional[int],
+                 cfg: Any) -> dict[str, Any]:
+    """The FitNet adapter ``{'kernel' (D_s, D_t) LeCun-normal, 'bias' (D_t,) zeros}`` (a Dense layer's layout)."""
+    if not teacher_embedding_dim:
+        raise ValueError("method 'fitnet' needs the teacher embedding width to build its adapter.")
+    kernel = jax.nn.initializers.lecun_normal()(key, (student_embedding_dim, teacher_embedding_dim), jnp.float32)
+    return {"kernel": kernel, "bias": jnp.zeros((teacher_embedding_dim,), jnp.float32)}
+
+
+def _fitnet_loss(*, student_logits, student_embedding, batch, teacher_embedding, teacher_logits, method_params,
+                 cfg, **_: Any) -> jax.Array:
+    """KD (``cfg.kd``) + ``fitnet.weight`` * :func:`lelp_jax.feature_losses.fitnet_loss` (student embedding ->
+    trainable linear adapter ``method_params`` -> teacher embedding, MSE)."""
+    hint = feature_losses.fitnet_loss(student_embedding, teacher_embedding, method_params,
+                                      mask=batch_mask(batch))
+    return _kd_term(student_logits, batch, teacher_logits, cfg) + float(option(cfg, "fitnet", "weight", 1.0)) * hint
+
+
+def _rkd_loss(*, student_logits, student_embedding, batch, teacher_embedding, teacher_logits, cfg,
+              **_: Any) -> jax.Array:
+    """KD (``cfg.kd``) + RKD-DA on the embeddings (:func:`lelp_jax.feature_losses.rkd_loss`,
+    weights ``rkd.distance_weight`` and ``rkd.angle_weight``)."""
+    rel = feature_losses.rkd_loss(student_embedding, teacher_embedding,
+                                  distance_weight=float(option(cfg, "rkd", "distance_weight", 1.0)),
+                                  angle_weight=float(option(cfg, "rkd", "angle_weight", 2.0)), mask=batch_mask(batch))
+    return _kd_term(student_logits, batch, teacher_logits, cfg) + rel
+
+
+register_method(Method(
+    name="fitnet", needs_teacher=True, loss=_fitnet_loss, head_outputs=_plain_head,
+    class_log_probs=plain_class_log_probs, init_params=_fitnet_init,
+    description="FitNet: KD + MSE from a linear adapter of the student embedding to the teacher's",
+))
+register_method(Method(
+    name="rkd", needs_teacher=True, loss=_rkd_loss, head_outputs=_plain_head,
+    class_log_probs=plain_class_log_probs, description="RKD: KD + distance and angle relational losses",
+))
+
+
+# ----------------------------------------------------------------------------- subclass distillation
+
+
+def _subclass_count(cfg: Any) -> int:
+    return int(option(cfg, "subclass", "num_subclasses", 4))
+
+
+def _subclass_head(num_classes: int, cfg: Any) -> int:
+    return num_classes * _subclass_count(cfg)
+
+
+def subclass_teacher_model(cfg: Any, num_classes: int):
+    """The Subclass-Distillation teacher: ``cfg.teacher.model`` with a C*S head (S = subclass.num_subclasses)."""
+    from lelp_jax.models import build_model
+
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v)
+              for k, v in dict(option(cfg, "teacher", "model_kwargs", {})).items()}
+    return build_model(cfg.teacher.model, num_outputs=_subclass_head(num_classes, cfg), **kwargs)
+
+
+def _subclass_teacher_loss(*, student_logits, batch, cfg, **_: Any) -> jax.Array:
+    """Training the subclass teacher: CE on logsumexp-aggregated classes + ``subclass.aux_weight`` * the
+    contrastive auxiliary loss at ``subclass.aux_temperature`` (:func:`lelp_jax.subclass_distillation.subclass_teacher_loss`)."""
+    num_classes = student_logits.shape[-1] // _subclass_count(cfg)
+    return subclass_distillation.subclass_teacher_loss(
+        student_logits, batch["label"], num_classes=num_classes,
+        aux_weight=float(option(cfg, "subclass", "aux_weight", 1.0)),
+        aux_temperature=float(option(cfg, "subclass", "aux_temperature", 1.0)), mask=batch_mask(batch))
+
+
+def _subclass_student_loss(*, student_logits, batch, aux, cfg, **_: Any) -> jax.Array:
+    """Subclass Distillation student: KD at ``subclass.tau`` on the subclass teacher's C*S logits (its
+    forward pass runs here on the step's batch; ``aux`` holds its variables) + ``subclass.alpha`` * class
+    CE (:func:`lelp_jax.subclass_distillation.subclass_student_loss`)."""
+    if aux is None:
+        raise ValueError("method 'subclass' needs the trained subclass teacher's variables as the step's aux.")
+    num_classes = student_logits.shape[-1] // _subclass_count(cfg)
+    model = subclass_teacher_model(cfg, num_classes)
+    inputs = {k: v for k, v in batch.items() if k not in ("teacher_embedding", "teacher_logits")}
+    _, t_logits = model.apply(aux, inputs, train=False)
+    return subclass_distillation.subclass_student_loss(
+        student_logits, jax.lax.stop_gradient(t_logits.astype(jnp.float32)),
+        tau=float(option(cfg, "subclass", "tau", 1.0)), num_classes=num_classes, labels=batch["label"],
+        alpha=float(option(cfg, "subclass", "alpha", 0.0)), mask=batch_mask(batch))
+
+
+# Not registered: the pipeline trains the subclass teacher with it (fit 'subclass_teacher').
+SUBCLASS_TEACHER = Method(
+    name="subclass_teacher", needs_teacher=False, loss=_subclass_teacher_loss, head_outputs=_subclass_head,
+    class_log_probs=subclass_class_log_probs, description="Subclass-Distillation teacher (C*S head + aux loss)",
+)
+register_method(Method(
+    name="subclass", needs_teacher=False, loss=_subclass_student_loss, head_outputs=_subclass_head,
+    class_log_probs=subclass_class_log_probs, fit="subclass_teacher",
+    description="Subclass Distillation: student distils a C*S-head teacher's subclass logits",
+))

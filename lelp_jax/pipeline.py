@@ -70,6 +70,7 @@ _ARTIFACTS = (
     "projections_*.npz",
     "runs",
     "results.json",
+    "subclass_teacher",
 )
 
 
@@ -669,7 +670,11 @@ def method_aux(method, config: ml_collections.ConfigDict, workdir: str | os.Path
 
     ``projections``: the method's projections file; ``kmeans``: per-class k-means
     of the teacher's train embeddings (S = lelp.num_subclasses, seeded by lelp.seed);
-    ``oracle``: the fine-label slot table of the train split.
+    ``oracle``: the fine-label slot table of the train split (S = lelp.num_subclasses slots);
+    ``agglomerative``: per-class Ward clusters' means on at most 2,000 train embeddings
+    per class (scikit-learn, host); ``subclass_teacher``: the variables of the
+    Subclass-Distillation teacher
+    (:func:`subclass_teacher_variables`).
     """
     import jax
     import numpy as np
@@ -698,8 +703,53 @@ def method_aux(method, config: ml_collections.ConfigDict, workdir: str | os.Path
         if fine is None or info.num_fine_classes is None:
             raise ConfigError(f"method 'oracle' needs fine labels, and dataset {config.data.name!r} has none; "
                               "drop it from --methods.")
-        return oracle_slots(labels, fine, num_classes=info.num_classes, num_fine=info.num_fine_classes)
+        return oracle_slots(labels, fine, num_classes=info.num_classes, num_fine=info.num_fine_classes,
+                            num_subclasses=int(config.lelp.num_subclasses))
+    if method.fit == "agglomerative":
+        from lelp_jax.clustering import fit_agglomerative_centroids
+
+        emb, logits = _all_train_outputs(config, workdir, env)
+        labels, _ = _train_labels(source)
+        if config.lelp.fit_labels == "teacher":
+            labels = np.argmax(logits, axis=-1).astype(np.int32)
+        return fit_agglomerative_centroids(emb, labels, num_classes=info.num_classes,
+                                           num_subclasses=int(config.lelp.num_subclasses), seed=int(config.lelp.seed))
+    if method.fit == "subclass_teacher":
+        return subclass_teacher_variables(config, workdir, env)
     raise ValueError(f"method {method.name!r} asks for fit {method.fit!r}, which the pipeline does not build.")
+
+
+def subclass_teacher_variables(config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env) -> Any:
+    """The Subclass-Distillation teacher's best-validation variables, trained once in ``WORKDIR/subclass_teacher/``.
+
+    ``teacher.model`` with a C*S head (S = ``subclass.num_subclasses``), trained like
+    the teacher (``teacher.train``, ``teacher.seed``, from ``teacher.pretrained`` weights
+    when set, else from scratch as in Müller et al. 2020) with the loss of
+    ``methods.SUBCLASS_TEACHER`` (class CE on logsumexp-aggregated subclass logits + the
+    auxiliary loss). Resumable (its own Orbax checkpoints); its ``result.json`` (class
+    accuracy, params) marks it done.
+    """
+    from lelp_jax import train
+    from lelp_jax.methods import SUBCLASS_TEACHER, subclass_teacher_model
+
+    folder = Workdir(workdir).root / "subclass_teacher"
+    if not (folder / "result.json").exists():
+        train_src, info = env.split("train")
+        val_src, _ = env.split("validation")
+        test_src, _ = env.split("test")
+        model = subclass_teacher_model(config, info.num_classes)
+        init = {}
+        if config.teacher.pretrained:
+            init = {"init_variables": PRETRAINED[config.teacher.pretrained](model, int(config.teacher.seed))}
+        teacher_cfg = ml_collections.ConfigDict(config.to_dict())  # its `train` section is teacher.train
+        teacher_cfg.train = config.teacher.train.to_dict()
+        teacher_cfg.lock()
+        train.train_and_evaluate(**init, model=model, method=SUBCLASS_TEACHER, cfg=teacher_cfg,
+                                 train_cfg=teacher_cfg.train, train_source=train_src, val_source=val_src,
+                                 test_source=test_src, mesh=env.mesh, workdir=str(folder),
+                                 seed=int(config.teacher.seed), num_classes=info.num_classes)
+        _sync("subclass_teacher")
+    return train.load_variables(str(folder), which="best", mesh=env.mesh)
 
 
 def stage_distill(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,

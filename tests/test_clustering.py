@@ -141,3 +141,77 @@ def test_agglomerative_centroids_recover_blobs(rng):
     for c in range(2):
         for k in range(2):
             assert np.min(np.linalg.norm(np.asarray(fit.centroids[c]) - centres[c, k], axis=1)) < 0.2
+
+
+# ----------------------------------------------------------------------------- the kmeans and oracle methods
+
+
+def _np_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _method_cfg(tau=2.0, beta=0.7, alpha=0.25, s=3):
+    import ml_collections
+
+    return ml_collections.ConfigDict(dict(
+        lelp=dict(num_subclasses=s, tau=tau, alpha=alpha, seed=0),
+        kmeans=dict(num_iters=5, temperature=beta, scale="gmm")))
+
+
+def _np_lelp_loss(r, t, y, m, alpha, c):
+    b = len(r)
+    soft = (m * -(t * _np_log_softmax(r)).sum(-1)).sum() / m.sum()
+    logq = np.log(np.exp(_np_log_softmax(r)).reshape(b, c, -1).sum(-1))
+    hard = -(m * logq[np.arange(b), y]).sum() / m.sum()
+    return (1 - alpha) * soft + alpha * hard
+
+
+def test_kmeans_method_loss_matches_numpy(rng):
+    from lelp_jax import methods
+
+    b, c, s, d = 8, 2, 3, 5
+    cfg = _method_cfg(s=s)
+    method = methods.get_method("kmeans")
+    assert method.needs_teacher and method.fit == "kmeans" and method.head_outputs(c, cfg) == c * s
+    agg = methods.get_method("agglomerative")  # other clusters, the same targets and loss
+    assert agg.fit == "agglomerative" and agg.loss is method.loss and agg.head_outputs(c, cfg) == c * s
+    fit = cl.KMeansFit(centroids=jnp.asarray(rng.normal(size=(c, s, d)), jnp.float32),
+                       scale=jnp.asarray(rng.uniform(0.1, 1.0, c), jnp.float32), inertia=jnp.ones(c), count=jnp.ones(c))
+    h, l, r = rng.normal(size=(b, d)), rng.normal(size=(b, c)) * 2, rng.normal(size=(b, c * s))
+    y, m = rng.integers(0, c, b), (rng.random(b) < 0.8).astype(np.float64)
+    m[0] = 1.0
+    got = _j(method.loss, student_logits=jnp.asarray(r, jnp.float32), student_embedding=None,
+             batch={"label": jnp.asarray(y), "mask": jnp.asarray(m, jnp.float32)},
+             teacher_embedding=jnp.asarray(h, jnp.float32), teacher_logits=jnp.asarray(l, jnp.float32),
+             aux=fit, method_params={}, cfg=cfg)
+    p = np.exp(_np_log_softmax(l / 2.0))
+    z = -((h[:, None, None] - np.asarray(fit.centroids, np.float64)[None]) ** 2).sum(-1) * np.asarray(fit.scale, np.float64)[None, :, None]
+    t = (p[:, :, None] * np.exp(_np_log_softmax(z / 0.7))).reshape(b, c * s)
+    np.testing.assert_allclose(t.reshape(b, c, s).sum(-1), p, atol=1e-12)  # targets sum over s to p
+    np.testing.assert_allclose(float(got), _np_lelp_loss(r, t, y, m, 0.25, c), rtol=1e-4)
+
+
+def test_oracle_method_loss_matches_numpy(rng):
+    from lelp_jax import methods
+
+    b, c, s = 10, 2, 2
+    cfg = _method_cfg(s=s)
+    method = methods.get_method("oracle")
+    assert method.needs_fine_labels and method.fit == "oracle" and method.head_outputs(c, cfg) == c * s
+    fine = rng.integers(0, 4, b)
+    fine[:4] = np.arange(4)  # every fine label present: fine f is slot f % 2 of class f // 2
+    y = fine // 2
+    slots = cl.oracle_slots(y, fine, num_classes=c, num_fine=4, num_subclasses=s)
+    l, r = rng.normal(size=(b, c)), rng.normal(size=(b, c * s))
+    m = np.ones(b)
+    got = _j(method.loss, student_logits=jnp.asarray(r, jnp.float32), student_embedding=None,
+             batch={"label": jnp.asarray(y), "fine_label": jnp.asarray(fine), "mask": jnp.asarray(m, jnp.float32)},
+             teacher_embedding=None, teacher_logits=jnp.asarray(l, jnp.float32), aux=slots,
+             method_params={}, cfg=cfg)
+    p = np.exp(_np_log_softmax(l / 2.0))
+    t = np.zeros((b, c, s))
+    for i in range(b):
+        t[i, y[i], fine[i] % 2] = p[i, y[i]]
+        t[i, 1 - y[i]] = p[i, 1 - y[i]] / 2
+    np.testing.assert_allclose(float(got), _np_lelp_loss(r, t.reshape(b, -1), y, m, 0.25, c), rtol=1e-4)

@@ -96,3 +96,29 @@ def test_two_workdirs_of_a_dataset_share_one_table(tmp_path, rng):
     for label in ("tiny [a]", "tiny [b]"):
         assert f"| {label}: teacher (mlp) |" in md and f"| {label}: lelp |" in md
     assert len({p.rsplit("/", 1)[-1] for p in res["plots"]}) == 8  # every workdir's plots, no name clash
+
+
+def test_report_on_a_tiny_run_of_the_comparison_methods(tmp_path):
+    """A real (tiny) digits_binary run of every comparison method, then the report."""
+    from lelp_jax import pipeline
+    from lelp_jax.config import load_config
+
+    steps = [f"{s}.{k}={v}" for s in ("teacher.train", "train")
+             for k, v in (("num_steps", 4), ("eval_every", 2), ("checkpoint_every", 4), ("log_every", 2))]
+    cfg = load_config("digits_binary", ["smoke=true", "methods=kmeans,agglomerative,oracle,fitnet,rkd,subclass", "seeds=0",
+                                        "lelp.num_subclasses=2", "subclass.num_subclasses=2", "teacher_cache=true"] + steps)
+    results = pipeline.run_all(cfg, tmp_path, log=lambda m: None)
+    assert [r["method"] for r in results["runs"]] == ["kmeans", "agglomerative", "oracle", "fitnet", "rkd", "subclass"]
+    sub = json.loads((tmp_path / "subclass_teacher" / "result.json").read_text())
+    assert sub["steps"] == 4 and sub["method"] == "subclass_teacher"
+    by = {r["method"]: r for r in results["runs"]}
+    # head widths: C*S for the pseudo-subclass methods, C for feature KD (the adapter is not counted)
+    assert (by["kmeans"]["student_params"] == by["agglomerative"]["student_params"] == by["oracle"]["student_params"]
+            == by["subclass"]["student_params"])
+    assert by["fitnet"]["student_params"] == by["rkd"]["student_params"] < by["kmeans"]["student_params"]
+    out = report.build_report([tmp_path], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    for m in ("kmeans", "agglomerative", "oracle", "fitnet", "rkd", "subclass"):
+        assert f"| {m} |" in md
+    assert "| subclass teacher (C*S head) |" in md
+    assert sorted(p.rsplit("/", 1)[-1] for p in out["plots"]) == ["digits_binary_digits_binary_curves.png"]

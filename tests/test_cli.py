@@ -176,4 +176,4 @@ def test_local_data_without_files_and_unavailable_method_stop_early(tmp_path, ca
     monkeypatch.delitem(methods.METHODS, "kd")
     rc, _, err = run_cli(["run", "--config", "configs/digits_binary.py", "--workdir", str(wd), "--methods", "ce,kd"],
                          capsys)
-    assert rc == 2 and "['kd'] are not available" in err and not wd.exists()
+    assert rc == 2 and "unknown method 'kd'" in err and not wd.exists()  # checked against the registry

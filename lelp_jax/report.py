@@ -179,19 +179,17 @@ def _tag(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
 
 
-def _plt():
-    import matplotlib
+def _figure(**kwargs):
+    """A figure outside pyplot: no global backend switch, so a notebook's inline plots keep working."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def plot_spectrum(eigenvalues: np.ndarray, path: Path, *, title: str) -> Path:
     """Per-class eigenvalues of the (projected) teacher-embedding covariance, descending, log scale."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig = _figure(figsize=(6, 3.8))
+    ax = fig.subplots()
     floor = 1e-12
     for c, ev in enumerate(np.atleast_2d(eigenvalues)):
         ev = np.sort(np.asarray(ev, np.float64))[::-1]
@@ -203,14 +201,13 @@ def plot_spectrum(eigenvalues: np.ndarray, path: Path, *, title: str) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def plot_curves(runs: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
     """Validation accuracy and train loss against step, per method (mean over seeds at shared steps)."""
-    plt = _plt()
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = _figure(figsize=(9, 3.5))
+    ax_acc, ax_loss = fig.subplots(1, 2)
     by: dict[str, list[Mapping]] = {}
     for r in runs:
         by.setdefault(str(r["method"]), []).append(r)
@@ -232,7 +229,6 @@ def plot_curves(runs: Sequence[Mapping[str, Any]], path: Path, *, title: str) ->
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -248,8 +244,8 @@ def _point_stats(point: Mapping[str, Any], metric: str) -> dict[str, tuple[float
 def plot_sweep(sweep: Mapping[str, Any], key: str, path: Path, *, title: str,
                metric: str = "test_accuracy_best_val") -> Path:
     """Test accuracy against grid key ``key``; one line per method x values of the other keys."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig = _figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
     lines: dict[tuple, list[tuple[Any, float, float]]] = {}
     for point in sweep.get("points", []):
         if point.get("status") != "done":
@@ -273,7 +269,6 @@ def plot_sweep(sweep: Mapping[str, Any], key: str, path: Path, *, title: str,
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -155,11 +155,14 @@ def base_config() -> ml_collections.ConfigDict:
             seed=0,  # Haar rotation / random-projection seed
         )
     )
-    c.kd = ml_collections.ConfigDict(dict(tau=2.0, alpha=0.0))
-    c.kmeans = ml_collections.ConfigDict(dict(num_iters=50, temperature=1.0))
+    # student_tau: the student's softmax temperature in KD (None = tau, Hinton; 1 = LELP's convention).
+    c.kd = ml_collections.ConfigDict(dict(tau=2.0, alpha=0.0, student_tau=_p(float)))
+    # scale: 'gmm' divides squared distances by 2 sigma_c^2 (beta-free of the embedding scale), 'raw' does not.
+    c.kmeans = ml_collections.ConfigDict(dict(num_iters=50, temperature=1.0, scale="gmm"))
     c.fitnet = ml_collections.ConfigDict(dict(weight=1.0))
     c.rkd = ml_collections.ConfigDict(dict(distance_weight=25.0, angle_weight=50.0))
-    c.subclass = ml_collections.ConfigDict(dict(num_subclasses=4, aux_weight=1.0, tau=1.0))
+    c.subclass = ml_collections.ConfigDict(
+        dict(num_subclasses=4, aux_weight=1.0, aux_temperature=1.0, tau=1.0, alpha=0.0))
 
     c.train = _train_section()
     c.methods = ("ce", "kd", "lelp")

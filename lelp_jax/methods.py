@@ -164,10 +164,8 @@ register_method(Method(
 
 
 def _kd_loss(*, student_logits, batch, teacher_logits, cfg, **_: Any) -> jax.Array:
-    """Hinton KD with ``cfg.kd.tau`` and ``cfg.kd.alpha`` (:func:`lelp_jax.losses.kd_loss`)."""
-    return losses.kd_loss(student_logits, teacher_logits, tau=float(option(cfg, "kd", "tau", 1.0)),
-                          labels=batch["label"], alpha=float(option(cfg, "kd", "alpha", 0.0)),
-                          mask=batch_mask(batch))
+    """Hinton KD with ``cfg.kd.tau``, ``cfg.kd.alpha`` and ``cfg.kd.student_tau`` (:func:`lelp_jax.losses.kd_loss`)."""
+    return _kd_term(student_logits, batch, teacher_logits, cfg)
 
 
 register_method(Method(
@@ -284,8 +282,12 @@ register_method(Method(
 
 
 def _kd_term(student_logits, batch, teacher_logits, cfg) -> jax.Array:
+    """KD as configured; ``kd.student_tau`` (default: ``kd.tau``, Hinton's convention) is the
+    student's softmax temperature — 1 matches LELP's convention (no student temperature)."""
+    student_tau = option(cfg, "kd", "student_tau", None)
     return losses.kd_loss(student_logits, teacher_logits, tau=float(option(cfg, "kd", "tau", 1.0)),
-                          labels=batch["label"], alpha=float(option(cfg, "kd", "alpha", 0.0)), mask=batch_mask(batch))
+                          labels=batch["label"], alpha=float(option(cfg, "kd", "alpha", 0.0)), mask=batch_mask(batch),
+                          student_tau=None if student_tau is None else float(student_tau))
 
 
 def _fitnet_init(key: jax.Array, *, student_embedding_dim: int, teacher_embedding_dim: Optional[int],

@@ -76,6 +76,15 @@ def test_ce_and_kd_losses_match_core(rng):
                           mask=jnp.asarray(batch["mask"]))
     np.testing.assert_allclose(loss, float(want), rtol=1e-5)
 
+    cfg, _, teacher, t_vars, student, method, opt, state, batch = _setup(rng, "kd", NUM_CLASSES)
+    cfg.kd.student_tau = 1.0  # LELP's convention: no temperature on the student side
+    loss, params = _step_loss(mesh, cfg, teacher, t_vars, student, method, opt, state, batch)
+    _, logits = student.apply({"params": params}, batch)
+    _, t_logits = teacher.apply(t_vars, batch)
+    want = losses.kd_loss(logits, t_logits, tau=3.0, labels=jnp.asarray(batch["label"]), alpha=0.3,
+                          mask=jnp.asarray(batch["mask"]), student_tau=1.0)
+    np.testing.assert_allclose(loss, float(want), rtol=1e-5)
+
 
 def test_ce_label_smoothing_matches_numpy(rng):
     mesh = sharding.make_mesh()

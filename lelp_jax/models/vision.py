@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lelp_jax.models.common import check_rank, get_input
@@ -23,6 +24,21 @@ _BN_EPS = 1e-5
 
 def _bn(train: bool, name: str | None = None) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, name=name)
+
+
+def dense_tail(x: jax.Array, *, hidden: Sequence[int], dropout_rate: float, num_outputs: int,
+               train: bool) -> tuple[jax.Array, jax.Array]:
+    """Dense+ReLU per ``hidden`` width (dropout between them and before the head), then ``head``.
+
+    Called inside a parent's ``nn.compact`` method, so the layers (``dense_i``, ``head``) are
+    the parent's submodules. Returns ``(embedding, logits)``: the embedding is the head's input.
+    """
+    for i, width in enumerate(hidden):
+        if i:
+            x = nn.Dropout(dropout_rate, deterministic=not train)(x)
+        x = nn.relu(nn.Dense(width, name=f"dense_{i}")(x))
+    y = nn.Dropout(dropout_rate, deterministic=not train)(x)
+    return x, nn.Dense(num_outputs, name="head")(y)
 
 
 class MLP(nn.Module):
@@ -47,12 +63,8 @@ class MLP(nn.Module):
             raise ValueError(f"MLP input_key must be 'auto', 'features' or 'image', got {key!r}.")
         x = get_input(batch, key, "MLP")
         x = x.reshape((x.shape[0], -1)).astype(jnp.float32)
-        for i, width in enumerate(self.hidden):
-            if i:
-                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = nn.relu(nn.Dense(width, name=f"dense_{i}")(x))
-        y = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return x, nn.Dense(self.num_outputs, name="head")(y)
+        return dense_tail(x, hidden=self.hidden, dropout_rate=self.dropout_rate, num_outputs=self.num_outputs,
+                          train=train)
 
 
 class SmallCNN(nn.Module):
@@ -82,12 +94,8 @@ class SmallCNN(nn.Module):
                 x = _bn(train, name=f"bn_{i}")(x)
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding="SAME")
         x = x.reshape((x.shape[0], -1))
-        for i, width in enumerate(self.hidden):
-            if i:
-                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = nn.relu(nn.Dense(width, name=f"dense_{i}")(x))
-        y = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return x, nn.Dense(self.num_outputs, name="head")(y)
+        return dense_tail(x, hidden=self.hidden, dropout_rate=self.dropout_rate, num_outputs=self.num_outputs,
+                          train=train)
 
 
 class BasicBlock(nn.Module):

@@ -298,3 +298,16 @@ def test_interface_docstring_example_runs():
     exec(compile(code, "interface_example", "exec"), scope)
     assert scope["embedding"].shape == (4, 64) and scope["logits"].shape == (4, 2)
     assert scope["W"].shape == (2, 64) and scope["b"].shape == (2,)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
+def test_max_pool_2x2_equals_flax_max_pool(rng, hw):
+    """The reshape + max pool gives nn.max_pool's values and gradients (even and odd sizes)."""
+    from lelp_jax.models.vision import max_pool_2x2
+
+    x = jnp.asarray(rng.normal(size=(3, *hw, 4)).astype(np.float32))
+    want = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    np.testing.assert_array_equal(np.asarray(max_pool_2x2(x)), np.asarray(want))
+    g = jax.grad(lambda v: jnp.sum(max_pool_2x2(v) ** 2))(x)
+    g_ref = jax.grad(lambda v: jnp.sum(nn.max_pool(v, (2, 2), strides=(2, 2), padding="SAME") ** 2))(x)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-6)

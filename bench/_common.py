@@ -90,6 +90,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
+def write_json(path: Optional[str], payload: dict[str, Any]) -> None:
+    """Write the raw results (``--json PATH``) when a path was given."""
+    if path:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=2)
+
+
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 

@@ -266,9 +266,7 @@ def main(argv=None) -> int:
          "sklearn peak MB", "data MB (N*D*4)", "eigval rel diff / subspace dist"], rows))
     print()
     print(targets_summary(results), flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"machine": info, "results": results}, f, indent=2)
+    C.write_json(a.json, {"machine": info, "results": results})
     return 0
 
 

@@ -160,11 +160,7 @@ def main(argv=None) -> int:
     best = max(float(r[-1][:-1]) for r in rows)
     print(f"Target cached >= 5x faster than online: {'MET' if best >= 5 else 'NOT MET'} "
           f"({', '.join(f'E={r[0]}: {r[-1]}' for r in rows)}); the ratio is bounded by E.", flush=True)
-    if a.json:
-        import json
-
-        with open(a.json, "w") as f:
-            json.dump({"machine": info, "runs": raw}, f, indent=2)
+    C.write_json(a.json, {"machine": info, "runs": raw})
     return 0
 
 

@@ -122,12 +122,7 @@ def main(argv=None) -> int:
     print(C.markdown_table(["computation", "GFLOP per call (XLA)", "ms per call (median)", "GFLOP/s (median)",
                             "fraction of matmul (median)", "GFLOP/s (best)", "fraction of matmul (best)",
                             "examples/s (median)"], rows), flush=True)
-    if a.json:
-        import json
-
-        with open(a.json, "w") as f:
-            json.dump({"machine": info, "flops": flops, "dot_flops": dot_flops, "dot_s": dot_t, "step_s": step_t},
-                      f, indent=2)
+    C.write_json(a.json, {"machine": info, "flops": flops, "dot_flops": dot_flops, "dot_s": dot_t, "step_s": step_t})
     return 0
 
 

@@ -189,11 +189,7 @@ def main(argv=None) -> int:
     worst = max(float(r[-2]) for r in rows)
     print(f"Target lelp_jax no slower than torch (ratio <= 1): {'MET' if worst <= 1 else 'NOT MET'} "
           f"(worst ratio {worst:.2f})", flush=True)
-    if a.json:
-        import json
-
-        with open(a.json, "w") as f:
-            json.dump({"machine": info, "runs": raw}, f, indent=2)
+    C.write_json(a.json, {"machine": info, "runs": raw})
     return 0
 
 

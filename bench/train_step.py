@@ -183,11 +183,7 @@ def main(argv=None) -> int:
         worst = max(lelp, key=lambda x: x[2])
         print(f"- Target lelp/kd step time <= 1.05 by {what}: {'MET' if worst[2] <= 1.05 else 'NOT MET'} "
               f"(worst {worst[2]:.3f} at {worst[0]} {worst[1]})", flush=True)
-    if a.json:
-        import json
-
-        with open(a.json, "w") as f:
-            json.dump({"machine": info, "step_seconds": raw}, f, indent=2)
+    C.write_json(a.json, {"machine": info, "step_seconds": raw})
     return 0
 
 

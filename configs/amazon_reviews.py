@@ -16,7 +16,7 @@ Command:
 Runtime (estimates): many hours on a 2-core CPU (millions of reviews; use an
 accelerator); about 1 hour on one GPU/TPU chip.
 """
-from lelp_jax.config import base_config
+from lelp_jax.config import base_config, minilm_text_setup
 
 
 def get_config():
@@ -27,21 +27,9 @@ def get_config():
     c.data.max_length = 128
     c.data.eval_batch_size = 512
 
-    c.teacher.model = "minilm"
-    c.teacher.model_kwargs = dict(dropout_rate=0.1)
-    c.teacher.pretrained = "minilm"
+    minilm_text_setup(c, warmup_steps=300, eval_every=2000)
     c.teacher.train.num_steps = 10000
-    c.teacher.train.batch_size = 32
-    c.teacher.train.optimizer = "adamw"
-    c.teacher.train.learning_rate = 5e-5
-    c.teacher.train.weight_decay = 0.01
-    c.teacher.train.warmup_steps = 300
-    c.teacher.train.eval_every = 2000
     c.teacher.train.checkpoint_every = 2000
-    c.teacher_cache = True
-
-    c.student.model = "embedding_bag"
-    c.student.model_kwargs = dict(embed_dim=64)
 
     c.lelp.num_subclasses = 4
     c.train.num_steps = 30000

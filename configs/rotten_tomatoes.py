@@ -24,7 +24,7 @@ Runtime (estimates): about 25-35 minutes on a 2-core CPU (teacher fine-tuning
 about 10 minutes, caching about 2 minutes, students a few minutes each); about
 3 minutes on one GPU/TPU chip.
 """
-from lelp_jax.config import base_config
+from lelp_jax.config import base_config, minilm_text_setup
 
 
 def get_config():
@@ -35,21 +35,9 @@ def get_config():
     c.data.bucket_lengths = (16, 32, 64)
     c.data.eval_batch_size = 128
 
-    c.teacher.model = "minilm"
-    c.teacher.model_kwargs = dict(dropout_rate=0.1)
-    c.teacher.pretrained = "minilm"  # encoder from all-MiniLM-L6-v2, fresh head
+    minilm_text_setup(c, warmup_steps=30, eval_every=100)
     c.teacher.train.num_epochs = 1.0
-    c.teacher.train.batch_size = 32
-    c.teacher.train.optimizer = "adamw"
-    c.teacher.train.learning_rate = 5e-5
-    c.teacher.train.weight_decay = 0.01
-    c.teacher.train.warmup_steps = 30
-    c.teacher.train.eval_every = 100
     c.teacher.train.checkpoint_every = 100
-    c.teacher_cache = True
-
-    c.student.model = "embedding_bag"
-    c.student.model_kwargs = dict(embed_dim=64)
 
     c.lelp.num_subclasses = 4
     c.lelp.beta = 1.0

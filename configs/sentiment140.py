@@ -17,7 +17,7 @@ Runtime (estimates): about 10 hours on a 2-core CPU (the teacher cache over 1.5M
 tweets dominates; cap it with --config.data.max_examples_per_split is not
 available for catalogue data, use a GPU/TPU); about 30 minutes on one accelerator.
 """
-from lelp_jax.config import base_config
+from lelp_jax.config import base_config, minilm_text_setup
 
 
 def get_config():
@@ -28,21 +28,9 @@ def get_config():
     c.data.bucket_lengths = (16, 32, 64)
     c.data.eval_batch_size = 512
 
-    c.teacher.model = "minilm"
-    c.teacher.model_kwargs = dict(dropout_rate=0.1)
-    c.teacher.pretrained = "minilm"
+    minilm_text_setup(c, warmup_steps=200, eval_every=1000)
     c.teacher.train.num_steps = 5000
-    c.teacher.train.batch_size = 32
-    c.teacher.train.optimizer = "adamw"
-    c.teacher.train.learning_rate = 5e-5
-    c.teacher.train.weight_decay = 0.01
-    c.teacher.train.warmup_steps = 200
-    c.teacher.train.eval_every = 1000
     c.teacher.train.checkpoint_every = 1000
-    c.teacher_cache = True
-
-    c.student.model = "embedding_bag"
-    c.student.model_kwargs = dict(embed_dim=64)
 
     c.lelp.num_subclasses = 4
     c.train.num_steps = 20000

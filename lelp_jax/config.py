@@ -185,6 +185,25 @@ def base_config() -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------- loading
 
 
+def minilm_text_setup(c: ml_collections.ConfigDict, *, warmup_steps: int, eval_every: int) -> ml_collections.ConfigDict:
+    """The text configs' shared recipe: fine-tune all-MiniLM-L6-v2 (pretrained encoder, fresh
+    head; AdamW 5e-5, weight decay 0.01, batch 32), cache its outputs, distil into a 64-d
+    embedding bag. Each config sets its own length (epochs or steps) and data."""
+    c.teacher.model = "minilm"
+    c.teacher.model_kwargs = dict(dropout_rate=0.1)
+    c.teacher.pretrained = "minilm"
+    c.teacher.train.batch_size = 32
+    c.teacher.train.optimizer = "adamw"
+    c.teacher.train.learning_rate = 5e-5
+    c.teacher.train.weight_decay = 0.01
+    c.teacher.train.warmup_steps = warmup_steps
+    c.teacher.train.eval_every = eval_every
+    c.teacher_cache = True
+    c.student.model = "embedding_bag"
+    c.student.model_kwargs = dict(embed_dim=64)
+    return c
+
+
 def resolve_config_path(path: str) -> Path:
     """``path`` as given, or ``configs/NAME.py`` of this repository for a bare name."""
     p = Path(path)

@@ -20,7 +20,6 @@ __all__ = [
     "rkd_distance_loss",
     "rkd_angle_loss",
     "rkd_loss",
-    "batch_standardize",
     "subclass_aux_loss",
 ]
 
@@ -161,40 +160,34 @@ def rkd_loss(
     )
 
 
-def batch_standardize(logits: jax.Array, *, mask: Optional[jax.Array] = None, eps: float = 1e-6) -> jax.Array:
-    """Standardise every logit column over the (real rows of the) batch: (z - mean_i z) / sqrt(var_i z + eps).
-
-    Batch normalisation without learned scale or shift, as Subclass Distillation applies
-    to the subclass logits before its auxiliary loss.
-    """
-    m = _mask(mask, logits.shape[0])[:, None]
-    n = jnp.maximum(jnp.sum(m), 1.0)
-    z = logits.astype(jnp.float32)
-    mean = jnp.sum(m * z, axis=0, keepdims=True) / n
-    var = jnp.sum(m * (z - mean) ** 2, axis=0, keepdims=True) / n
-    return (z - mean) * jax.lax.rsqrt(var + eps)
-
-
 def subclass_aux_loss(
-    subclass_logits: jax.Array, *, temperature: float = 1.0, mask: Optional[jax.Array] = None
+    subclass_logits: jax.Array, *, temperature: float = 1.0, mask: Optional[jax.Array] = None, eps: float = 1e-9
 ) -> jax.Array:
-    """Subclass Distillation's auxiliary "subclass splitting" loss (Müller, Kornblith, Hinton 2020, Sec. 3).
+    """Subclass Distillation's auxiliary loss (Müller, Kornblith, Hinton 2020), as the authors' code computes it.
 
-        v_i   = batch_standardize(z)_i                       (z: the C*S subclass logits)
-        L_aux = -(1 / n) sum_i log( exp(v_i . v_i / T) / sum_j exp(v_i . v_j / T) )
+        u_i   = (z_i - mean_k z_ik) / sqrt(var_k z_ik + eps)    (each example's K = C*S logits standardised)
+        v_i   = u_i / sqrt(T K)                                 (so v_i . v_j = corr(z_i, z_j) / T)
+        L_aux = (1/n) sum_i logsumexp_j (v_i . v_j)  -  1/T  -  log n
 
-    over real rows i, j. A contrastive loss with each example as its own positive: it
-    pushes the standardised subclass logits of different examples apart, so the teacher
-    spreads a class's examples over its subclasses instead of collapsing to one. Written
-    from memory of the paper; it matches its stated form (standardise each logit over the
-    batch, then an InfoNCE with temperature T over the batch), with T a config value.
+    over the n real rows i, j. Since v_i . v_i = 1/T, this is the InfoNCE
+    ``-(1/n) sum_i log(exp(v_i.v_i) / sum_j exp(v_i.v_j)) - log n`` with each example as
+    its own positive: it penalises correlated subclass-logit patterns across the batch,
+    so the teacher spreads a class's examples over its subclasses; it is 0 when every
+    row is the same pattern. Checked against ``negative_sampling_loss`` in the authors'
+    Colab (google-research, ``subclass_distillation/mnist_colab.ipynb``), whose comment
+    says the mean and variance are per example, not per batch; T is usually < 1 there.
     """
     if subclass_logits.ndim != 2:
         raise ValueError(f"subclass_aux_loss: subclass_logits must be (B, C*S), got {subclass_logits.shape}.")
+    if not float(temperature) > 0:
+        raise ValueError(f"subclass_aux_loss: temperature must be > 0, got {temperature!r} (the paper's code uses 1).")
     m = _mask(mask, subclass_logits.shape[0])
-    v = batch_standardize(subclass_logits, mask=m)
-    g = jnp.matmul(v, v.T, precision=_HIGHEST) / temperature
+    z = subclass_logits.astype(jnp.float32)
+    k = z.shape[-1]
+    u = (z - jnp.mean(z, axis=-1, keepdims=True)) * jax.lax.rsqrt(jnp.var(z, axis=-1, keepdims=True) + eps)
+    v = u / jnp.sqrt(float(temperature) * k)
+    g = jnp.matmul(v, v.T, precision=_HIGHEST)
     g = jnp.where(m[None, :] > 0, g, -1e30)  # padding columns drop out of the softmax
-    log_ratio = jnp.diagonal(g) - jax.nn.logsumexp(g, axis=-1)
-    log_ratio = jnp.where(m > 0, log_ratio, 0.0)
-    return -jnp.sum(m * log_ratio) / jnp.maximum(jnp.sum(m), 1.0)
+    lse = jnp.where(m > 0, jax.nn.logsumexp(g, axis=-1), 0.0)
+    n = jnp.maximum(jnp.sum(m), 1.0)
+    return jnp.sum(m * lse) / n - 1.0 / float(temperature) - jnp.log(n)

@@ -101,14 +101,14 @@ def test_rkd_gradients_finite_with_duplicate_rows(rng):
     assert np.all(np.isfinite(np.asarray(g)))
 
 
-def _np_subclass_aux(z, m, t, eps=1e-6):
-    real = m > 0
-    zr = z[real]
-    v = (z - zr.mean(0)) / np.sqrt(zr.var(0) + eps)
-    g = v @ v.T / t
-    g[:, ~real] = -np.inf
+def _np_subclass_aux(z, m, t, eps=1e-9):
+    """The authors' released ``negative_sampling_loss`` (google-research/subclass_distillation), on real rows."""
+    zr = z[m > 0]
+    n, k = zr.shape
+    v = (zr - zr.mean(1, keepdims=True)) / np.sqrt(zr.var(1, keepdims=True) + eps) / np.sqrt(t * k)
+    g = v @ v.T
     lse = np.log(np.exp(g - g.max(1, keepdims=True)).sum(1)) + g.max(1)
-    return -(np.diagonal(g) - lse)[real].mean()
+    return lse.mean() - 1.0 / t - np.log(n)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
@@ -117,18 +117,21 @@ def test_subclass_aux_matches_numpy(rng, temperature):
     z = rng.normal(size=(b, 6)) * 3.0 + 1.0
     m = _mask(rng, b)
     got = _j(fl.subclass_aux_loss, _f32(z), temperature=temperature, mask=_f32(m))
-    np.testing.assert_allclose(got, _np_subclass_aux(z, m, temperature), rtol=RTOL)
+    np.testing.assert_allclose(got, _np_subclass_aux(z, m, temperature), rtol=RTOL, atol=1e-6)
     g = jax.jit(jax.grad(lambda x: fl.subclass_aux_loss(x, temperature=temperature, mask=_f32(m))))(_f32(z))
     assert np.all(np.isfinite(np.asarray(g)))
     np.testing.assert_allclose(np.asarray(g)[m == 0], 0.0, atol=1e-7)  # padding rows get no gradient
 
 
-def test_batch_standardize_matches_numpy(rng):
-    z = rng.normal(size=(8, 3)) * 5 + 2
-    m = _mask(rng, 8)
-    real = m > 0
-    ref = (z - z[real].mean(0)) / np.sqrt(z[real].var(0) + 1e-6)
-    np.testing.assert_allclose(_j(fl.batch_standardize, _f32(z), mask=_f32(m)), ref, rtol=RTOL, atol=1e-5)
+def test_subclass_aux_is_per_example_and_zero_when_collapsed(rng):
+    # Each example's logits are standardised on their own: a per-row shift and positive scale
+    # changes nothing (a batch-wise standardisation would change), and identical rows give 0.
+    z = rng.normal(size=(7, 8))
+    a, c = rng.uniform(0.5, 3.0, size=(7, 1)), rng.normal(size=(7, 1)) * 4
+    base = float(_j(fl.subclass_aux_loss, _f32(z), temperature=0.5))
+    np.testing.assert_allclose(float(_j(fl.subclass_aux_loss, _f32(a * z + c), temperature=0.5)), base, rtol=RTOL)
+    same = np.tile(rng.normal(size=(1, 8)), (7, 1))
+    np.testing.assert_allclose(float(_j(fl.subclass_aux_loss, _f32(same), temperature=0.5)), 0.0, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- subclass distillation

@@ -6,6 +6,7 @@ imports only jax, numpy and flax.struct.
 from lelp_jax.statistics import (
     ClassMoments,
     all_reduce_moments,
+    batch_moments,
     covariance,
     init_moments,
     merge_moments,
@@ -27,6 +28,7 @@ __all__ = [
     "__version__",
     "ClassMoments",
     "init_moments",
+    "batch_moments",
     "update_moments",
     "merge_moments",
     "all_reduce_moments",

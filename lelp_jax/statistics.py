@@ -28,6 +28,7 @@ from flax import struct
 __all__ = [
     "ClassMoments",
     "init_moments",
+    "batch_moments",
     "update_moments",
     "merge_moments",
     "all_reduce_moments",
@@ -114,20 +115,55 @@ def merge_moments(a: ClassMoments, b: ClassMoments) -> ClassMoments:
     return ClassMoments(count=n, mean=mean, m2=m2)
 
 
-def _batch_moments(
-    embeddings: jax.Array, labels: jax.Array, num_classes: int, mask: Optional[jax.Array]
+def _class_blocks(labels: jax.Array, valid: jax.Array, num_classes: int, block_rows: int):
+    """Where each row goes when every class's rows are packed into whole blocks of ``block_rows``.
+
+    Class c gets k_c = ceil(n_c / R) consecutive blocks; row i of class c lands at
+    R * sum_{c' < c} k_{c'} + (its rank among class c's rows). Returns ``dest`` (B,)
+    (past the end for invalid rows, which a ``mode='drop'`` scatter skips), ``ends``
+    (C,) = cumulative block counts (block b belongs to class #{c : ends_c <= b}),
+    and the static number of blocks K = ceil(B / R) + C - 1 >= sum_c ceil(n_c / R).
+    """
+    y = jnp.where(valid, labels, 0)
+    onehot = jax.nn.one_hot(jnp.where(valid, labels, num_classes), num_classes, dtype=jnp.int32)
+    rank = jnp.take_along_axis(jnp.cumsum(onehot, axis=0) - 1, y[:, None], axis=1)[:, 0]
+    blocks = (onehot.sum(axis=0) + block_rows - 1) // block_rows
+    ends = jnp.cumsum(blocks)
+    num_blocks = -(-labels.shape[0] // block_rows) + num_classes - 1
+    dest = jnp.where(valid, (ends - blocks)[y] * block_rows + rank, num_blocks * block_rows)
+    return dest, ends, num_blocks
+
+
+def batch_moments(
+    embeddings: jax.Array, labels: jax.Array, *, num_classes: int, mask: Optional[jax.Array] = None,
+    block_rows: int = 256,
 ) -> ClassMoments:
-    """Per-class moments of one batch via one-hot matmuls, centred on the batch class means."""
+    """Per-class moments of one batch, centred on the batch class means, in B·D² work.
+
+    A one-hot ``einsum('bc,bd,be->cde')`` would cost C·B·D² multiply-adds: every
+    row is multiplied into every class's scatter matrix. Instead the centred,
+    sqrt(w)-weighted rows are scattered into class-pure blocks of ``block_rows``
+    (static shapes: the padding is at most C - 1 blocks in all) and each block's Gram matrix is summed into its own class: one batched
+    matmul of at most (B + C·R)·D² multiply-adds. Jittable; no value checks (see
+    :func:`update_moments`): rows with an out-of-range label or weight <= 0 are ignored.
+    """
     dtype = embeddings.dtype
-    w = jax.nn.one_hot(labels, num_classes, dtype=dtype)  # (B, C); out-of-range labels -> 0 row
-    if mask is not None:
-        w = w * mask.astype(dtype)[:, None]
-    count = w.sum(axis=0)
-    total = jnp.einsum("bc,bd->cd", w, embeddings, precision=_HIGHEST)
+    w = jnp.ones(labels.shape, dtype) if mask is None else mask.astype(dtype)
+    valid = (labels >= 0) & (labels < num_classes) & (w > 0)  # out-of-range labels contribute nothing
+    w = jnp.where(valid, w, 0)
+    y = jnp.where(valid, labels, 0)
+    h = jnp.where(valid[:, None], embeddings, 0)  # padding rows may hold anything, even NaN
+    count = jax.ops.segment_sum(w, y, num_segments=num_classes)
+    total = jax.ops.segment_sum(w[:, None] * h, y, num_segments=num_classes)
     mean = _safe_div(total, count[:, None])
-    # Each row is centred on its own class's batch mean (rows of other classes have weight 0).
-    centred = embeddings - jnp.einsum("bc,cd->bd", (w > 0).astype(dtype), mean, precision=_HIGHEST)
-    m2 = jnp.einsum("bc,bd,be->cde", w, centred, centred, precision=_HIGHEST)
+    # M2_c = sum_i w_i (h_i - mu_c)(h_i - mu_c)^T = sum_i r_i r_i^T with r_i = sqrt(w_i)(h_i - mu_c).
+    rows = (h - mean[y]) * jnp.sqrt(w)[:, None]
+    dest, ends, num_blocks = _class_blocks(labels, valid, num_classes, block_rows)
+    packed = jnp.zeros((num_blocks * block_rows, rows.shape[1]), dtype).at[dest].set(rows, mode="drop")
+    blocks = packed.reshape(num_blocks, block_rows, -1)
+    grams = jnp.einsum("nrd,nre->nde", blocks, blocks, precision=_HIGHEST)
+    owner = jnp.sum(jnp.arange(num_blocks)[:, None] >= ends[None, :], axis=1)  # C: unused block
+    m2 = jax.ops.segment_sum(grams, owner, num_segments=num_classes + 1)[:num_classes]
     return ClassMoments(count=count, mean=mean, m2=m2)
 
 
@@ -137,17 +173,18 @@ def update_moments(
     labels: jax.Array,
     mask: Optional[jax.Array] = None,
 ) -> ClassMoments:
-    """Add a batch: per-class batch moments (one-hot matmuls), then ``merge_moments``.
+    """Add a batch: per-class batch moments (class-pure blocks, B·D² work), then ``merge_moments``.
 
     Args:
       moments: running moments, C classes of dimension D.
       embeddings: ``(B, D)`` teacher embeddings.
       labels: ``(B,)`` int class ids in ``[0, C)``.
-      mask: optional ``(B,)`` weights (1 real row, 0 padding row).
+      mask: optional ``(B,)`` weights >= 0 (1 real row, 0 padding row; rows weighing 0 are ignored).
 
-    Jittable; under ``jax.jit`` with the batch sharded over a mesh the matmuls
-    reduce across devices automatically. Labels out of ``[0, C)`` are rejected for
-    concrete inputs; inside jit they contribute nothing (one-hot row of zeros).
+    Jittable. For a batch sharded over a mesh, compute each device's batch moments
+    inside ``shard_map`` and combine them with :func:`all_reduce_moments` (as
+    ``lelp_jax.teacher.accumulate_moments`` does). Labels out of ``[0, C)`` are
+    rejected for concrete inputs; inside jit they contribute nothing.
     """
     c, d = moments.mean.shape
     if embeddings.ndim != 2 or embeddings.shape[1] != d:
@@ -173,7 +210,7 @@ def update_moments(
                 f"update_moments: labels must lie in [0, {c}), got range [{valid.min()}, {valid.max()}]; "
                 "fix the labels or init_moments(num_classes=...)."
             )
-    batch = _batch_moments(embeddings.astype(moments.mean.dtype), labels, c, mask)
+    batch = batch_moments(embeddings.astype(moments.mean.dtype), labels, num_classes=c, mask=mask)
     return merge_moments(moments, batch)
 
 

@@ -23,10 +23,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from lelp_jax import sharding as shd
-from lelp_jax.statistics import ClassMoments, init_moments, update_moments
+from lelp_jax.statistics import ClassMoments, all_reduce_moments, batch_moments, init_moments, merge_moments
 
 __all__ = [
     "FIT_LABELS",
@@ -177,9 +177,10 @@ def accumulate_moments(apply_fn: Optional[Callable], variables: Any, source: Any
 
     For each padded batch: h = teacher embedding (online forward, or ``cache``
     lookup by ``index``), y = ground-truth ``label`` (``fit_labels='labels'``) or
-    the teacher's argmax (``'teacher'``), then ``update_moments`` under jit with h
-    split over the mesh — XLA reduces the one-hot matmuls across devices and hosts;
-    the moments are replicated. Padding rows have weight 0.
+    the teacher's argmax (``'teacher'``); each device's share of the batch becomes
+    its batch moments (``batch_moments`` inside ``shard_map``), combined across
+    devices and hosts by ``all_reduce_moments`` and merged into the running,
+    replicated moments. Padding rows have weight 0.
     """
     if fit_labels not in FIT_LABELS:
         raise ValueError(f"fit_labels={fit_labels!r}; choose one of {FIT_LABELS}.")
@@ -191,10 +192,15 @@ def accumulate_moments(apply_fn: Optional[Callable], variables: Any, source: Any
         variables = shd.replicate(variables, mesh)
 
     def update(moments, emb, logits, labels, mask):
+        # Each device's rows -> its batch moments (B/k·D² work), then one psum of C·D² per batch.
         y = labels if fit_labels == "labels" else jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        return update_moments(moments, emb, y, mask)
+        local = batch_moments(emb, y, num_classes=moments.num_classes, mask=mask)
+        return merge_moments(moments, all_reduce_moments(local, shd.DATA_AXIS))
 
-    update = jax.jit(update, in_shardings=(rep, bat, bat, bat, bat), out_shardings=rep)
+    spec = PartitionSpec(shd.DATA_AXIS)
+    update = jax.jit(jax.shard_map(update, mesh=mesh, in_specs=(PartitionSpec(), spec, spec, spec, spec),
+                                   out_specs=PartitionSpec()),
+                     in_shardings=(rep, bat, bat, bat, bat), out_shardings=rep)
     moments = None
     for host_batch in _eval_batches(source, batch_size=batch_size, mesh=mesh, process_index=process_index,
                                     process_count=process_count, make_iterator=make_iterator):

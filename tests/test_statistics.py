@@ -143,3 +143,33 @@ def test_bad_inputs_raise():
         lj.init_moments(0, 3)
     with pytest.raises(ValueError, match="shapes differ"):
         lj.merge_moments(m, lj.init_moments(2, 4))
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 8, 64])
+def test_class_blocks_match_weighted_float64_reference(rng, block_rows):
+    """Packing rows into class-pure blocks: any block size, a class spanning many blocks, an empty
+    class, fractional weights, NaN padding rows and out-of-range labels all give the weighted
+    float64 moments (M2_c = sum_i w_i (h_i - mu_c)(h_i - mu_c)^T)."""
+    n, d, c = 50, 4, 4
+    y = np.where(rng.random(n) < 0.8, 0, 2).astype(np.int32)  # class 0 dominates, 1 and 3 empty
+    h = rng.standard_normal((n, d)).astype(np.float32) + 5.0
+    w = rng.random(n).astype(np.float32)
+    w[:5] = 0.0
+    h[:5] = np.nan  # weight-0 rows are ignored, whatever they hold
+    y[5] = c + 3  # out of range inside jit: contributes nothing
+    got = jax.jit(lj.batch_moments, static_argnames=("num_classes", "block_rows"))(
+        h, y, num_classes=c, mask=w, block_rows=block_rows)
+    keep = (w > 0) & (y < c)
+    h64, w64 = h.astype(np.float64), w.astype(np.float64)
+    for k in range(c):
+        sel = keep & (y == k)
+        count = w64[sel].sum()
+        np.testing.assert_allclose(float(got.count[k]), count, rtol=1e-6)
+        if count == 0:
+            assert not np.any(np.asarray(got.m2[k])) and not np.any(np.asarray(got.mean[k]))
+            continue
+        mean = (w64[sel, None] * h64[sel]).sum(0) / count
+        r = h64[sel] - mean
+        m2 = np.einsum("n,nd,ne->de", w64[sel], r, r)
+        np.testing.assert_allclose(np.asarray(got.mean[k]), mean, rtol=1e-5)
+        assert rel(got.m2[k], m2) <= 1e-5

@@ -125,6 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
             val_fraction=0.1,  # without a validation split: carve this share of train (seeded) for best-val
             split_seed=0,
             eval_batch_size=256,  # teacher outputs, statistics, teacher evaluation
+            features="",  # text: '' = off; 'minilm' adds frozen MiniLM sentence embeddings as `features` (cached)
         )
     )
 
@@ -467,6 +468,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             section.compute_dtype in ("float32", "bfloat16"),
             f"{name}.compute_dtype must be float32 or bfloat16, got {section.compute_dtype!r}.",
         )
+    need(config.data.features in ("", "minilm"),  # lelp_jax.data.features.ENCODERS
+         f"data.features must be '' (off) or 'minilm' (frozen MiniLM sentence embeddings), "
+         f"got {config.data.features!r}.")
     need(0.0 <= config.data.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}.")
 
 

@@ -317,15 +317,22 @@ class Env:
 
         A dataset without a validation split (your own files, some catalogue
         datasets) gets one carved from train: a seeded ``data.val_fraction`` share
-        (``data.split_seed``), removed from the train split.
+        (``data.split_seed``), removed from the train split. With ``data.features``
+        set, every split gains the frozen encoder's ``features`` (``lelp_jax.data.features``).
         """
         if name not in self._splits:
             if name in ("train", "validation") and not _has_split(self.config.data, "validation"):
-                self._splits.update(_carve_validation(self.config.data))
+                loaded = _carve_validation(self.config.data)
             else:
                 from lelp_jax.data import load_split
 
-                self._splits[name] = load_split(_data_config(self.config.data), name)
+                loaded = {name: load_split(_data_config(self.config.data), name)}
+            if self.config.data.features:
+                from lelp_jax.data.features import feature_view
+
+                loaded = {k: (feature_view(src, data_config=_data_config(self.config.data), split=k,
+                                           dataset=info.name), info) for k, (src, info) in loaded.items()}
+            self._splits.update(loaded)
         return self._splits[name]
 
     @property

@@ -161,15 +161,22 @@ def worker_sklearn(a) -> dict[str, Any]:
 
 
 def run_worker(side: str, *, n: int, d: int, c: int, s: int, batch_size: int, repeats: int, seed: int,
-               solver: str, timeout: float, inprocess: bool = False) -> dict[str, Any]:
-    """Run one (configuration, side) in a fresh Python process (or here, with ``inprocess``); its result."""
+               solver: str, timeout: float, inprocess: bool = False, blas_threads: int = 0) -> dict[str, Any]:
+    """Run one (configuration, side) in a fresh Python process (or here, with ``inprocess``); its result.
+
+    ``blas_threads`` > 0 caps OpenBLAS/OpenMP threads in the worker: both sides' LAPACK
+    (sklearn's, and jax's eigh, which calls scipy's OpenBLAS) and sklearn's matmuls.
+    """
     if inprocess:
         ns = argparse.Namespace(n=n, d=d, c=c, s=s, batch_size=batch_size, repeats=repeats, seed=seed, solver=solver)
         return worker_lelp(ns) if side == "lelp" else worker_sklearn(ns)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--n", str(n), "--d", str(d), "--c", str(c),
            "--s", str(s), "--batch-size", str(batch_size), "--repeats", str(repeats), "--seed", str(seed),
            "--solver", solver]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    env = dict(os.environ)
+    if blas_threads > 0:
+        env.update({k: str(blas_threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"worker {side} n={n} d={d} c={c} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -196,6 +203,9 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, nargs="*", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--solver", default="auto", help="sklearn PCA svd_solver")
+    p.add_argument("--blas-threads", type=int, default=0,
+                   help="cap BLAS/LAPACK threads in both workers (0: library default). On a loaded machine "
+                        "OpenBLAS's spinning threads can make eigh 100x slower; 1 thread avoids that")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker process")
     p.add_argument("--inprocess", action="store_true",
                    help="run the workers in this process (faster start; peak memory then less isolated); "
@@ -226,7 +236,7 @@ def main(argv=None) -> int:
             for c in classes:
                 reps = a.repeats if n <= 100_000 else a.big_repeats
                 kw = dict(n=n, d=d, c=c, s=s, batch_size=a.batch_size, repeats=reps, seed=a.seed, solver=a.solver,
-                          timeout=a.timeout, inprocess=a.inprocess or a.smoke)
+                          timeout=a.timeout, inprocess=a.inprocess or a.smoke, blas_threads=a.blas_threads)
                 lelp = run_worker("lelp", **kw)
                 data_mb = n * d * 4 / 1e6
                 skl = run_worker("sklearn", **kw) if n <= a.max_sklearn_n else None
@@ -259,6 +269,7 @@ def main(argv=None) -> int:
     print(C.machine_table(info, {"S (num_subclasses)": s, "lelp batch size": a.batch_size,
                                  "sklearn PCA svd_solver": f"{a.solver} (resolved to: "
                                  f"{', '.join(sorted({r['solver'] for r in results if 'solver' in r})) or 'n/a'})", "sklearn capped at N <=": f"{a.max_sklearn_n:,}",
+                                 "BLAS threads": a.blas_threads or "default",
                                  "total wall time": f"{time.time() - t_start:.0f} s"}))
     print()
     print(C.markdown_table(

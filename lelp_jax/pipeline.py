@@ -31,7 +31,7 @@ from typing import Any
 
 import ml_collections
 
-from lelp_jax.config import ConfigError, config_to_dict, identity_dict
+from lelp_jax.config import ConfigError, base_config, config_to_dict, identity_dict
 
 __all__ = [
     "WorkdirError",
@@ -164,11 +164,24 @@ def _describe_difference(stored: Mapping, wanted: Mapping, limit: int = 3) -> st
     return "; ".join(parts) + more
 
 
+def _fill_missing(stored: Mapping, defaults: Mapping) -> dict[str, Any]:
+    """``stored`` with the keys it lacks taken from ``defaults`` (nested); nothing overwritten."""
+    out = dict(stored)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, Mapping) and isinstance(out[k], Mapping):
+            out[k] = _fill_missing(out[k], v)
+    return out
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
     """Refuse a workdir made by a different config; read-only (touches nothing).
 
     Configs agree when ``identity_dict`` agrees: they may differ only in
-    ``methods``, ``seeds``, ``mesh`` and ``distributed``.
+    ``methods``, ``seeds``, ``mesh`` and ``distributed``. A key that the stored
+    config lacks (the workdir predates it) counts as its ``base_config()`` default,
+    so upgrading lelp_jax does not orphan finished workdirs.
     """
     wd = Workdir(workdir)
     if wd.root.exists() and not wd.root.is_dir():
@@ -181,6 +194,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
         raise WorkdirError(
             f"workdir {str(wd.root)!r} has an unreadable config.json ({e}); use a new --workdir or --force."
         ) from None
+    stored = _fill_missing(stored, config_to_dict(base_config()))
     if identity_dict(stored) != identity_dict(config):
         raise WorkdirError(
             f"workdir {str(wd.root)!r} was made by config {stored.get('name', '?')!r} with other settings "

@@ -174,6 +174,19 @@ def test_force_deletes_only_pipeline_artifacts(tmp_path):
     assert json.loads((wd / "config.json").read_text())["lelp"]["beta"] == 3.0
 
 
+def test_workdir_from_before_a_new_key_is_accepted_at_its_default(tmp_path):
+    """A config.json lacking a key (written before the key existed) reads it as base_config's default."""
+    config = load_config(CONFIG, [])
+    wd = tmp_path / "wd"
+    pipeline.init_workdir(config, wd)
+    stored = json.loads((wd / "config.json").read_text())
+    del stored["kd"]["student_tau"], stored["data"]["features"]
+    (wd / "config.json").write_text(json.dumps(stored))
+    pipeline.check_workdir(config, wd)  # same settings: accepted
+    with pytest.raises(pipeline.WorkdirError, match="kd.student_tau"):
+        pipeline.check_workdir(load_config(CONFIG, ["--config.kd.student_tau=3"]), wd)
+
+
 def test_carved_validation_is_disjoint_seeded_and_reindexed():
     from lelp_jax.data.sources import ArraySource
 

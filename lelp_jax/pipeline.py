@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import ml_collections
 
+from lelp_jax import atomic
 from lelp_jax.config import ConfigError, base_config, config_to_dict, identity_dict
 
 __all__ = [
@@ -126,19 +126,8 @@ def is_main_process() -> bool:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp_{path.name}_")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write JSON to ``path`` atomically (:func:`lelp_jax.atomic.write_json`)."""
+    atomic.write_json(path, obj)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -515,21 +504,6 @@ def _evaluate_split(train, eval_step, variables, source, config, env) -> float:
     return train.evaluate(eval_step, variables["params"], variables.get("batch_stats", {}), batches, env.mesh)
 
 
-def _save_npz_atomic(path: Path, **arrays: Any) -> None:
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp_{path.stem}_", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _methods(config: ml_collections.ConfigDict):
     from lelp_jax.methods import get_method
 
@@ -601,7 +575,7 @@ def stage_statistics(config: ml_collections.ConfigDict, workdir: str | os.PathLi
     meta = {"fit_labels": config.lelp.fit_labels, "teacher": teacher_identity(config, workdir),
             "split": "train", "dataset": config.data.name}
     if is_main_process():
-        _save_npz_atomic(wd.statistics, count=np.asarray(host.count), mean=np.asarray(host.mean),
+        atomic.save_npz(wd.statistics, count=np.asarray(host.count), mean=np.asarray(host.mean),
                          m2=np.asarray(host.m2), metadata=np.array(json.dumps(meta)))
     _sync("statistics")
     counts = ", ".join(f"{int(c)}" for c in np.asarray(host.count))

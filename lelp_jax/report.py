@@ -32,6 +32,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lelp_jax import atomic
+
 __all__ = ["load_workdir", "method_table", "table_rows", "format_table", "build_report", "main"]
 
 _METRICS = ("test_accuracy_last", "test_accuracy_best_val")
@@ -359,9 +361,7 @@ def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
             if section:
                 md += [f"### {lab} (`{w['root']}`)", ""] + section + [""]
     md_path = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(md) + "\n")
-    os.replace(tmp, md_path)
+    atomic.write_text(md_path, "\n".join(md) + "\n")
     return {"markdown": str(md_path), "plots": plots, "tables": tables}
 
 

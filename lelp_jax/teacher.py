@@ -16,7 +16,6 @@ mesh and the teacher variables replicated, so it scales from one CPU to a pod.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
@@ -26,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from lelp_jax import sharding as shd
+from lelp_jax.atomic import save_npz
 from lelp_jax.statistics import ClassMoments, all_reduce_moments, batch_moments, init_moments, merge_moments
 
 __all__ = [
@@ -95,11 +95,8 @@ class TeacherCache:
         return self.embeddings[index], self.logits[index]
 
     def save(self, path: str) -> None:
-        """Write ``path`` (.npz) atomically: a temporary file, then ``os.replace``."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}.npz"
-        np.savez(tmp, embeddings=self.embeddings, logits=self.logits)
-        os.replace(tmp, path)
+        """Write ``path`` (.npz) atomically (:func:`lelp_jax.atomic.save_npz`)."""
+        save_npz(path, embeddings=self.embeddings, logits=self.logits)
 
 
 def load_teacher_cache(path: str) -> TeacherCache:

@@ -41,6 +41,7 @@ import orbax.checkpoint as ocp
 from flax import serialization, struct
 from jax.sharding import Mesh
 
+from lelp_jax import atomic
 from lelp_jax import sharding as shd
 
 __all__ = [
@@ -370,13 +371,8 @@ def _strip(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file + ``os.replace`` (never a half-written file)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON to ``path`` atomically (never a half-written file); NumPy values become plain."""
+    atomic.write_json(path, obj, default=_json_default)
 
 
 def _json_default(x):
@@ -515,10 +511,7 @@ def _truncate_jsonl(path: str, max_step: int) -> None:
                 continue
             if row.get("step", 0) <= max_step and "test_accuracy_last" not in row:
                 lines.append(ln if ln.endswith("\n") else ln + "\n")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(lines)
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(lines))
 
 
 def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source: Any, val_source: Any,

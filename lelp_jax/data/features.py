@@ -26,13 +26,13 @@ import dataclasses
 import functools
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from lelp_jax.atomic import save_npz
 from lelp_jax.data.sources import read_records
 from lelp_jax.data.tokenizer import pad_to, pick_bucket
 
@@ -171,19 +171,6 @@ def feature_cache_path(cache_dir: str | os.PathLike, *, dataset: str, split: str
     return Path(cache_dir) / safe(dataset) / f"{safe(split)}-{safe(encoder)}-L{int(max_length)}-{fingerprint[:16]}.npz"
 
 
-def _write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp_{path.stem}_", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _read_cache(path: Path, *, n: int, dim: int, fingerprint: str) -> np.ndarray:
     with np.load(path) as f:
         stored_fp = str(f["fingerprint"]) if "fingerprint" in f else ""
@@ -218,7 +205,7 @@ def cached_features(source: Any, encoder: FeatureEncoder, *, cache_dir: str | os
     features = encode_text_source(source, encoder, batch_size=batch_size, progress=progress, rows=rows)
     if write:
         try:
-            _write_npz_atomic(path, features=features, fingerprint=np.asarray(fp),
+            save_npz(path, features=features, fingerprint=np.asarray(fp),
                               encoder=np.asarray(encoder.name), max_length=np.asarray(int(max_length)))
         except OSError as e:  # e.g. a read-only data dir: the run goes on, the next one recomputes
             warnings.warn(f"feature view: could not cache the features at {path} ({e}); they will be "

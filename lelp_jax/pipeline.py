@@ -153,14 +153,22 @@ def _describe_difference(stored: Mapping, wanted: Mapping, limit: int = 3) -> st
     return "; ".join(parts) + more
 
 
-def _fill_missing(stored: Mapping, defaults: Mapping) -> dict[str, Any]:
-    """``stored`` with the keys it lacks taken from ``defaults`` (nested); nothing overwritten."""
+def _fill_missing(stored: Mapping, wanted: Mapping, defaults: Mapping) -> dict[str, Any]:
+    """``stored`` plus each key it lacks that ``wanted`` sets to its ``defaults`` value (nested).
+
+    Such a key did not exist when the workdir was made; at its default it changes
+    nothing. A key set to anything else, or one without a default (free-form
+    sections such as ``model_kwargs``), stays missing, so the difference is reported.
+    """
     out = dict(stored)
-    for k, v in defaults.items():
+    for k, v in wanted.items():
+        if k not in defaults:
+            continue
         if k not in out:
-            out[k] = v
-        elif isinstance(v, Mapping) and isinstance(out[k], Mapping):
-            out[k] = _fill_missing(out[k], v)
+            if v == defaults[k]:
+                out[k] = v
+        elif isinstance(v, Mapping) and isinstance(out[k], Mapping) and isinstance(defaults[k], Mapping):
+            out[k] = _fill_missing(out[k], v, defaults[k])
     return out
 
 
@@ -183,7 +191,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
         raise WorkdirError(
             f"workdir {str(wd.root)!r} has an unreadable config.json ({e}); use a new --workdir or --force."
         ) from None
-    stored = _fill_missing(stored, config_to_dict(base_config()))
+    stored = _fill_missing(stored, config_to_dict(config), config_to_dict(base_config()))
     if identity_dict(stored) != identity_dict(config):
         raise WorkdirError(
             f"workdir {str(wd.root)!r} was made by config {stored.get('name', '?')!r} with other settings "

@@ -185,6 +185,11 @@ def test_workdir_from_before_a_new_key_is_accepted_at_its_default(tmp_path):
     pipeline.check_workdir(config, wd)  # same settings: accepted
     with pytest.raises(pipeline.WorkdirError, match="kd.student_tau"):
         pipeline.check_workdir(load_config(CONFIG, ["--config.kd.student_tau=3"]), wd)
+    # model_kwargs is free-form: base_config's entries there are no defaults of another model's.
+    stored["student"]["model_kwargs"] = {**stored["student"]["model_kwargs"], "extra": 1}
+    (wd / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(pipeline.WorkdirError, match="student.model_kwargs.extra"):
+        pipeline.check_workdir(config, wd)
 
 
 def test_carved_validation_is_disjoint_seeded_and_reindexed():
@@ -249,3 +254,12 @@ def test_method_aux_builds_kmeans_and_oracle_artifacts(finished_run):
     np.testing.assert_array_equal(np.asarray(slots.class_of_fine)[fine], labels)
     with pytest.raises(ValueError, match="does not build"):
         pipeline.method_aux(fake("mystery"), config, wd, env)
+
+
+def test_fill_missing_only_adds_new_keys_at_their_defaults():
+    defaults = {"kd": {"tau": 2.0, "student_tau": None}, "teacher": {"model_kwargs": {"hidden": [256]}}}
+    stored = {"kd": {"tau": 2.0}, "teacher": {"model_kwargs": {"num_layers": 6}}}
+    same = {"kd": {"tau": 2.0, "student_tau": None}, "teacher": {"model_kwargs": {"num_layers": 6}}}
+    assert pipeline._fill_missing(stored, same, defaults) == same  # new key at its default: filled
+    changed = {"kd": {"tau": 2.0, "student_tau": 1.0}, "teacher": {"model_kwargs": {"num_layers": 6}}}
+    assert pipeline._fill_missing(stored, changed, defaults) == stored  # set otherwise: stays missing

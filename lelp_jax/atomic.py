@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -38,10 +38,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise
 
 
-def write_json(path: str | os.PathLike, obj: Any, *, default: Optional[Callable[[Any], Any]] = None) -> None:
-    """``obj`` as indented, key-sorted JSON (``default`` converts what json cannot)."""
+def _plain(x: Any) -> Any:
+    """NumPy scalars and arrays as Python numbers and lists (json's ``default``)."""
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented, key-sorted JSON; NumPy values become plain numbers and lists."""
     with atomic_open(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=default)
+        json.dump(obj, f, indent=2, sort_keys=True, default=_plain)
         f.write("\n")
 
 

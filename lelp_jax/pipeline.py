@@ -55,7 +55,6 @@ __all__ = [
     "run_stages",
     "run_all",
     "summarize",
-    "write_json_atomic",
     "read_json",
     "is_main_process",
 ]
@@ -125,11 +124,6 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to ``path`` atomically (:func:`lelp_jax.atomic.write_json`)."""
-    atomic.write_json(path, obj)
-
-
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
@@ -177,8 +171,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
 
     Configs agree when ``identity_dict`` agrees: they may differ only in
     ``methods``, ``seeds``, ``mesh`` and ``distributed``. A key that the stored
-    config lacks (the workdir predates it) counts as its ``base_config()`` default,
-    so upgrading lelp_jax does not orphan finished workdirs.
+    config lacks (the workdir predates it) is accepted at its ``base_config()``
+    default, so upgrading lelp_jax does not orphan finished workdirs.
     """
     wd = Workdir(workdir)
     if wd.root.exists() and not wd.root.is_dir():
@@ -221,7 +215,7 @@ def init_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike, 
         wd.root.mkdir(parents=True, exist_ok=True)
         wanted = config_to_dict(config)
         if not (wd.config_json.exists() and read_json(wd.config_json) == wanted):
-            write_json_atomic(wd.config_json, wanted)
+            atomic.write_json(wd.config_json, wanted)
     _sync("init_workdir")
     return wd
 
@@ -496,7 +490,7 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                   identity=teacher_identity(config, workdir), dataset=config.data.name,
                   num_classes=info.num_classes, seconds=time.perf_counter() - t0)
     if is_main_process():
-        write_json_atomic(wd.teacher_json, record)
+        atomic.write_json(wd.teacher_json, record)
     _sync("teacher")
     return {**record, "skipped": False}
 
@@ -852,7 +846,7 @@ def stage_eval(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                "runs": runs}
     unchanged = wd.results.exists() and read_json(wd.results) == json.loads(json.dumps(results))
     if is_main_process() and not unchanged:
-        write_json_atomic(wd.results, results)
+        atomic.write_json(wd.results, results)
     _sync("eval")
     return {"runs": len(runs), "results": str(wd.results), "summary": summarize(results), "skipped": unchanged}
 

@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 import ml_collections
 
+from lelp_jax import atomic
 from lelp_jax.config import ConfigError, apply_overrides, load_config, validate_config
 
 __all__ = ["parse_grid", "grid_points", "point_name", "point_config", "run_sweep", "main"]
@@ -205,7 +206,7 @@ def run_sweep(
 
     def save() -> None:
         if pipeline.is_main_process():
-            pipeline.write_json_atomic(summary_path, summary)
+            atomic.write_json(summary_path, summary)
 
     # Statuses of points already finished are filled in before any work, so a report
     # made during a long sweep shows them.

@@ -55,7 +55,6 @@ __all__ = [
     "evaluate",
     "train_and_evaluate",
     "load_variables",
-    "write_json_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -368,21 +367,6 @@ def evaluate(eval_step: Callable, params: Any, batch_stats: Any, batches: Iterab
 def _strip(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Drop non-array entries (strings, e.g. raw text) that cannot be sharded."""
     return {k: v for k, v in batch.items() if np.asarray(v).dtype.kind in "biuf"}
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to ``path`` atomically (never a half-written file); NumPy values become plain."""
-    atomic.write_json(path, obj, default=_json_default)
-
-
-def _json_default(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def _count_params(tree: Any) -> int:
@@ -698,7 +682,7 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
     if is_main:
         emit(num_steps, {"test_accuracy_last": test_last, "test_accuracy_best_val": test_best})
         writer.close()
-        write_json_atomic(os.path.join(workdir, "result.json"), record)
+        atomic.write_json(os.path.join(workdir, "result.json"), record)
     return record
 
 

@@ -9,11 +9,11 @@ from lelp_jax import atomic
 
 def test_writes_then_failure_keeps_the_old_file(tmp_path, rng):
     path = tmp_path / "sub" / "a.json"
-    atomic.write_json(path, {"b": 1, "a": np.float32(0.5)}, default=float)
-    assert json.loads(path.read_text()) == {"a": 0.5, "b": 1}
+    atomic.write_json(path, {"b": 1, "a": np.float32(0.5), "c": np.arange(2)})
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": 1, "c": [0, 1]}
     with pytest.raises(TypeError):
         atomic.write_json(path, {"x": object()})  # not serialisable: fails mid-write
-    assert json.loads(path.read_text()) == {"a": 0.5, "b": 1}
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": 1, "c": [0, 1]}
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
 
     arrays = {"x": rng.standard_normal((3, 4)), "y": rng.integers(0, 9, 5)}

@@ -9,7 +9,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lelp_jax.statistics import _host_value
 from lelp_jax.targets import class_log_probs

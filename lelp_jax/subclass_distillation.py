@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 
 from lelp_jax import losses, targets
 from lelp_jax.feature_losses import subclass_aux_loss

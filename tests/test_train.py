@@ -6,7 +6,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from _multihost_worker import NUM_CLASSES, mlp, run_train, small_config, source, synthetic_arrays
 

@@ -115,8 +115,10 @@ def merge_moments(a: ClassMoments, b: ClassMoments) -> ClassMoments:
     return ClassMoments(count=n, mean=mean, m2=m2)
 
 
-def _class_blocks(labels: jax.Array, valid: jax.Array, num_classes: int, block_rows: int):
+def _class_blocks(y: jax.Array, valid: jax.Array, num_classes: int, block_rows: int):
     """Where each row goes when every class's rows are packed into whole blocks of ``block_rows``.
+
+    ``y``: class ids (any value where ``valid`` is False).
 
     Class c gets k_c = ceil(n_c / R) consecutive blocks; row i of class c lands at
     R * sum_{c' < c} k_{c'} + (its rank among class c's rows). Returns ``dest`` (B,)
@@ -124,12 +126,11 @@ def _class_blocks(labels: jax.Array, valid: jax.Array, num_classes: int, block_r
     (C,) = cumulative block counts (block b belongs to class #{c : ends_c <= b}),
     and the static number of blocks K = ceil(B / R) + C - 1 >= sum_c ceil(n_c / R).
     """
-    y = jnp.where(valid, labels, 0)
-    onehot = jax.nn.one_hot(jnp.where(valid, labels, num_classes), num_classes, dtype=jnp.int32)
+    onehot = jax.nn.one_hot(jnp.where(valid, y, num_classes), num_classes, dtype=jnp.int32)
     rank = jnp.take_along_axis(jnp.cumsum(onehot, axis=0) - 1, y[:, None], axis=1)[:, 0]
     blocks = (onehot.sum(axis=0) + block_rows - 1) // block_rows
     ends = jnp.cumsum(blocks)
-    num_blocks = -(-labels.shape[0] // block_rows) + num_classes - 1
+    num_blocks = -(-y.shape[0] // block_rows) + num_classes - 1
     dest = jnp.where(valid, (ends - blocks)[y] * block_rows + rank, num_blocks * block_rows)
     return dest, ends, num_blocks
 
@@ -160,7 +161,7 @@ def batch_moments(
     mean = _safe_div(total, count[:, None])
     # M2_c = sum_i w_i (h_i - mu_c)(h_i - mu_c)^T = sum_i r_i r_i^T with r_i = sqrt(w_i)(h_i - mu_c).
     rows = (h - mean[y]) * jnp.sqrt(w)[:, None]
-    dest, ends, num_blocks = _class_blocks(labels, valid, num_classes, block_rows)
+    dest, ends, num_blocks = _class_blocks(y, valid, num_classes, block_rows)
     packed = jnp.zeros((num_blocks * block_rows, rows.shape[1]), dtype).at[dest].set(rows, mode="drop")
     def owner(b):  # the class of block b; C for a block past the last class
         return jnp.sum(ends <= b)

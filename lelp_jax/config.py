@@ -28,6 +28,7 @@ __all__ = [
     "ConfigError",
     "base_config",
     "load_config",
+    "config_from_file",
     "resolve_config_path",
     "parse_overrides",
     "apply_overrides",
@@ -237,6 +238,18 @@ def _load_module(path: Path):
     return module
 
 
+def config_from_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file (or a bare name in configs/): not validated, not locked.
+
+    For a config built on another one: ``c = config_from_file('fashion_mnist_binary')``,
+    then change what differs.
+    """
+    config = _load_module(resolve_config_path(str(path))).get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() in {str(path)!r} must return an ml_collections.ConfigDict.")
+    return config
+
+
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Load ``get_config()`` from a config file, apply overrides and smoke, validate, lock.
 
@@ -247,10 +260,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_co
     Order: file -> overrides -> (if ``smoke``) ``apply_smoke`` -> overrides again, so an
     explicit override always beats the smoke defaults. Raises ``ConfigError``.
     """
-    module = _load_module(resolve_config_path(str(path)))
-    config = module.get_config()
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"get_config() in {str(path)!r} must return an ml_collections.ConfigDict.")
+    config = config_from_file(path)
     pairs = parse_overrides(overrides)
     apply_overrides(config, pairs)
     if config.get("smoke", False):

@@ -16,17 +16,11 @@ Why not the ResNet teacher of fashion_resnet.py: ResNet-8 for 3 epochs on the
 20k images took 922 s here and reached 92.8% test, *below* the student trained
 with hard labels alone (93.5% test after 8 epochs), so it had nothing to teach.
 """
-import importlib.util
-from pathlib import Path
-
-_BASE = Path(__file__).resolve().parents[3] / "configs" / "fashion_mnist_binary.py"
+from lelp_jax.config import config_from_file
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location("fashion_mnist_binary_base", _BASE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_from_file("fashion_mnist_binary")
     c.name = "fashion_mnist_binary_cnn"
     c.data.max_examples_per_split = 20000  # students: first 20k of the 55k train images
     c.teacher_cache = True

@@ -11,17 +11,11 @@ Command (docs/RESULTS.md):
   lelp run --config docs/results/configs/fashion_resnet.py --workdir /work/results/fashion_resnet \
       --methods ce,kd,lelp,random --seeds 0,1,2
 """
-import importlib.util
-from pathlib import Path
-
-_BASE = Path(__file__).resolve().parents[3] / "configs" / "fashion_mnist_binary.py"
+from lelp_jax.config import config_from_file
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location("fashion_mnist_binary_base", _BASE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_from_file("fashion_mnist_binary")
     c.name = "fashion_mnist_binary_resnet"
     c.teacher.model = "resnet"
     c.teacher.model_kwargs = dict(depth=8, width=1.0)

@@ -15,17 +15,13 @@ teacher; conv 2/4 + dense 8 reached 91.8%, 2.4 points below it (docs/RESULTS.md,
       --config.teacher.checkpoint=/work/results/fashion_teacher_cnn \
       --methods ce,kd,lelp,oracle,kmeans,random --seeds 0,1,2
 """
-import importlib.util
 from pathlib import Path
 
-_BASE = Path(__file__).resolve().parent / "fashion_cnn.py"
+from lelp_jax.config import config_from_file
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location("fashion_cnn_base", _BASE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_from_file(Path(__file__).resolve().parent / "fashion_cnn.py")
     c.name = "fashion_mnist_binary_small_cnn"
     c.student.model_kwargs = dict(conv_features=(2, 4), hidden=(8,))
     c.train.num_epochs = 16.0

@@ -10,7 +10,10 @@ Writes to OUT_DIR:
                                    method's test accuracy (mean ± std over seeds) at the last step
                                    and at the best-validation step, student parameters, number of
                                    seeds (rows prefixed by the config name when several workdirs
-                                   share a dataset); one table per sweep
+                                   share a dataset); per workdir the paired differences of every
+                                   method to kd and ce (95 % t-interval over shared seeds, "inside
+                                   noise" when it covers 0; lelp_jax.paired) and the fraction of the
+                                   oracle's room; one table per sweep
   TAG_spectrum.png                 per-class eigen-spectrum of the teacher embeddings (log scale)
   TAG_curves.png                   validation accuracy and train loss against step, per method
                                    (mean over seeds)
@@ -33,8 +36,9 @@ from typing import Any, Optional
 import numpy as np
 
 from lelp_jax import atomic
+from lelp_jax.paired import paired_table
 
-__all__ = ["load_workdir", "method_table", "table_rows", "format_table", "build_report", "main"]
+__all__ = ["load_workdir", "method_table", "per_seed", "table_rows", "format_table", "build_report", "main"]
 
 _METRICS = ("test_accuracy_last", "test_accuracy_best_val")
 
@@ -130,6 +134,21 @@ def method_table(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row["student_params"] = params
         rows.append(row)
     return rows
+
+
+def per_seed(runs: Sequence[Mapping[str, Any]], metric: str = "test_accuracy_best_val") -> dict[str, dict[int, float]]:
+    """method -> {seed: ``metric``} (methods in first-seen order; runs without the metric left out)."""
+    out: dict[str, dict[int, float]] = {}
+    for r in runs:
+        v = r.get(metric)
+        if v is not None and not math.isnan(float(v)):
+            out.setdefault(str(r["method"]), {})[int(r.get("seed", 0))] = float(v)
+    return out
+
+
+_PAIRED_NOTE = ("test accuracy (best val) of each method minus kd's and ce's on the same seeds, in percentage "
+                "points, with a 95 % Student-t interval over seeds; 'inside noise' = the interval covers 0. "
+                "Oracle room = (method - ce) / (oracle - ce).")
 
 
 def _pct(ms: tuple[float, float]) -> str:
@@ -332,6 +351,11 @@ def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                                     prefix=f"{lab}: " if len(with_rows) > 1 else "")
             tables[dataset] = "\n".join(lines)
             md += [tables[dataset], ""]
+            for w, lab in with_rows:
+                rows = paired_table(per_seed(w["runs"]))
+                if rows:
+                    md += [f"Paired by seed{f' ({lab})' if len(with_rows) > 1 else ''}: {_PAIRED_NOTE}", "",
+                           *rows, ""]
         for w, lab in zip(ws, labels):
             tag = _tag(f"{dataset}_{w['config_name']}")
             base, i = tag, 1

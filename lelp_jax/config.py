@@ -127,6 +127,16 @@ def base_config() -> ml_collections.ConfigDict:
             split_seed=0,
             eval_batch_size=256,  # teacher outputs, statistics, teacher evaluation
             features="",  # text: '' = off; 'minilm' adds frozen MiniLM sentence embeddings as `features` (cached)
+            # k-fold evaluation (lelp_jax.data.folds): 0 = the dataset's own splits; k >= 2 pools its splits,
+            # tests on fold `fold` and carves validation (val_fraction, split_seed) from the other folds.
+            num_folds=0,
+            fold=0,
+            # synthetic_subclasses (lelp_jax.data.synthetic): K modes per class in a latent space, mapped
+            # non-linearly to input_dim features; fine labels kept.
+            synthetic=ml_collections.ConfigDict(dict(
+                num_classes=2, modes_per_class=8, latent_dim=8, hidden_dim=64, input_dim=64,
+                separation=1.0, noise=0.5, num_train=2000, num_validation=2000, num_test=10000, seed=0,
+            )),
         )
     )
 
@@ -482,6 +492,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          f"data.features must be '' (off) or 'minilm' (frozen MiniLM sentence embeddings), "
          f"got {config.data.features!r}.")
     need(0.0 <= config.data.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}.")
+    folds, fold = config.data.num_folds, config.data.fold
+    need(folds == 0 or folds >= 2, f"data.num_folds must be 0 (off) or >= 2, got {folds}.")
+    need(folds == 0 or 0 <= fold < folds, f"data.fold must be in [0, data.num_folds) = [0, {folds}), got {fold}.")
+    need(folds == 0 or 0.0 < config.data.val_fraction < 1.0,
+         f"data.num_folds={folds} carves validation from the training folds: data.val_fraction must be in (0, 1), "
+         f"got {config.data.val_fraction}.")
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:

@@ -353,6 +353,8 @@ def _data_config(data: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _has_split(data: ml_collections.ConfigDict, split: str) -> bool:
+    if data.get("num_folds", 0):  # k-fold carves its own validation (lelp_jax.data.folds)
+        return True
     if data.name == "local":
         return bool(data.files.get(split))
     from lelp_jax.data import catalogue

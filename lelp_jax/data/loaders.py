@@ -3,7 +3,7 @@
 Config keys read (all optional except `name`; see `default_data_config`):
 name, data_dir, max_examples_per_split, in_memory, input_kind, max_length, bucket_lengths,
 tokenizer, tfds_config, files, dataset_name, text_column, label_column, fine_label_column,
-class_names, num_classes, num_fine_classes.
+class_names, num_classes, num_fine_classes, num_folds, fold, val_fraction, split_seed, synthetic.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import ml_collections
 import numpy as np
 
 from lelp_jax.data import builders, catalogue, local
+from lelp_jax.data.folds import load_fold_split
+from lelp_jax.data.synthetic import load_synthetic
 from lelp_jax.data.sources import ArraySource, DatasetInfo, MappedSource, TextSource, read_records
 from lelp_jax.data.tokenizer import bucket_lengths, load_tokenizer, tokenize
 
@@ -38,6 +40,11 @@ def default_data_config() -> ml_collections.ConfigDict:
         "class_names": None,
         "num_classes": None,
         "num_fine_classes": None,
+        "num_folds": 0,  # k >= 2: pool the splits, test on fold `fold` (lelp_jax.data.folds)
+        "fold": 0,
+        "val_fraction": 0.1,  # k-fold: share of the training folds held out for validation
+        "split_seed": 0,  # k-fold: seed of the deal into folds and of the validation carve
+        "synthetic": {},  # synthetic_subclasses: knobs over base_config().data.synthetic
     })
 
 
@@ -216,6 +223,7 @@ DATASETS: dict[str, Callable[[str, Any, str], tuple[Any, DatasetInfo]]] = {
     **{n: _load_builder for n in builders.BUILDERS},
     **{n: _load_catalogue for n in catalogue.CATALOGUE},
     "local": _load_local,
+    "synthetic_subclasses": load_synthetic,
 }
 
 
@@ -228,4 +236,7 @@ def load_split(data_config: Any, split: str) -> tuple[Any, DatasetInfo]:
     name = _get(data_config, "name")
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.")
+    if int(_get(data_config, "num_folds", 0)):
+        config = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
+        return load_fold_split(name, config, split, DATASETS[name])
     return DATASETS[name](name, data_config, split)

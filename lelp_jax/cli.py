@@ -7,6 +7,7 @@
     lelp config  --config FILE [--config.a.b=VALUE ...]    print the resolved config
     lelp report  ...                                        (lelp_jax.report.main)
     lelp sweep   ...                                        (lelp_jax.sweep.main)
+    lelp kfold   ...                                        (lelp_jax.kfold.main)
 
 A subcommand is a function ``(argv: list[str]) -> int`` in ``COMMANDS``. User
 errors (bad config key, missing checkpoint, foreign workdir, dataset not
@@ -206,6 +207,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "config": _cmd_config,
     "report": _delegate("lelp_jax.report", "report"),
     "sweep": _delegate("lelp_jax.sweep", "sweep"),
+    "kfold": _delegate("lelp_jax.kfold", "kfold"),
 }
 
 _COMMAND_HELP = {
@@ -213,6 +215,7 @@ _COMMAND_HELP = {
     "config": "print the resolved config (file + overrides) and exit",
     "report": "tables and plots from results.json files",
     "sweep": "run a grid of overrides (e.g. lelp.beta, lelp.num_subclasses) over shared teachers",
+    "kfold": "run every fold of a k-fold config (data.num_folds) and pool the folds' test sets",
 }
 
 

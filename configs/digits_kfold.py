@@ -11,6 +11,8 @@ Steps are shortened from digits_binary's 1,500 to keep ten folds affordable.
 Command:
   lelp kfold --config configs/digits_kfold.py --workdir /tmp/lelp_digits_kfold \
       --methods ce,kd,lelp --seeds 0,1,2,3,4
+One fold alone (what `lelp kfold` runs in WORKDIR/fold_3):
+  lelp run --config configs/digits_kfold.py --workdir /tmp/lelp_digits_fold3 --config.data.fold=3
 
 Runtime: MEASURED_RUNTIME
 """

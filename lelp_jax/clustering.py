@@ -19,9 +19,23 @@ k-means (per class, in the teacher embedding)
         sigma_c^2  = (within-cluster sum of squares of class c) / (n_c D),
 
     the per-dimension variance around the nearest centroid. With it, beta = 1 in
-    ``softmax_s(z_{c,.} / beta)`` is exactly the fitted GMM posterior and beta is
-    scale-free (independent of the embedding's units), like LELP's standardised z.
+    ``softmax_s(z_{c,.} / beta)`` is exactly the fitted GMM posterior. It is free of
+    the embedding's units but not of its dimension: ||h - m||^2 grows with D, so in a
+    384-d embedding the GMM posterior is nearly hard where LELP's split is soft.
     ``scale="raw"`` uses z = -||h - m||^2 instead (beta then carries the units).
+
+    Standardised scores (``scale="standardized"``, the default: the same rule as
+    LELP's standardised z). Up to a per-example constant, which the softmax over s
+    ignores, -||h - m_{c,s}||^2 is the linear score 2 h.(m_{c,s} - mbar_c) -
+    ||m_{c,s}||^2 (mbar_c the mean centroid). One scale per class keeps the k-means
+    partition (the argmax) intact:
+
+        z_{c,s}(h) = (2 h.m_{c,s} - ||m_{c,s}||^2) / sigma_c,
+        sigma_c^2  = S / (S - 1) * mean_s Var_{h in c}[2 h.(m_{c,s} - mbar_c)],
+
+    so the scores' spread over the S subclasses equals that of S uncorrelated
+    unit-variance scores, LELP's standardised z (for which mean_s Var[z_s - zbar] =
+    (S - 1) / S). beta (or a target entropy) then means the same for both.
 
 Oracle (true fine labels as subclasses, the upper bound of the paper's Figure 3)
     The k-th fine label of class c (ascending fine-label order) takes slot k mod S of
@@ -52,6 +66,8 @@ __all__ = [
     "fit_kmeans",
     "fit_class_kmeans",
     "kmeans_scores",
+    "score_scale",
+    "KMEANS_SCALES",
     "OracleSlots",
     "oracle_slots",
     "oracle_targets",
@@ -141,21 +157,27 @@ def fit_kmeans(
 @struct.dataclass
 class KMeansFit:
     """Per-class k-means fit: ``centroids (C, S, D)``, ``scale (C,)`` = 1 / (2 sigma_c^2),
-    ``inertia (C,)`` (weighted within-cluster sum of squares), ``count (C,)`` (weighted rows)."""
+    ``inertia (C,)`` (weighted within-cluster sum of squares), ``count (C,)`` (weighted rows),
+    ``score_std (C,)`` the standardised scores' sigma_c (module docstring; None if not
+    fitted), ``betas (C,)`` per-class temperatures calibrated to a target entropy, or None."""
 
     centroids: jax.Array
     scale: jax.Array
     inertia: jax.Array
     count: jax.Array
+    score_std: Optional[jax.Array] = None
+    betas: Optional[jax.Array] = None
+
+    _FIELDS = ("centroids", "scale", "inertia", "count", "score_std", "betas")
 
     def to_numpy(self) -> dict[str, np.ndarray]:
-        """The arrays as a dict of NumPy arrays (for ``np.savez``)."""
-        return {k: np.asarray(getattr(self, k)) for k in ("centroids", "scale", "inertia", "count")}
+        """The arrays (those that are set) as a dict of NumPy arrays (for ``np.savez``)."""
+        return {k: np.asarray(getattr(self, k)) for k in self._FIELDS if getattr(self, k) is not None}
 
     @classmethod
     def from_numpy(cls, arrays) -> "KMeansFit":
         """Inverse of :meth:`to_numpy` (accepts an ``np.load`` result)."""
-        return cls(**{k: jnp.asarray(arrays[k]) for k in ("centroids", "scale", "inertia", "count")})
+        return cls(**{k: jnp.asarray(arrays[k]) for k in cls._FIELDS if k in arrays})
 
 
 def fit_class_kmeans(
@@ -203,22 +225,52 @@ def _fit_class_kmeans(key, x, labels, mask, num_classes, num_subclasses, num_ite
     count = jnp.sum(w, axis=1)
     var = inertia / jnp.maximum(count * x.shape[1], 1.0)
     scale = 0.5 / jnp.maximum(var, 1e-12)
-    return KMeansFit(centroids=centroids, scale=scale, inertia=inertia, count=count)
+    score_std = jax.vmap(score_scale, in_axes=(None, 0, 0))(x, w, centroids)
+    return KMeansFit(centroids=centroids, scale=scale, inertia=inertia, count=count, score_std=score_std)
 
 
-def kmeans_scores(embedding: jax.Array, fit: KMeansFit, *, scale: str = "gmm") -> jax.Array:
+def score_scale(x: jax.Array, weights: jax.Array, centroids: jax.Array) -> jax.Array:
+    """sigma_c of the standardised k-means scores (module docstring) for one class.
+
+    ``x (N, D)``, ``weights (N,)`` (the class's rows), ``centroids (S, D)``:
+    ``sqrt(S / (S - 1) * mean_s Var_w[2 x.(m_s - mbar)])``, floored at 1e-12; 1 when S = 1
+    (one subclass: the split is the same at any scale).
+    """
+    s = centroids.shape[0]
+    if s == 1:
+        return jnp.ones((), x.dtype)
+    lin = 2.0 * jnp.matmul(x, (centroids - jnp.mean(centroids, axis=0)).T, precision=_HIGHEST)  # (N, S)
+    n = jnp.maximum(jnp.sum(weights), 1e-12)
+    mean = jnp.sum(weights[:, None] * lin, axis=0) / n
+    var = jnp.sum(weights[:, None] * (lin - mean) ** 2, axis=0) / n
+    return jnp.sqrt(jnp.maximum(s / (s - 1) * jnp.mean(var), 1e-24))
+
+
+KMEANS_SCALES = ("standardized", "gmm", "raw")
+
+
+def kmeans_scores(embedding: jax.Array, fit: KMeansFit, *, scale: str = "standardized") -> jax.Array:
     """Subclass scores ``z (B, C, S)`` of embeddings ``(B, D)`` against every class's centroids.
 
+    ``scale="standardized"``: z_{c,s} = (2 h.m_{c,s} - ||m_{c,s}||^2) / score_std_c, i.e.
+    -||h - m_{c,s}||^2 / score_std_c up to a per-(example, class) constant (module docstring);
     ``scale="gmm"``: z_{c,s} = -||h - m_{c,s}||^2 * scale_c (isotropic-GMM log-responsibility
-    up to a per-(example, class) constant, which the per-class softmax over s ignores);
+    up to such a constant, which the per-class softmax over s ignores);
     ``scale="raw"``: z_{c,s} = -||h - m_{c,s}||^2.
     """
-    if scale not in ("gmm", "raw"):
-        raise ValueError(f"kmeans_scores: scale must be 'gmm' or 'raw', got {scale!r}.")
+    if scale not in KMEANS_SCALES:
+        raise ValueError(f"kmeans_scores: scale must be one of {KMEANS_SCALES}, got {scale!r}.")
     c, s, d = fit.centroids.shape
     h = jnp.asarray(embedding, jnp.float32)
     if h.ndim != 2 or h.shape[1] != d:
         raise ValueError(f"kmeans_scores: embedding must be (B, {d}) to match the centroids, got {h.shape}.")
+    if scale == "standardized":
+        if fit.score_std is None:
+            raise ValueError("kmeans_scores: scale='standardized' needs fit.score_std; fit with fit_class_kmeans "
+                             "(or fit_agglomerative_centroids), or use scale='gmm'.")
+        m = fit.centroids.astype(jnp.float32)
+        lin = 2.0 * jnp.einsum("bd,csd->bcs", h, m, precision=_HIGHEST) - jnp.sum(m * m, axis=-1)[None]
+        return lin / fit.score_std.astype(jnp.float32)[None, :, None]
     d2 = squared_distances(h, fit.centroids.reshape(c * s, d)).reshape(h.shape[0], c, s)
     if scale == "raw":
         return -d2
@@ -328,11 +380,13 @@ def fit_agglomerative_centroids(
     centroids = np.zeros((num_classes, num_subclasses, d), np.float64)
     inertia = np.zeros(num_classes)
     count = np.zeros(num_classes)
+    score_std = np.ones(num_classes)
     for c in range(num_classes):
         xc = x[y == c]
         count[c] = len(xc)
         if len(xc) == 0:
             continue
+        full = xc
         if len(xc) > max_points:
             xc = xc[rng.choice(len(xc), max_points, replace=False)]
         if len(xc) < num_subclasses:
@@ -341,10 +395,13 @@ def fit_agglomerative_centroids(
         for k in range(num_subclasses):
             centroids[c, k] = xc[assign == k].mean(axis=0)
         inertia[c] = np.sum((xc - centroids[c, assign]) ** 2) * count[c] / len(xc)
+        score_std[c] = float(score_scale(jnp.asarray(full, jnp.float32), jnp.ones(len(full), jnp.float32),
+                                         jnp.asarray(centroids[c], jnp.float32)))
     var = inertia / np.maximum(count * d, 1.0)
     return KMeansFit(
         centroids=jnp.asarray(centroids, jnp.float32),
         scale=jnp.asarray(0.5 / np.maximum(var, 1e-12), jnp.float32),
         inertia=jnp.asarray(inertia, jnp.float32),
         count=jnp.asarray(count, jnp.float32),
+        score_std=jnp.asarray(score_std, jnp.float32),
     )

@@ -161,7 +161,8 @@ def base_config() -> ml_collections.ConfigDict:
             tau=1.0,  # teacher class temperature for p_c
             null_space=True,
             rotate=True,
-            standardize=False,  # divide z by each direction's std (beta becomes scale-free)
+            standardize=True,  # divide z by each direction's std (beta becomes scale-free); workdirs made before this default record false
+            target_entropy=_p(float),  # in (0, 1): solve beta per class at fit time so the split's mean normalised entropy is this; None = use beta
             fit_labels="labels",  # labels | teacher (teacher argmax)
             alpha=0.0,  # weight of the hard-label CE term
             seed=0,  # Haar rotation / random-projection seed
@@ -169,8 +170,10 @@ def base_config() -> ml_collections.ConfigDict:
     )
     # student_tau: the student's softmax temperature in KD (None = tau, Hinton; 1 = LELP's convention).
     c.kd = ml_collections.ConfigDict(dict(tau=2.0, alpha=0.0, student_tau=_p(float)))
-    # scale: 'gmm' divides squared distances by 2 sigma_c^2 (beta-free of the embedding scale), 'raw' does not.
-    c.kmeans = ml_collections.ConfigDict(dict(num_iters=50, temperature=1.0, scale="gmm"))
+    # scale: 'standardized' = the same rule as lelp.standardize (lelp_jax.clustering docstring); 'gmm' divides
+    # squared distances by 2 sigma_c^2 (the GMM posterior), 'raw' does not. temperature: None = lelp.beta.
+    # Both k-means-style methods (kmeans, agglomerative) also follow lelp.target_entropy.
+    c.kmeans = ml_collections.ConfigDict(dict(num_iters=50, temperature=_p(float), scale="standardized"))
     c.fitnet = ml_collections.ConfigDict(dict(weight=1.0))
     c.rkd = ml_collections.ConfigDict(dict(distance_weight=25.0, angle_weight=50.0))
     c.subclass = ml_collections.ConfigDict(
@@ -472,6 +475,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(config.lelp.beta > 0, f"lelp.beta must be > 0, got {config.lelp.beta}.")
     need(config.lelp.tau > 0, f"lelp.tau must be > 0, got {config.lelp.tau}.")
     need(config.kd.tau > 0, f"kd.tau must be > 0, got {config.kd.tau}.")
+    te = config.lelp.target_entropy
+    need(te is None or 0.0 < te < 1.0,
+         f"lelp.target_entropy must lie in (0, 1) (the split's mean normalised entropy: 0 = hard, 1 = uniform) "
+         f"or be none (use lelp.beta), got {te}.")
+    kt = config.kmeans.temperature
+    need(kt is None or kt > 0, f"kmeans.temperature must be > 0 or none (= lelp.beta), got {kt}.")
+    need(config.kmeans.scale in ("standardized", "gmm", "raw"),  # lelp_jax.clustering.KMEANS_SCALES
+         f"kmeans.scale must be 'standardized', 'gmm' or 'raw', got {config.kmeans.scale!r}.")
     need(
         config.lelp.fit_labels in ("labels", "teacher"),
         f"lelp.fit_labels must be 'labels' or 'teacher', got {config.lelp.fit_labels!r}.",

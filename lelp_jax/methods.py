@@ -15,7 +15,14 @@ A :class:`Method` is a frozen description used by the pipeline and the train ste
 - ``class_log_probs(student_logits, num_classes, cfg) -> (B, C)``: how the
   student's logits map to class log-probabilities (argmax = prediction);
 - ``init_params(key, *, student_embedding_dim, teacher_embedding_dim, cfg)``:
-  extra trainable parameters owned by the method (e.g. a FitNet adapter), or None.
+  extra trainable parameters owned by the method (e.g. a FitNet adapter), or None;
+- ``scores(aux, teacher_embedding, cfg) -> (B, C, S)``: for a method that splits each
+  class by ``softmax_s(z_{c,.} / beta_c)``, its subclass scores z (standardised as
+  configured); the pipeline calibrates beta_c on them (``lelp.target_entropy``) and
+  stores the betas in the artifact (its ``betas`` field). None otherwise;
+- ``split(aux, teacher_embedding, batch, cfg) -> (B, C, S)``: the split t_{c,s} / p_c
+  the targets use (rows over s sum to 1), for the diagnostics every run records
+  (:func:`lelp_jax.sharpness.split_diagnostics`); None for methods that do not split.
 
 ``cfg`` is the run's full config; each method reads its own section (``cfg.kd``,
 ``cfg.lelp``, ...) and ``cfg.train.label_smoothing`` for hard-label terms. A new
@@ -24,6 +31,7 @@ method is one ``register_method(Method(...))`` call.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
@@ -36,7 +44,7 @@ from lelp_jax import clustering, feature_losses, losses, subclass_distillation, 
 __all__ = [
     "Method", "METHODS", "register_method", "get_method", "method_names",
     # building blocks for registering more methods
-    "section", "option", "batch_mask", "plain_class_log_probs", "subclass_class_log_probs",
+    "section", "option", "batch_mask", "plain_class_log_probs", "subclass_class_log_probs", "split_beta",
     # the Subclass-Distillation teacher (trained by the pipeline, not a student method)
     "SUBCLASS_TEACHER", "subclass_teacher_model",
 ]
@@ -56,6 +64,8 @@ class Method:
     init_params: Optional[Callable[..., Any]] = None
     needs_fine_labels: bool = False
     description: str = ""
+    scores: Optional[Callable[..., jax.Array]] = None
+    split: Optional[Callable[..., jax.Array]] = None
 
     @property
     def needs_projections(self) -> bool:
@@ -177,15 +187,52 @@ register_method(Method(
 # ----------------------------------------------------------------------------- lelp and its ablations
 
 
+def split_beta(aux: Any, cfg: Any, beta: float) -> Any:
+    """The split temperature: the artifact's calibrated per-class ``aux.betas (C,)`` when it has
+    them, else ``beta``. With ``lelp.target_entropy`` set the betas must be there (the pipeline
+    calibrates them at fit time); a missing calibration is an error, not a silent fallback."""
+    betas = getattr(aux, "betas", None)
+    if betas is not None:
+        return betas
+    if option(cfg, "lelp", "target_entropy", None) is not None:
+        raise ValueError("lelp.target_entropy is set but the fitted artifact has no calibrated betas; calibrate it "
+                         "(lelp_jax.sharpness.calibrate_betas on the method's scores, as the pipeline does) or "
+                         "unset lelp.target_entropy.")
+    return beta
+
+
+def _score_split(beta_of: Callable[[Any], float]) -> Callable[..., jax.Array]:
+    """``split = softmax_s(scores / beta_c)`` for a method with ``scores`` (``beta_of(cfg)``: its beta)."""
+
+    def split(aux, teacher_embedding, batch, cfg, *, scores):
+        z = scores(aux, teacher_embedding, cfg)
+        beta = jnp.asarray(split_beta(aux, cfg, beta_of(cfg)), z.dtype)
+        return jax.nn.softmax(z / (beta[None, :, None] if beta.ndim == 1 else beta), axis=-1)
+
+    return split
+
+
+def _lelp_beta(cfg: Any) -> float:
+    return float(option(cfg, "lelp", "beta", 1.0))
+
+
+def _projection_scores(aux, teacher_embedding, cfg) -> jax.Array:
+    """z_{c,s} = U_c[:, s].(h - mu_c), over its class std when ``lelp.standardize``
+    (:func:`lelp_jax.targets.projection_scores`)."""
+    return targets.projection_scores(aux, teacher_embedding, standardize=bool(option(cfg, "lelp", "standardize", True)))
+
+
 def _lelp_loss(*, student_logits, batch, teacher_embedding, teacher_logits, aux, cfg, **_: Any) -> jax.Array:
-    """LELP: targets t_{c,s} = softmax(l/tau)_c softmax_s(z_{c,.}/beta)_s from the projections in
-    ``aux`` (:func:`lelp_jax.targets.subclass_targets`), loss :func:`lelp_jax.losses.lelp_loss`."""
+    """LELP: targets t_{c,s} = softmax(l/tau)_c softmax_s(z_{c,.}/beta_c)_s from the projections in
+    ``aux`` (:func:`lelp_jax.targets.subclass_targets`; z standardised when ``lelp.standardize``,
+    beta_c = ``aux.betas`` when calibrated to ``lelp.target_entropy``, else ``lelp.beta``), loss
+    :func:`lelp_jax.losses.lelp_loss`."""
     if aux is None:
         raise ValueError("LELP-type methods need the fitted Projections as the train step's aux.")
     t = targets.subclass_targets(aux, teacher_embedding, teacher_logits,
-                                 beta=float(option(cfg, "lelp", "beta", 1.0)),
+                                 beta=split_beta(aux, cfg, _lelp_beta(cfg)),
                                  tau=float(option(cfg, "lelp", "tau", 1.0)),
-                                 standardize=bool(option(cfg, "lelp", "standardize", False)))
+                                 standardize=bool(option(cfg, "lelp", "standardize", True)))
     num_classes = teacher_logits.shape[-1]
     return losses.lelp_loss(student_logits, t, labels=batch["label"], alpha=float(option(cfg, "lelp", "alpha", 0.0)),
                             num_classes=num_classes, mask=batch_mask(batch))
@@ -216,6 +263,7 @@ for _name, _opts, _desc in (
     register_method(Method(
         name=_name, needs_teacher=True, loss=_lelp_loss, head_outputs=_lelp_head,
         class_log_probs=subclass_class_log_probs, fit="projections", fit_options=_opts, description=_desc,
+        scores=_projection_scores, split=functools.partial(_score_split(_lelp_beta), scores=_projection_scores),
     ))
 
 
@@ -232,18 +280,29 @@ def _pseudo_subclass_loss(student_logits, t, batch, cfg, num_classes: int) -> ja
                             num_classes=num_classes, mask=batch_mask(batch))
 
 
-def _kmeans_loss(*, student_logits, batch, teacher_embedding, teacher_logits, aux, cfg, **_: Any) -> jax.Array:
-    """k-means pseudo-subclasses: ``t = split_targets(softmax(l/tau), z, beta)`` with
-    ``z_{c,s} = -||h - m_{c,s}||^2 / (2 sigma_c^2)`` (:func:`lelp_jax.clustering.kmeans_scores`,
-    the isotropic-GMM responsibility; ``kmeans.scale='raw'`` drops the 1/(2 sigma_c^2)),
-    ``beta = kmeans.temperature``, ``tau = lelp.tau``, ``alpha = lelp.alpha``; loss
-    :func:`lelp_jax.losses.lelp_loss`. ``aux`` is the :class:`lelp_jax.clustering.KMeansFit` (from
-    k-means, or from agglomerative clusters' means for ``agglomerative``)."""
+def _kmeans_beta(cfg: Any) -> float:
+    """``kmeans.temperature``, or ``lelp.beta`` when it is None (the same beta as LELP)."""
+    return float(option(cfg, "kmeans", "temperature", _lelp_beta(cfg)))
+
+
+def _kmeans_scores(aux, teacher_embedding, cfg) -> jax.Array:
+    """:func:`lelp_jax.clustering.kmeans_scores` at ``kmeans.scale`` (default 'standardized')."""
     if not isinstance(aux, clustering.KMeansFit):
         raise ValueError("methods 'kmeans' and 'agglomerative' need a KMeansFit (centroids) as the step's aux.")
-    z = clustering.kmeans_scores(teacher_embedding, aux, scale=str(option(cfg, "kmeans", "scale", "gmm")))
-    t = targets.split_targets(_teacher_class_probs(teacher_logits, cfg), z,
-                              beta=float(option(cfg, "kmeans", "temperature", 1.0)))
+    return clustering.kmeans_scores(teacher_embedding, aux, scale=str(option(cfg, "kmeans", "scale", "standardized")))
+
+
+def _kmeans_loss(*, student_logits, batch, teacher_embedding, teacher_logits, aux, cfg, **_: Any) -> jax.Array:
+    """k-means pseudo-subclasses: ``t = split_targets(softmax(l/tau), z, beta_c)`` with z the
+    class-c centroid scores of :func:`lelp_jax.clustering.kmeans_scores` at ``kmeans.scale``:
+    'standardized' (default) ``z_{c,s} = (2 h.m_{c,s} - ||m_{c,s}||^2) / sigma_c``, the rule of
+    LELP's standardised z; 'gmm' ``-||h - m_{c,s}||^2 / (2 sigma_c^2)``, the isotropic-GMM
+    responsibility; 'raw' ``-||h - m_{c,s}||^2``. ``beta_c = aux.betas`` when calibrated to
+    ``lelp.target_entropy``, else ``kmeans.temperature`` (None = ``lelp.beta``); ``tau = lelp.tau``,
+    ``alpha = lelp.alpha``; loss :func:`lelp_jax.losses.lelp_loss`. ``aux`` is the
+    :class:`lelp_jax.clustering.KMeansFit` (from k-means, or from agglomerative clusters' means)."""
+    z = _kmeans_scores(aux, teacher_embedding, cfg)
+    t = targets.split_targets(_teacher_class_probs(teacher_logits, cfg), z, beta=split_beta(aux, cfg, _kmeans_beta(cfg)))
     return _pseudo_subclass_loss(student_logits, t, batch, cfg, teacher_logits.shape[-1])
 
 
@@ -261,19 +320,27 @@ def _oracle_loss(*, student_logits, batch, teacher_logits, aux, cfg, **_: Any) -
     return _pseudo_subclass_loss(student_logits, t.reshape(t.shape[0], -1), batch, cfg, p.shape[-1])
 
 
+def _oracle_split(aux, teacher_embedding, batch, cfg) -> jax.Array:
+    """The oracle's split t / p: one-hot on the fine label's slot of the own class, uniform over the
+    used slots of the others (:func:`lelp_jax.clustering.oracle_targets` with p = 1)."""
+    ones = jnp.ones((batch["label"].shape[0], aux.slot_mask.shape[0]), jnp.float32)
+    return clustering.oracle_targets(ones, batch["label"], batch["fine_label"], aux)
+
+
+_kmeans_split = functools.partial(_score_split(_kmeans_beta), scores=_kmeans_scores)
 register_method(Method(
     name="kmeans", needs_teacher=True, loss=_kmeans_loss, head_outputs=_lelp_head,
-    class_log_probs=subclass_class_log_probs, fit="kmeans",
+    class_log_probs=subclass_class_log_probs, fit="kmeans", scores=_kmeans_scores, split=_kmeans_split,
     description="per-class k-means pseudo-subclasses in the teacher embedding, split like LELP",
 ))
 register_method(Method(
     name="agglomerative", needs_teacher=True, loss=_kmeans_loss, head_outputs=_lelp_head,
-    class_log_probs=subclass_class_log_probs, fit="agglomerative",
+    class_log_probs=subclass_class_log_probs, fit="agglomerative", scores=_kmeans_scores, split=_kmeans_split,
     description="per-class Ward clusters (scikit-learn, subsampled) as pseudo-subclasses, split like k-means",
 ))
 register_method(Method(
     name="oracle", needs_teacher=True, loss=_oracle_loss, head_outputs=_lelp_head,
-    class_log_probs=subclass_class_log_probs, fit="oracle", needs_fine_labels=True,
+    class_log_probs=subclass_class_log_probs, fit="oracle", needs_fine_labels=True, split=_oracle_split,
     description="true fine labels as subclasses (upper bound)",
 ))
 

@@ -46,6 +46,7 @@ __all__ = [
     "load_teacher",
     "load_statistics",
     "method_aux",
+    "calibrate",
     "stage_teacher",
     "stage_teacher_outputs",
     "stage_statistics",
@@ -627,12 +628,14 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
 
         weights = sharding.to_host(head_weights(variables)[0])
     settings = {"beta": config.lelp.beta, "tau": config.lelp.tau, "standardize": config.lelp.standardize,
+                "target_entropy": config.lelp.target_entropy,
                 "fit_labels": config.lelp.fit_labels, "teacher": teacher_identity(config, workdir),
                 "dataset": config.data.name}
     written = []
     for method in missing:
         proj = fit_projections(moments, classifier_weights=weights, settings={**settings, "method": method.name},
                                **dict(method.fit_options(config)))
+        proj = calibrate(method, proj, config, workdir, env)
         if is_main_process():
             save_projections(wd.projections(method.name), proj)
         written.append(f"{method.name} (S={proj.num_subclasses}, null_space={proj.null_space}, "
@@ -642,7 +645,11 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
 
 
 def _all_train_outputs(config, workdir, env: Env):
-    """(embeddings (N, D), logits (N, C)) of the teacher on every train example (cache or one pass)."""
+    """(embeddings (N, D), logits (N, C)) of the teacher on every train example (cache or one pass;
+    kept on ``env`` so the fits, the calibration and the diagnostics of one invocation share it)."""
+    memo = getattr(env, "_train_outputs", None)
+    if memo is not None and memo[0] == str(workdir):
+        return memo[1], memo[2]
     cache = _teacher_cache(config, workdir)
     if cache is None:
         from lelp_jax.teacher import cache_teacher_outputs
@@ -651,7 +658,43 @@ def _all_train_outputs(config, workdir, env: Env):
         cache = cache_teacher_outputs(model.apply, variables, env.split("train")[0], mesh=env.mesh,
                                       batch_size=int(config.data.eval_batch_size),
                                       compute_dtype=config.train.compute_dtype)
+    env._train_outputs = (str(workdir), cache.embeddings, cache.logits)
     return cache.embeddings, cache.logits
+
+
+def _fit_labels(config, labels, logits):
+    """The labels every fit uses: ground truth, or the teacher's argmax (``lelp.fit_labels``)."""
+    import numpy as np
+
+    if config.lelp.fit_labels == "teacher":
+        return np.argmax(np.asarray(logits), axis=-1).astype(np.int32)
+    return labels
+
+
+def _in_chunks(fn: Callable[[Any], Any], embeddings, rows: int = 4096):
+    """``fn`` on row chunks of ``embeddings``, concatenated on the host (bounds the (B, C, D) intermediates)."""
+    import numpy as np
+
+    return np.concatenate([np.asarray(fn(embeddings[i:i + rows])) for i in range(0, len(embeddings), rows)])
+
+
+def calibrate(method, aux, config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env):
+    """``aux`` with per-class ``betas`` solved for ``lelp.target_entropy`` on the train split (unchanged
+    when it is None or the method has no scores): :func:`lelp_jax.sharpness.calibrate_betas` on the
+    method's scores of every train example, each calibrating its fit-label class."""
+    if config.lelp.target_entropy is None or method.scores is None:
+        return aux
+    import jax
+    import jax.numpy as jnp
+
+    from lelp_jax.sharpness import calibrate_betas
+
+    emb, logits = _all_train_outputs(config, workdir, env)
+    labels = _fit_labels(config, _train_labels(env.split("train")[0])[0], logits)
+    scores = jax.jit(lambda a, h: method.scores(a, h, config))
+    z = _in_chunks(lambda h: scores(aux, jnp.asarray(h)), emb)
+    betas = calibrate_betas(z, labels, target_entropy=float(config.lelp.target_entropy))
+    return aux.replace(betas=jnp.asarray(betas, jnp.float32))
 
 
 def _train_labels(source) -> tuple[Any, Any]:
@@ -673,10 +716,10 @@ def method_aux(method, config: ml_collections.ConfigDict, workdir: str | os.Path
     ``agglomerative``: per-class Ward clusters' means on at most 2,000 train embeddings
     per class (scikit-learn, host); ``subclass_teacher``: the variables of the
     Subclass-Distillation teacher
-    (:func:`subclass_teacher_variables`).
+    (:func:`subclass_teacher_variables`). With ``lelp.target_entropy`` set, k-means-style
+    fits get their per-class betas here (:func:`calibrate`); projections got them at fit time.
     """
     import jax
-    import numpy as np
 
     if method.fit is None:
         return None
@@ -689,12 +732,11 @@ def method_aux(method, config: ml_collections.ConfigDict, workdir: str | os.Path
         from lelp_jax.clustering import fit_class_kmeans
 
         emb, logits = _all_train_outputs(config, workdir, env)
-        labels, _ = _train_labels(source)
-        if config.lelp.fit_labels == "teacher":
-            labels = np.argmax(logits, axis=-1).astype(np.int32)
-        return fit_class_kmeans(jax.random.PRNGKey(int(config.lelp.seed)), emb, labels,
-                                num_classes=info.num_classes, num_subclasses=int(config.lelp.num_subclasses),
-                                num_iters=int(config.kmeans.num_iters))
+        labels = _fit_labels(config, _train_labels(source)[0], logits)
+        fit = fit_class_kmeans(jax.random.PRNGKey(int(config.lelp.seed)), emb, labels,
+                               num_classes=info.num_classes, num_subclasses=int(config.lelp.num_subclasses),
+                               num_iters=int(config.kmeans.num_iters))
+        return calibrate(method, fit, config, workdir, env)
     if method.fit == "oracle":
         from lelp_jax.clustering import oracle_slots
 
@@ -708,11 +750,10 @@ def method_aux(method, config: ml_collections.ConfigDict, workdir: str | os.Path
         from lelp_jax.clustering import fit_agglomerative_centroids
 
         emb, logits = _all_train_outputs(config, workdir, env)
-        labels, _ = _train_labels(source)
-        if config.lelp.fit_labels == "teacher":
-            labels = np.argmax(logits, axis=-1).astype(np.int32)
-        return fit_agglomerative_centroids(emb, labels, num_classes=info.num_classes,
-                                           num_subclasses=int(config.lelp.num_subclasses), seed=int(config.lelp.seed))
+        labels = _fit_labels(config, _train_labels(source)[0], logits)
+        fit = fit_agglomerative_centroids(emb, labels, num_classes=info.num_classes,
+                                          num_subclasses=int(config.lelp.num_subclasses), seed=int(config.lelp.seed))
+        return calibrate(method, fit, config, workdir, env)
     if method.fit == "subclass_teacher":
         return subclass_teacher_variables(config, workdir, env)
     raise ValueError(f"method {method.name!r} asks for fit {method.fit!r}, which the pipeline does not build.")

@@ -57,7 +57,9 @@ class Projections:
     Arrays: ``directions (C, D, S)`` U_c with orthonormal columns; ``means (C, D)``
     mu_c (of P h when ``null_space``); ``eigenvalues (C, D)`` of P Sigma_c P, all of
     them, sorted descending (for spectra plots); ``scales (C, S)`` the class std of
-    each projection, ``sqrt(U_c[:, s]^T Sigma_c U_c[:, s])``; ``counts (C,)``.
+    each projection, ``sqrt(U_c[:, s]^T Sigma_c U_c[:, s])``; ``counts (C,)``; ``betas (C,)``
+    the per-class split temperatures solved for a target entropy
+    (:func:`lelp_jax.sharpness.calibrate_betas`), or None (one ``beta`` for all classes).
     Metadata: ``num_subclasses`` S, ``null_space``, ``rotate``, ``seed``,
     ``directions_kind`` ('pca' or 'random') and a free ``settings`` dict (beta, tau,
     label source, teacher identity, ...) filled by the caller; JSON-serialisable
@@ -69,6 +71,7 @@ class Projections:
     eigenvalues: jax.Array
     scales: jax.Array
     counts: jax.Array
+    betas: Optional[jax.Array] = None
     num_subclasses: int = struct.field(pytree_node=False, default=1)
     null_space: bool = struct.field(pytree_node=False, default=True)
     rotate: bool = struct.field(pytree_node=False, default=True)
@@ -240,7 +243,8 @@ def fit_projections(
 
 
 def save_projections(path: Union[str, os.PathLike], projections: Projections) -> None:
-    """Write an ``.npz``: the five arrays plus a JSON ``metadata`` entry; atomic (tmp + os.replace)."""
+    """Write an ``.npz``: the five arrays (and ``betas`` when calibrated) plus a JSON ``metadata`` entry;
+    atomic (tmp + os.replace)."""
     meta = {
         "num_subclasses": projections.num_subclasses,
         "null_space": projections.null_space,
@@ -258,6 +262,8 @@ def save_projections(path: Union[str, os.PathLike], projections: Projections) ->
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     arrays = {name: np.asarray(getattr(projections, name)) for name in _ARRAY_FIELDS}
+    if projections.betas is not None:
+        arrays["betas"] = np.asarray(projections.betas)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_projections_", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -278,4 +284,6 @@ def load_projections(path: Union[str, os.PathLike]) -> Projections:
                              "save_projections.")
         meta = json.loads(str(data["metadata"]))
         arrays = {name: jnp.asarray(data[name]) for name in _ARRAY_FIELDS}
+        if "betas" in data.files:  # files written before calibration existed have none
+            arrays["betas"] = jnp.asarray(data["betas"])
     return Projections(**arrays, **meta)

@@ -4,7 +4,10 @@ Per example, with teacher embedding h (D,) and teacher logits l (C,):
 
     z_{c,s} = U_c[:, s] . (h - mu_c)                      (divided by scales[c, s] if standardize)
     p_c     = softmax(l / tau)_c
-    t_{c,s} = p_c * softmax_s(z_{c,.} / beta)_s           so  sum_s t_{c,s} = p_c
+    t_{c,s} = p_c * softmax_s(z_{c,.} / beta_c)_s         so  sum_s t_{c,s} = p_c
+
+beta is one temperature, or one per class (``Projections.betas``, solved at fit time
+for a target split entropy by :func:`lelp_jax.sharpness.calibrate_betas`).
 
 Targets are flattened class-major: index ``c * S + s``. The student has no
 temperature: its C*S logits r give q = softmax(r) directly, and its class
@@ -19,14 +22,14 @@ import numpy as np
 from lelp_jax.projections import Projections
 from lelp_jax.statistics import _host_value
 
-__all__ = ["subclass_targets", "split_targets", "class_log_probs"]
+__all__ = ["subclass_targets", "projection_scores", "split_targets", "class_log_probs"]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _check_positive(name: str, value, fn: str) -> None:
     v = _host_value(value)
-    if v is not None and not float(v) > 0:
+    if v is not None and not np.all(np.asarray(v, np.float64) > 0):
         raise ValueError(f"{fn}: {name} must be > 0, got {value!r}; it is a temperature (try 1.0).")
 
 
@@ -43,7 +46,8 @@ def split_targets(class_probs: jax.Array, subclass_scores: jax.Array, *, beta) -
       class_probs: ``(B, C)`` teacher class probabilities p.
       subclass_scores: ``(B, C, S)`` scores (LELP projections, negative k-means
         distances, oracle one-hots scaled, ...).
-      beta: softmax temperature over the S subclasses (> 0).
+      beta: softmax temperature over the S subclasses (> 0): a scalar, or ``(C,)``
+        one per class (e.g. calibrated by :func:`lelp_jax.sharpness.calibrate_betas`).
     Returns:
       ``(B, C*S)`` targets, class-major (index c*S + s); rows sum to sum_c p_c.
     """
@@ -54,8 +58,40 @@ def split_targets(class_probs: jax.Array, subclass_scores: jax.Array, *, beta) -
             f"{subclass_scores.shape}; compute one score per class and subclass."
         )
     b, c, s = subclass_scores.shape
+    beta = jnp.asarray(beta, subclass_scores.dtype)
+    if beta.ndim == 1:
+        if beta.shape != (c,):
+            raise ValueError(f"split_targets: per-class beta must be ({c},) for C={c} classes, got {beta.shape}.")
+        beta = beta[None, :, None]
+    elif beta.ndim != 0:
+        raise ValueError(f"split_targets: beta must be a scalar or (C,), got shape {beta.shape}.")
     split = jax.nn.softmax(subclass_scores / beta, axis=-1)
     return (class_probs[:, :, None] * split).reshape(b, c * s)
+
+
+def projection_scores(projections: Projections, embeddings: jax.Array, *, standardize: bool = False) -> jax.Array:
+    """LELP subclass scores ``z (B, C, S)``: ``z_{c,s} = U_c[:, s] . (h - mu_c)``, over ``scales[c, s]``
+    when ``standardize``.
+
+    h is the raw embedding (``U_c`` lies in range(P), so this equals the projection of
+    P h - P mu_c). ``scales[c, s] = sqrt(U_c[:, s]^T Sigma_c U_c[:, s])`` is the std of
+    z_{c,s} over class c's fit examples, so standardised z has unit variance per
+    direction on every teacher (scales of 0 are left undivided). Computed in at least
+    float32 (bf16 embeddings are upcast: centring cancels the large class means).
+    """
+    fn = "projection_scores"
+    c, d, s = projections.directions.shape
+    if embeddings.ndim != 2 or embeddings.shape[1] != d:
+        raise ValueError(f"{fn}: embeddings must be (B, {d}) to match the projections (D={d}), got "
+                         f"{embeddings.shape}; pass the teacher embeddings the projections were fitted on.")
+    _check_finite("embeddings", embeddings, fn)
+    dtype = jnp.promote_types(jnp.promote_types(embeddings.dtype, jnp.float32), projections.directions.dtype)
+    centred = embeddings.astype(dtype)[:, None, :] - projections.means.astype(dtype)[None]  # (B, C, D)
+    z = jnp.einsum("bcd,cds->bcs", centred, projections.directions.astype(dtype), precision=_HIGHEST)
+    if standardize:
+        scales = projections.scales.astype(dtype)
+        z = z / jnp.where(scales > 0, scales, 1.0)[None]
+    return z
 
 
 def subclass_targets(
@@ -67,37 +103,26 @@ def subclass_targets(
     tau,
     standardize: bool = False,
 ) -> jax.Array:
-    """LELP targets ``t_{c,s} = softmax(l / tau)_c * softmax_s(z_{c,.} / beta)_s``, shape ``(B, C*S)``.
+    """LELP targets ``t_{c,s} = softmax(l / tau)_c * softmax_s(z_{c,.} / beta_c)_s``, shape ``(B, C*S)``.
 
-    ``z_{c,s} = U_c[:, s] . (h - mu_c)`` with h the raw embedding (``U_c`` lies in
-    range(P), so this equals the projection of P h - P mu_c); with
-    ``standardize`` it is divided by the class std ``scales[c, s]`` (scales of 0
-    are left undivided), which makes ``beta`` comparable across teachers.
+    z from :func:`projection_scores` (``standardize`` divides by each direction's std,
+    which makes ``beta`` comparable across teachers); ``beta`` is a scalar or ``(C,)``
+    (``projections.betas`` when calibrated to a target entropy).
     Shapes are checked always; values (beta, tau > 0, finite embeddings) only for
     concrete inputs, not under jit.
     """
     fn = "subclass_targets"
     _check_positive("beta", beta, fn)
     _check_positive("tau", tau, fn)
-    c, d, s = projections.directions.shape
-    if embeddings.ndim != 2 or embeddings.shape[1] != d:
-        raise ValueError(f"{fn}: embeddings must be (B, {d}) to match the projections (D={d}), got "
-                         f"{embeddings.shape}; pass the teacher embeddings the projections were fitted on.")
+    c = projections.directions.shape[0]
     if teacher_logits.shape != (embeddings.shape[0], c):
         raise ValueError(f"{fn}: teacher_logits must be ({embeddings.shape[0]}, {c}) to match the embeddings "
                          f"and the projections (C={c}), got {teacher_logits.shape}.")
-    _check_finite("embeddings", embeddings, fn)
     _check_finite("teacher_logits", teacher_logits, fn)
-    # At least float32 (bf16 teacher outputs are upcast): centring cancels the large class means.
-    dtype = jnp.promote_types(jnp.promote_types(embeddings.dtype, teacher_logits.dtype),
-                              projections.directions.dtype)
-    centred = embeddings.astype(dtype)[:, None, :] - projections.means.astype(dtype)[None]  # (B, C, D)
-    z = jnp.einsum("bcd,cds->bcs", centred, projections.directions.astype(dtype), precision=_HIGHEST)
-    if standardize:
-        scales = projections.scales.astype(dtype)
-        z = z / jnp.where(scales > 0, scales, 1.0)[None]
+    z = projection_scores(projections, embeddings, standardize=standardize)
+    dtype = jnp.promote_types(z.dtype, teacher_logits.dtype)
     probs = jax.nn.softmax(teacher_logits.astype(dtype) / tau, axis=-1)
-    return split_targets(probs, z, beta=beta)
+    return split_targets(probs, z.astype(dtype), beta=beta)
 
 
 def class_log_probs(student_logits: jax.Array, *, num_classes: int) -> jax.Array:

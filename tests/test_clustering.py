@@ -215,3 +215,42 @@ def test_oracle_method_loss_matches_numpy(rng):
         t[i, y[i], fine[i] % 2] = p[i, y[i]]
         t[i, 1 - y[i]] = p[i, 1 - y[i]] / 2
     np.testing.assert_allclose(float(got), _np_lelp_loss(r, t.reshape(b, -1), y, m, 0.25, c), rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- standardised k-means scores
+
+
+def test_standardized_kmeans_scores_match_float64_reference(rng):
+    """z_{c,s} = (2 h.m_{c,s} - ||m_{c,s}||^2) / sigma_c with sigma_c^2 = S/(S-1) mean_s Var_c[2 h.(m_s - mbar)]:
+    the softmax equals that of -||h - m||^2 / sigma_c (a per-row constant apart) and keeps the k-means argmax."""
+    n, c, s, d = 200, 2, 3, 6
+    y = rng.integers(0, c, n)
+    y[:c] = np.arange(c)
+    h = rng.normal(size=(n, d)) * 40.0 + 100.0  # far from unit scale
+    fit = cl.fit_class_kmeans(jax.random.PRNGKey(0), jnp.asarray(h, jnp.float32), jnp.asarray(y), num_classes=c,
+                              num_subclasses=s, num_iters=10)
+    m = np.asarray(fit.centroids, np.float64)
+    sigma = np.zeros(c)
+    for k in range(c):
+        lin = 2 * h[y == k] @ (m[k] - m[k].mean(0)).T
+        sigma[k] = np.sqrt(s / (s - 1) * lin.var(axis=0).mean())
+    np.testing.assert_allclose(np.asarray(fit.score_std), sigma, rtol=1e-4)
+    d2 = ((h[:, None, None] - m[None]) ** 2).sum(-1)
+    got = np.asarray(_j(cl.kmeans_scores, jnp.asarray(h, jnp.float32), fit), np.float64)
+    np.testing.assert_allclose(np.exp(_np_log_softmax(got)), np.exp(_np_log_softmax(-d2 / sigma[None, :, None])),
+                               atol=1e-4)
+    np.testing.assert_array_equal(got.argmax(-1), d2.argmin(-1))
+    for k in range(c):  # unit spread, like S uncorrelated standardised scores: mean_s Var[z - zbar] = (S-1)/S
+        zk = got[y == k, k]
+        assert (zk - zk.mean(1, keepdims=True)).var(0).mean() == pytest.approx((s - 1) / s, rel=1e-3)
+    agg = cl.fit_agglomerative_centroids(h, y, num_classes=c, num_subclasses=s)
+    for k in range(c):
+        ma = np.asarray(agg.centroids, np.float64)[k]
+        lin = 2 * h[y == k] @ (ma - ma.mean(0)).T
+        assert float(agg.score_std[k]) == pytest.approx(np.sqrt(s / (s - 1) * lin.var(0).mean()), rel=1e-4)
+    bare = cl.KMeansFit(centroids=fit.centroids, scale=fit.scale, inertia=fit.inertia, count=fit.count)
+    with pytest.raises(ValueError, match="needs fit.score_std"):
+        cl.kmeans_scores(jnp.asarray(h, jnp.float32), bare)
+    restored = cl.KMeansFit.from_numpy(fit.replace(betas=jnp.ones(c)).to_numpy())
+    np.testing.assert_array_equal(np.asarray(restored.score_std), np.asarray(fit.score_std))
+    np.testing.assert_array_equal(np.asarray(restored.betas), 1.0)

@@ -192,6 +192,22 @@ def test_workdir_from_before_a_new_key_is_accepted_at_its_default(tmp_path):
         pipeline.check_workdir(config, wd)
 
 
+def test_workdir_from_before_scale_free_sharpness_keeps_its_settings(tmp_path):
+    """A workdir made before standardised scores were the default records standardize=false (and k-means'
+    'gmm' scale, temperature 1) and no target_entropy: passing those settings reuses it, the new defaults do not."""
+    old = ["--config.lelp.standardize=false", "--config.kmeans.scale=gmm", "--config.kmeans.temperature=1.0"]
+    wd = tmp_path / "wd"
+    pipeline.init_workdir(load_config(CONFIG, old), wd)
+    stored = json.loads((wd / "config.json").read_text())
+    del stored["lelp"]["target_entropy"]
+    (wd / "config.json").write_text(json.dumps(stored))
+    pipeline.check_workdir(load_config(CONFIG, old), wd)  # absent target_entropy reads as its default, None
+    with pytest.raises(pipeline.WorkdirError, match="lelp.standardize: False -> True"):
+        pipeline.check_workdir(load_config(CONFIG, []), wd)
+    with pytest.raises(pipeline.WorkdirError, match="lelp.target_entropy"):
+        pipeline.check_workdir(load_config(CONFIG, [*old, "--config.lelp.target_entropy=0.5"]), wd)
+
+
 def test_carved_validation_is_disjoint_seeded_and_reindexed():
     from lelp_jax.data.sources import ArraySource
 
@@ -254,6 +270,30 @@ def test_method_aux_builds_kmeans_and_oracle_artifacts(finished_run):
     np.testing.assert_array_equal(np.asarray(slots.class_of_fine)[fine], labels)
     with pytest.raises(ValueError, match="does not build"):
         pipeline.method_aux(fake("mystery"), config, wd, env)
+
+
+def test_target_entropy_calibrates_every_splitting_fit_on_the_train_split(finished_run):
+    """With lelp.target_entropy the pipeline solves one beta per class on the teacher's train embeddings
+    (fit labels): each class's mean normalised split entropy is the target, for LELP and for k-means."""
+    from lelp_jax.methods import get_method
+    from lelp_jax.projections import load_projections
+    from lelp_jax.sharpness import normalized_entropy
+
+    wd = finished_run["workdir"]
+    config = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")]
+                         + ["--config.lelp.target_entropy=0.6"])
+    env = pipeline.Env(config)
+    emb, _ = pipeline._all_train_outputs(config, wd, env)
+    source, _ = env.split("train")
+    labels = np.asarray([source[i]["label"] for i in range(len(source))])
+    lelp = get_method("lelp")
+    fits = {"lelp": pipeline.calibrate(lelp, load_projections(wd / "projections.npz"), config, wd, env),
+            "kmeans": pipeline.method_aux(get_method("kmeans"), config, wd, env)}
+    for name, fit in fits.items():
+        assert fit.betas is not None and fit.betas.shape == (2,), name
+        split = np.asarray(get_method(name).split(fit, emb, {"label": labels}, config), np.float64)
+        for k in range(2):
+            assert abs(normalized_entropy(split[labels == k, k]).mean() - 0.6) < 0.01, (name, k)
 
 
 def test_fill_missing_only_adds_new_keys_at_their_defaults():

@@ -47,6 +47,7 @@ __all__ = [
     "load_statistics",
     "method_aux",
     "calibrate",
+    "split_diagnostics",
     "stage_teacher",
     "stage_teacher_outputs",
     "stage_statistics",
@@ -707,6 +708,36 @@ def _train_labels(source) -> tuple[Any, Any]:
     return labels, fine
 
 
+def split_diagnostics(method, aux, config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env) -> dict:
+    """What a splitting method teaches, on the train split (once per method and fit; {} for methods
+    that do not split): :func:`lelp_jax.sharpness.split_diagnostics` of the method's split of every
+    train example's true class — ``split_entropy``, ``split_top_share``, ``split_nmi`` (None without
+    fine labels) — and ``split_betas``, the per-class temperatures calibrated to ``lelp.target_entropy``
+    (None when the split used one configured beta)."""
+    if method.split is None:
+        return {}
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lelp_jax.sharpness import split_diagnostics as diagnose
+
+    emb, _ = _all_train_outputs(config, workdir, env)
+    labels, fine = _train_labels(env.split("train")[0])
+    split = jax.jit(lambda a, h, b: method.split(a, h, b, config))
+    rows = 4096
+    parts = []
+    for i in range(0, len(emb), rows):
+        batch = {"label": jnp.asarray(labels[i:i + rows])}
+        if fine is not None:
+            batch["fine_label"] = jnp.asarray(fine[i:i + rows])
+        parts.append(np.asarray(split(aux, jnp.asarray(emb[i:i + rows]), batch)))
+    out = diagnose(np.concatenate(parts), labels, fine)
+    betas = getattr(aux, "betas", None)
+    out["split_betas"] = None if betas is None else np.asarray(betas, np.float64).tolist()
+    return out
+
+
 def method_aux(method, config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env) -> Any:
     """What the method's train step gets as ``aux``: its fitted artifact (or None).
 
@@ -833,6 +864,7 @@ def stage_distill(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
             if cache is None:
                 teacher_model, teacher_variables = load_teacher(config, workdir, env)
         aux = method_aux(method, config, workdir, env)
+        method_extra = {**extra, **split_diagnostics(method, aux, config, workdir, env)}
         student = build_model(config.student.model, num_outputs=int(method.head_outputs(info.num_classes, config)),
                               **_model_kwargs(config.student))
         for m, seed in todo:
@@ -845,7 +877,7 @@ def stage_distill(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                 num_classes=info.num_classes,
                 teacher_apply=teacher_model.apply if (method.needs_teacher and teacher_model is not None) else None,
                 teacher_variables=teacher_variables if method.needs_teacher and cache is None else None,
-                teacher_cache=cache if method.needs_teacher else None, aux=aux, record_extra=extra,
+                teacher_cache=cache if method.needs_teacher else None, aux=aux, record_extra=method_extra,
             )
             done.append(f"{name}/seed_{seed}")
             if log is not None:

@@ -41,6 +41,8 @@ from lelp_jax.paired import paired_table
 __all__ = ["load_workdir", "method_table", "per_seed", "table_rows", "format_table", "build_report", "main"]
 
 _METRICS = ("test_accuracy_last", "test_accuracy_best_val")
+# What a splitting method taught (lelp_jax.pipeline.split_diagnostics), the same for every seed of a fit.
+_SPLIT_KEYS = ("split_entropy", "split_top_share", "split_nmi")
 
 
 def _read_json(path: Path) -> Any:
@@ -121,7 +123,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def method_table(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per method (in first-seen order): mean/std over seeds of both test accuracies,
-    student parameters (a range if seeds differ), seeds."""
+    student parameters (a range if seeds differ), seeds, and the mean of what its split taught
+    (``split_entropy``, ``split_top_share``, ``split_nmi``; NaN for methods that do not split)."""
     by: dict[str, list[Mapping]] = {}
     for r in runs:
         by.setdefault(str(r["method"]), []).append(r)
@@ -130,6 +133,8 @@ def method_table(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"method": method, "n": len(rs), "seeds": sorted(int(r.get("seed", 0)) for r in rs)}
         for key in _METRICS:
             row[key] = _mean_std([r.get(key) for r in rs])
+        for key in _SPLIT_KEYS:
+            row[key] = _mean_std([r.get(key) for r in rs])[0]
         params = sorted({int(r["student_params"]) for r in rs if r.get("student_params") is not None})
         row["student_params"] = params
         rows.append(row)
@@ -162,7 +167,16 @@ def _params(p: Sequence[int]) -> str:
     return f"{p[0]:,}" if len(p) == 1 else f"{p[0]:,}–{p[-1]:,}"
 
 
-_TABLE_HEAD = ("| model | test acc % (last) | test acc % (best val) | params | seeds |", "|---|---|---|---|---|")
+_TABLE_HEAD = ("| model | test acc % (last) | test acc % (best val) | params | seeds | split entropy | top share | NMI |",
+               "|---|---|---|---|---|---|---|---|")
+_SPLIT_NOTE = ("split entropy: the split's mean normalised entropy H(t_y / p_y) / log S on the train split (1 = "
+               "uniform, i.e. KD with a C·S head); top share: mean max_s t_{y,s} / p_y; NMI: normalised mutual "
+               "information of the hard pseudo-subclass and the fine label (– where a method does not split or "
+               "the data has no fine labels).")
+
+
+def _diag(v: Any) -> str:
+    return "–" if v is None or math.isnan(float(v)) else f"{float(v):.2f}"
 
 
 def table_rows(teacher: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
@@ -177,15 +191,18 @@ def table_rows(teacher: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         last_s = "n/a" if last is None else f"{100 * float(last):.2f}"
         name = f"teacher ({teacher['model']})" if teacher.get("model") else "teacher"
         tp = teacher.get("params", teacher.get("teacher_params"))
-        lines.append(f"| {prefix}{name} | {last_s} | {acc_s} | {_params([int(tp)] if tp is not None else [])} | – |")
+        lines.append(f"| {prefix}{name} | {last_s} | {acc_s} | {_params([int(tp)] if tp is not None else [])} | – "
+                     "| – | – | – |")
     if subclass_teacher:
         st = subclass_teacher
         lines.append(f"| {prefix}subclass teacher (C*S head) | {100 * float(st['test_accuracy_last']):.2f} | "
-                     f"{100 * float(st['test_accuracy_best_val']):.2f} | {_params([int(st['student_params'])])} | – |")
+                     f"{100 * float(st['test_accuracy_best_val']):.2f} | {_params([int(st['student_params'])])} | – "
+                     "| – | – | – |")
     for r in rows:
         lines.append(
             f"| {prefix}{r['method']} | {_pct(r['test_accuracy_last'])} | {_pct(r['test_accuracy_best_val'])} | "
-            f"{_params(r['student_params'])} | {r['n']} |"
+            f"{_params(r['student_params'])} | {r['n']} | "
+            + " | ".join(_diag(r.get(k)) for k in _SPLIT_KEYS) + " |"
         )
     return lines
 
@@ -350,7 +367,7 @@ def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                 lines += table_rows(w["teacher"], method_table(w["runs"]), w["subclass_teacher"],
                                     prefix=f"{lab}: " if len(with_rows) > 1 else "")
             tables[dataset] = "\n".join(lines)
-            md += [tables[dataset], ""]
+            md += [tables[dataset], "", _SPLIT_NOTE, ""]
             for w, lab in with_rows:
                 rows = paired_table(per_seed(w["runs"]))
                 if rows:

@@ -76,6 +76,36 @@ def test_run_produces_results_for_every_method(finished_run):
         assert (wd / name).exists(), name
     stored = json.loads((wd / "config.json").read_text())
     assert stored["train"]["num_steps"] == 20 and stored["methods"] == ["ce", "kd", "lelp", "pca"]
+    assert "split_entropy" not in by["ce"] and "split_entropy" not in by["kd"]
+
+
+def test_every_split_records_what_it_taught(finished_run):
+    """lelp's split_entropy / split_top_share / split_nmi in result.json equal a float64 reference: standardised
+    z of every train embedding, softmax(z / beta) of the true class, NMI against the digit (sklearn)."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from lelp_jax.projections import load_projections
+
+    wd = finished_run["workdir"]
+    by = {r["method"]: r for r in json.loads((wd / "results.json").read_text())["runs"]}
+    config = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")])
+    env = pipeline.Env(config)
+    emb = np.asarray(pipeline._all_train_outputs(config, wd, env)[0], np.float64)
+    source, _ = env.split("train")
+    y = np.asarray([source[i]["label"] for i in range(len(source))])
+    fine = np.asarray([source[i]["fine_label"] for i in range(len(source))])
+    for name, path in (("lelp", "projections.npz"), ("pca", "projections_pca.npz")):
+        proj = load_projections(wd / path)
+        u, mu, sd = (np.asarray(a, np.float64) for a in (proj.directions, proj.means, proj.scales))
+        z = np.einsum("bd,bds->bs", emb - mu[y], u[y]) / sd[y] / config.lelp.beta  # own class only
+        q = np.exp(z - z.max(1, keepdims=True))
+        q /= q.sum(1, keepdims=True)
+        s = q.shape[1]
+        r = by[name]
+        assert r["split_entropy"] == pytest.approx((-(q * np.log(q)).sum(1) / np.log(s)).mean(), abs=1e-4), name
+        assert r["split_top_share"] == pytest.approx(q.max(1).mean(), abs=1e-4), name
+        assert r["split_nmi"] == pytest.approx(normalized_mutual_info_score(fine, y * s + q.argmax(1)), abs=1e-3), name
+        assert r["split_betas"] is None
 
 
 def test_extending_methods_reuses_finished_runs(finished_run):

@@ -18,6 +18,9 @@ def _run(method, seed, last, best, params=123):
 def _fabricate(root, rng, *, with_results_json=True):
     accs = {m: rng.uniform(0.6, 0.9, size=(3, 2)) for m in ("ce", "kd", "lelp")}
     runs = [_run(m, s, float(a[s, 0]), float(a[s, 1])) for m, a in accs.items() for s in range(3)]
+    for r in runs:  # what the split taught (the same fit for every seed)
+        if r["method"] == "lelp":
+            r.update(split_entropy=0.8123, split_top_share=0.4987, split_nmi=None)
     teacher = {"model": "mlp", "test_accuracy": 0.9512, "params": 4321}
     root.mkdir(parents=True, exist_ok=True)
     if with_results_json:
@@ -62,10 +65,11 @@ def test_report_table_and_plots(tmp_path, rng, with_results_json):
     assert "| subclass teacher (C*S head) | 90.00 | 91.00 | 5,000 | – |" in md
     for m, a in accs.items():
         row = next(line for line in md.splitlines() if line.startswith(f"| {m} |"))
-        nums = [float(x) for x in re.findall(r"\d+\.\d+", row)]
+        nums = [float(x) for x in re.findall(r"\d+\.\d+", row.split("| 123 |")[0])]
         ref = [100 * a[:, 0].mean(), 100 * a[:, 0].std(), 100 * a[:, 1].mean(), 100 * a[:, 1].std()]
         np.testing.assert_allclose(nums, ref, atol=0.006)  # 2 decimals
-        assert row.rstrip().endswith("| 123 | 3 |")
+        assert row.rstrip().endswith("| 123 | 3 | 0.81 | 0.50 | – |" if m == "lelp" else "| 123 | 3 | – | – | – |")
+    assert "split entropy: the split's mean normalised entropy" in md
     assert "| lelp.num_subclasses | lelp.beta | kd (best val) | lelp (best val) | status |" in md  # grid order
     names = sorted(p.rsplit("/", 1)[-1] for p in res["plots"])
     assert names == sorted(["digits_binary_tiny_spectrum.png", "digits_binary_tiny_curves.png",
@@ -116,6 +120,19 @@ def test_report_on_a_tiny_run_of_the_comparison_methods(tmp_path):
     assert (by["kmeans"]["student_params"] == by["agglomerative"]["student_params"] == by["oracle"]["student_params"]
             == by["subclass"]["student_params"])
     assert by["fitnet"]["student_params"] == by["rkd"]["student_params"] < by["kmeans"]["student_params"]
+    # what each split taught, on the train split: the oracle's is hard; feature KD does not split
+    assert by["oracle"]["split_entropy"] == 0.0 and by["oracle"]["split_top_share"] == 1.0
+    for m in ("kmeans", "agglomerative", "oracle"):
+        assert 0.0 <= by[m]["split_entropy"] < 1.0 and 0.5 <= by[m]["split_top_share"] <= 1.0
+        assert 0.0 < by[m]["split_nmi"] <= 1.0 and by[m]["split_betas"] is None
+    from sklearn.metrics import normalized_mutual_info_score
+
+    src, _ = pipeline.Env(cfg).split("train")
+    y = np.asarray([src[i]["label"] for i in range(len(src))])
+    fine = np.asarray([src[i]["fine_label"] for i in range(len(src))])
+    slot = np.array([sorted(set(fine[y == c])).index(f) % 2 for f, c in zip(fine, y)])  # 2 slots, round-robin
+    assert by["oracle"]["split_nmi"] == pytest.approx(normalized_mutual_info_score(fine, 2 * y + slot), abs=1e-9)
+    assert "split_entropy" not in by["fitnet"] and "split_entropy" not in by["subclass"]
     out = report.build_report([tmp_path], tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
     for m in ("kmeans", "agglomerative", "oracle", "fitnet", "rkd", "subclass"):

@@ -24,23 +24,25 @@ def get_config():
 
     c.teacher.model = "mlp"
     c.teacher.model_kwargs.hidden = (256, 256)
-    c.teacher.train.num_steps = 3000
+    c.teacher.train.num_steps = 2000
     c.teacher.train.batch_size = 128
     c.teacher.train.learning_rate = 1e-3
     c.teacher.train.eval_every = 500
+    c.teacher_cache = True
 
     c.student.model = "mlp"
     c.student.model_kwargs.hidden = (8,)
 
     c.lelp.num_subclasses = c.data.synthetic.modes_per_class
+    c.lelp.standardize = True
     c.lelp.tau = 2.0
     c.kd.tau = 2.0
 
-    c.train.num_steps = 2000
+    c.train.num_steps = 1200
     c.train.batch_size = 64
     c.train.learning_rate = 3e-3
-    c.train.eval_every = 250
-    c.train.checkpoint_every = 2000
+    c.train.eval_every = 300
+    c.train.checkpoint_every = 1200
 
     c.methods = ("ce", "kd", "lelp", "random", "pca", "kmeans", "agglomerative", "oracle")
     c.seeds = (0, 1, 2, 3, 4)

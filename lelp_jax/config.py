@@ -131,6 +131,10 @@ def base_config() -> ml_collections.ConfigDict:
             # tests on fold `fold` and carves validation (val_fraction, split_seed) from the other folds.
             num_folds=0,
             fold=0,
+            # regrouped binarisation (lelp_jax.data.regroup): fine classes relabelled 1 (others 0), and the
+            # first n train examples kept per fine class (0 = all); e.g. configs/fashion_mnist_hidden.py.
+            class_one_fine=(),
+            train_per_fine_class=0,
             # synthetic_subclasses (lelp_jax.data.synthetic): K modes per class in a latent space, mapped
             # non-linearly to input_dim features; fine labels kept.
             synthetic=ml_collections.ConfigDict(dict(

@@ -124,3 +124,31 @@ def test_fold_config_errors():
         validate_config(c)
     with pytest.raises(ConfigError, match="val_fraction must be in \\(0, 1\\)"):
         load_config("digits_binary", ["--config.data.num_folds=5", "--config.data.val_fraction=0"])
+
+
+def test_regroup_relabels_and_caps_train_per_fine_class(tmp_path):
+    cfg = _cfg(name="digits_binary", class_one_fine=(7, 0, 3, 8, 9), train_per_fine_class=20)
+    train, info = load_split(cfg, "train")
+    test, _ = load_split(cfg, "test")
+    whole, _ = load_split(_cfg(name="digits_binary"), "train")
+    fine = np.asarray([int(train[i]["fine_label"]) for i in range(len(train))])
+    assert len(train) == 200 and np.all(np.bincount(fine) == 20) and info.split_sizes["train"] == 200
+    for src in (train, test):
+        for i in range(len(src)):
+            assert int(src[i]["label"]) == int(int(src[i]["fine_label"]) in (0, 3, 7, 8, 9))
+    # the kept rows are the first 20 of each digit, in split order
+    whole_fine = np.asarray([int(whole[i]["fine_label"]) for i in range(len(whole))])
+    first = np.sort(np.concatenate([np.flatnonzero(whole_fine == d)[:20] for d in range(10)]))
+    np.testing.assert_array_equal(np.stack([train[i]["image"] for i in range(200)]),
+                                  np.stack([whole[int(r)]["image"] for r in first]))
+    assert len(test) == 185 and info.class_names == ("other", "0+3+7+8+9")
+    for bad, match in ((dict(class_one_fine=tuple(range(10))), "some but not all"),
+                       (dict(class_one_fine=(11,)), "some but not all"),
+                       (dict(train_per_fine_class=-1), ">= 0"),
+                       (dict(train_per_fine_class=5, num_folds=3), "cannot be combined")):
+        with pytest.raises(ValueError, match=match):
+            load_split(_cfg(name="digits_binary", **bad), "train")
+    path = tmp_path / "coarse.npz"
+    np.savez(path, features=np.zeros((6, 3), np.float32), labels=np.asarray([0, 1] * 3))
+    with pytest.raises(ValueError, match="no fine labels"):
+        load_split(_cfg(name="local", files={"train": str(path)}, num_classes=2, train_per_fine_class=3), "train")

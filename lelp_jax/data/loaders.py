@@ -3,7 +3,7 @@
 Config keys read (all optional except `name`; see `default_data_config`):
 name, data_dir, max_examples_per_split, in_memory, input_kind, max_length, bucket_lengths,
 tokenizer, tfds_config, files, dataset_name, text_column, label_column, fine_label_column,
-class_names, num_classes, num_fine_classes, num_folds, fold, val_fraction, split_seed, synthetic.
+class_names, num_classes, num_fine_classes, num_folds, fold, val_fraction, split_seed, synthetic, class_one_fine, train_per_fine_class.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from lelp_jax.data import builders, catalogue, local
 from lelp_jax.data.folds import load_fold_split
+from lelp_jax.data.regroup import regroup
 from lelp_jax.data.synthetic import load_synthetic
 from lelp_jax.data.sources import ArraySource, DatasetInfo, MappedSource, TextSource, read_records
 from lelp_jax.data.tokenizer import bucket_lengths, load_tokenizer, tokenize
@@ -45,6 +46,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         "val_fraction": 0.1,  # k-fold: share of the training folds held out for validation
         "split_seed": 0,  # k-fold: seed of the deal into folds and of the validation carve
         "synthetic": {},  # synthetic_subclasses: knobs over base_config().data.synthetic
+        "class_one_fine": (),  # fine classes relabelled 1, the others 0 (lelp_jax.data.regroup)
+        "train_per_fine_class": 0,  # keep the first n train examples of each fine class (0 = all)
     })
 
 
@@ -236,7 +239,13 @@ def load_split(data_config: Any, split: str) -> tuple[Any, DatasetInfo]:
     name = _get(data_config, "name")
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.")
+    class_one = tuple(_get(data_config, "class_one_fine", ()))
+    per_fine = int(_get(data_config, "train_per_fine_class", 0))
     if int(_get(data_config, "num_folds", 0)):
+        if class_one or per_fine:
+            raise ValueError("data.num_folds cannot be combined with data.class_one_fine / train_per_fine_class; "
+                             "unset one of them.")
         config = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
         return load_fold_split(name, config, split, DATASETS[name])
-    return DATASETS[name](name, data_config, split)
+    source, info = DATASETS[name](name, data_config, split)
+    return regroup(source, info, split, class_one_fine=class_one, train_per_fine_class=per_fine)

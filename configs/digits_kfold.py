@@ -7,8 +7,8 @@ by a teacher and students trained without it (validation: a stratified 10 % of t
 other two folds, about 116 images; train about 1,082). `lelp kfold` runs the three
 folds and pools their test sets into one accuracy over 1,797 images per method and seed
 (WORKDIR/kfold.json). The split is standardised (lelp.standardize), and steps are
-shortened from digits_binary's 1,500 (teacher 1,000, students 800) to keep five folds
-affordable on 2 shared cores (three folds rather than five or ten for the same reason).
+shortened from digits_binary's 1,500 (teacher 1,000, students 800) and three folds (not five or ten) to keep
+the whole affordable on 2 shared cores.
 
 Command:
   lelp kfold --config configs/digits_kfold.py --workdir /tmp/lelp_digits_kfold \
@@ -16,7 +16,8 @@ Command:
 One fold alone (what `lelp kfold` runs in WORKDIR/fold_3):
   lelp run --config configs/digits_kfold.py --workdir /tmp/lelp_digits_fold3 --config.data.fold=3
 
-Runtime: MEASURED_RUNTIME
+Runtime: not yet measured to the end (see docs/RESULTS.md); on a 2-core machine at load
+average 15-19 each student run took 40-50 s of wall time (a few seconds of CPU).
 """
 from lelp_jax.config import config_from_file
 

@@ -11,7 +11,10 @@ num_train, ...} and student.model_kwargs.hidden; lelp.num_subclasses follows K.
 Command:
   lelp run --config configs/synthetic_subclasses.py --workdir /tmp/lelp_synth
 
-Runtime: MEASURED_RUNTIME
+Runtime: measured on 2 cores at load average 15-19 (other jobs running): teacher 56 s,
+fit 90 s, each student run (1,200 steps) 45-75 s of wall time; a quiet machine is several
+times faster. ce/oracle at these defaults (2 seeds, 2,000-step students): 92.85 / 95.85 %
+on the 10,000 test examples, so oracle - ce = 3.0 points.
 """
 from lelp_jax.config import base_config
 

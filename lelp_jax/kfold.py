@@ -125,7 +125,8 @@ def run_kfold(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 
 
 def table(pooled: Mapping[str, Any]) -> str:
-    """Markdown: per setting and method, the pooled test (and validation) accuracy, mean ± std over seeds."""
+    """Markdown: per setting and method, the pooled test (and validation) accuracy, mean ± std over seeds;
+    with one setting, the methods' paired differences to kd and ce (lelp_jax.paired)."""
     import numpy as np
 
     groups: dict[tuple, list[dict]] = {}
@@ -139,6 +140,14 @@ def table(pooled: Mapping[str, Any]) -> str:
         v = 100 * np.asarray([r["validation_accuracy"] for r in rs])
         s = ", ".join(f"{k}={val}" for k, val in json.loads(setting).items()) or "–"
         lines.append(f"| {s} | {method} | {t.mean():.2f} ± {t.std():.2f} | {v.mean():.2f} ± {v.std():.2f} | {len(rs)} |")
+    settings = {setting for setting, _ in groups}
+    if len(settings) == 1:  # one setting per method: pair the methods by seed on the pooled accuracies
+        from lelp_jax.paired import paired_table
+
+        acc = {m: {int(r["seed"]): float(r["test_accuracy"]) for r in rs} for (_, m), rs in groups.items()}
+        paired = paired_table(acc)
+        if paired:
+            lines += ["", "Paired by seed on the pooled test accuracy (percentage points):", ""] + paired
     return "\n".join(lines)
 
 

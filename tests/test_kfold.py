@@ -53,6 +53,8 @@ def test_pool_folds_weights_by_fold_size(tmp_path, rng):
                     "test_accuracy_last": acc, "best_val_accuracy": val}))
                 truth.setdefault((method, seed), []).append((acc, val))
     pooled = kfold.pool_folds(config, tmp_path)
+    md = kfold.table(pooled)
+    assert "| – | kd |" in md and "Δ vs kd" in md and "Δ vs ce" in md  # paired by seed on pooled accuracies
     nt = np.asarray([s[0] for s in sizes], np.float64)
     nv = np.asarray([s[1] for s in sizes], np.float64)
     assert len(pooled["rows"]) == 4

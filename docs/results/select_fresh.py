@@ -121,6 +121,16 @@ def main(argv=None) -> int:
         lines.append(f"| {m} | {setting} | {100 * val:.2f} | {statistics.mean(t):.2f} ± {sd:.2f} | {len(t)} | "
                      f"{mean_of('split_entropy')} | {mean_of('split_top_share')} | {mean_of('split_nmi')} |")
     lines += ["", "Paired by test seed (percentage points):", ""] + paired_table(acc)
+    lines += ["", f"Validation accuracy of every candidate (mean over selection seeds {sel}; * = chosen):", "",
+              "| method | setting | val acc % |", "|---|---|---|"]
+    for m in chosen:
+        for wd, ov in cands:
+            runs = _runs(wd, m, sel)
+            if len(runs) != len(sel):
+                continue
+            val = statistics.mean(r["best_val_accuracy"] for r in runs.values())
+            setting = ", ".join(f"{k}={_fmt(v)}" for k, v in ov.items() if k != "teacher.checkpoint") or "config"
+            lines.append(f"| {m} | {setting}{' *' if wd == chosen[m][0] else ''} | {100 * val:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

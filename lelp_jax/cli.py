@@ -160,7 +160,8 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
     from lelp_jax import sharding
 
     sharding.initialize_distributed(config.distributed)
-    pipeline.preflight(config, args.workdir, force=args.force)
+    env = pipeline.Env(config)  # what preflight loads (data, a precomputed teacher) serves the stages too
+    pipeline.preflight(config, args.workdir, force=args.force, env=env)
     enable_compilation_cache()
     log = _print(args.quiet)
     t0 = time.perf_counter()
@@ -171,6 +172,7 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
         force=args.force,
         overrides=_override_dict(config, overrides),
         log=log,
+        env=env,
     )
     log(f"[{name}] all done in {time.perf_counter() - t0:.1f} s; workdir {args.workdir}")
     return 0

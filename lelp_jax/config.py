@@ -152,6 +152,18 @@ def base_config() -> ml_collections.ConfigDict:
             pretrained=_p(str),  # initial weights for fine-tuning (e.g. 'minilm'), None = random init
             seed=0,
             train=_train_section(num_steps=1000),
+            # model='precomputed': a teacher from any framework, as its exported outputs
+            # (lelp_jax.precomputed; scripts/export_teacher_outputs.py). One .npz or .npy folder per split.
+            outputs=ml_collections.ConfigDict(
+                dict(
+                    # embedding (N, D), logits (N, C) [, label (N,)]; kernel (D, C), bias (C,) unless `head`
+                    train=_p(str),
+                    validation=_p(str),  # needed when the data has its own validation split
+                    test=_p(str),
+                    head=_p(str),  # kernel + bias in a file of their own (None = in the train file)
+                    tolerance=1e-2,  # |logits - (embedding @ kernel + bias)| <= tolerance * (1 + |logits|)
+                )
+            ),
         )
     )
     c.student = ml_collections.ConfigDict(
@@ -503,6 +515,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             section.compute_dtype in ("float32", "bfloat16"),
             f"{name}.compute_dtype must be float32 or bfloat16, got {section.compute_dtype!r}.",
         )
+    if config.teacher.model == "precomputed":
+        _validate_precomputed(config, need)
     need(config.data.features in ("", "minilm"),  # lelp_jax.data.features.ENCODERS
          f"data.features must be '' (off) or 'minilm' (frozen MiniLM sentence embeddings), "
          f"got {config.data.features!r}.")
@@ -513,6 +527,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(folds == 0 or 0.0 < config.data.val_fraction < 1.0,
          f"data.num_folds={folds} carves validation from the training folds: data.val_fraction must be in (0, 1), "
          f"got {config.data.val_fraction}.")
+
+
+def _validate_precomputed(config: ml_collections.ConfigDict, need) -> None:
+    """``teacher.model='precomputed'``: outputs named, no network settings, no method that needs the network."""
+    out = config.teacher.outputs
+    need(bool(out.train), "teacher.model='precomputed' needs teacher.outputs.train (the exported train outputs); "
+         "pass --config.teacher.outputs.train=FILE.npz (scripts/export_teacher_outputs.py writes it).")
+    need(bool(out.test), "teacher.model='precomputed' needs teacher.outputs.test (the exported test outputs); "
+         "pass --config.teacher.outputs.test=FILE.npz.")
+    need(out.tolerance > 0, f"teacher.outputs.tolerance must be > 0, got {out.tolerance}.")
+    for key in ("checkpoint", "pretrained"):
+        need(not config.teacher[key], f"teacher.{key}={config.teacher[key]!r} has no meaning with "
+             "teacher.model='precomputed' (the outputs are the teacher); unset it.")
+    from lelp_jax.precomputed import check_methods
+
+    check_methods(config.methods)
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:

@@ -261,13 +261,15 @@ def _minilm_variables(model, seed: int):
 PRETRAINED: dict[str, Callable[[Any, int], Any]] = {"minilm": _minilm_variables}
 
 
-def preflight(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, force: bool = False) -> None:
+def preflight(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, force: bool = False,
+              env: Env | None = None) -> None:
     """Every check that can fail on user input, before anything is written.
 
     The workdir must be new or made by this config (unless ``force``); every method
     must be registered; ``local`` data needs existing train/test files; a
     ``teacher.pretrained`` name must be known; a given ``teacher.checkpoint`` must
-    exist and hold Orbax checkpoints.
+    exist and hold Orbax checkpoints; a precomputed teacher's exported outputs are
+    loaded and validated (``env.precomputed()``, kept for the stages when ``env`` is given).
     """
     if not force:
         check_workdir(config, workdir)
@@ -295,6 +297,11 @@ def preflight(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
                 f"teacher.checkpoint {config.teacher.checkpoint!r} {what}; pass the teacher/ folder of an earlier "
                 "run (or that run's workdir), or leave teacher.checkpoint unset to train a teacher here."
             )
+    if config.teacher.model == "precomputed":
+        from lelp_jax.precomputed import check_methods
+
+        check_methods(config.methods)
+        (env or Env(config)).precomputed()
 
 
 # ----------------------------------------------------------------------------- shared context
@@ -310,6 +317,8 @@ class Env:
         self.config = config
         self._mesh = None
         self._splits: dict[str, Any] = {}
+        self._precomputed = None
+        self._carved: dict[str, Any] = {}  # carved split -> (train file size, its rows in it)
 
     @property
     def mesh(self):
@@ -330,6 +339,7 @@ class Env:
         if name not in self._splits:
             if name in ("train", "validation") and not _has_split(self.config.data, "validation"):
                 loaded = _carve_validation(self.config.data)
+                self._carved = {k: src.parent_rows for k, (src, _) in loaded.items()}
             else:
                 from lelp_jax.data import load_split
 
@@ -345,6 +355,23 @@ class Env:
     @property
     def info(self):
         return self.split("train")[1]
+
+    def precomputed(self):
+        """The validated exported teacher outputs (``teacher.model='precomputed'``), loaded once."""
+        if self._precomputed is None:
+            from lelp_jax.precomputed import SPLITS, SplitRows, load_precomputed_teacher
+
+            rows = {}
+            for name in SPLITS:
+                source = self.split(name)[0]
+                if name in self._carved:  # validation carved from train: rows of the whole train file
+                    rows[name] = SplitRows("train", *self._carved[name])
+                else:
+                    rows[name] = SplitRows(name, len(source))
+            self._precomputed = load_precomputed_teacher(
+                self.config.teacher.outputs, splits=rows, num_classes=self.info.num_classes,
+                labels_of=lambda name: _train_labels(self.split(name)[0])[0])
+        return self._precomputed
 
 
 def _data_config(data: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -384,6 +411,11 @@ class SubsetSource:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    @property
+    def parent_rows(self) -> tuple[int, Any]:
+        """(size of the parent, the parent row of each subset position)."""
+        return len(self._parent), self._rows
 
     def __getitem__(self, i: int) -> dict:
         import numpy as np
@@ -426,7 +458,9 @@ def _teacher_model(config: ml_collections.ConfigDict, num_classes: int):
 
 
 def teacher_identity(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
-    """A string naming the teacher (model + where its weights are), recorded in artifacts."""
+    """A string naming the teacher (model + where its weights, or its exported outputs, are)."""
+    if config.teacher.model == "precomputed":
+        return f"precomputed@{Path(config.teacher.outputs.train).expanduser().resolve()}"
     return f"{config.teacher.model}@{teacher_source_dir(config, workdir).resolve()}"
 
 
@@ -460,9 +494,11 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     train_src, info = env.split("train")
     val_src, _ = env.split("validation")
     test_src, _ = env.split("test")
-    model = _teacher_model(config, info.num_classes)
     t0 = time.perf_counter()
-    if config.teacher.checkpoint:
+    if config.teacher.model == "precomputed":
+        record = _precomputed_record(config, env)
+    elif config.teacher.checkpoint:
+        model = _teacher_model(config, info.num_classes)
         src = teacher_source_dir(config, workdir)
         variables = train.load_variables(str(src), which="best", mesh=env.mesh)
         ce = get_method("ce")
@@ -473,6 +509,7 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         record = {"source": "checkpoint", "checkpoint": str(src.resolve()), "test_accuracy": test_acc,
                   "val_accuracy": val_acc, "params": count_params(variables["params"])}
     else:
+        model = _teacher_model(config, info.num_classes)
         init = {}
         if config.teacher.pretrained:
             init = {"init_variables": PRETRAINED[config.teacher.pretrained](model, int(config.teacher.seed))}
@@ -499,6 +536,15 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     return {**record, "skipped": False}
 
 
+def _precomputed_record(config: ml_collections.ConfigDict, env: Env) -> dict:
+    """teacher.json of exported outputs: accuracy of their logits' argmax on each split, the head's size."""
+    teacher = env.precomputed()
+    acc = {name: teacher.accuracy(name, _train_labels(env.split(name)[0])[0]) for name in teacher.caches}
+    return {"source": "precomputed", "outputs": dict(teacher.paths), "test_accuracy": acc["test"],
+            "val_accuracy": acc["validation"], "train_accuracy": acc["train"], "params": None,
+            "embedding_dim": int(teacher.kernel.shape[0])}
+
+
 def _evaluate_split(train, eval_step, variables, source, config, env) -> float:
     from lelp_jax.data import make_iterator
 
@@ -516,8 +562,13 @@ def _methods(config: ml_collections.ConfigDict):
     return [get_method(m) for m in config.methods]
 
 
-def _teacher_cache(config: ml_collections.ConfigDict, workdir: str | os.PathLike, split: str = "train"):
-    """The cached teacher outputs of ``split`` when ``teacher_cache`` is on, else None."""
+def _teacher_cache(config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env, split: str = "train"):
+    """The cached teacher outputs of ``split`` when ``teacher_cache`` is on, else None.
+
+    A precomputed teacher's exported outputs are such a cache, whatever ``teacher_cache`` says.
+    """
+    if config.teacher.model == "precomputed":
+        return env.precomputed().caches[split]
     if not config.teacher_cache:
         return None
     from lelp_jax.teacher import load_teacher_cache
@@ -534,6 +585,8 @@ def stage_teacher_outputs(config: ml_collections.ConfigDict, workdir: str | os.P
     teacher again. Students still read their own inputs from the dataset.
     """
     wd = Workdir(workdir)
+    if config.teacher.model == "precomputed":
+        return {"not_needed": True, "message": "precomputed teacher: its outputs are read from teacher.outputs"}
     if not config.teacher_cache:
         return {"not_needed": True, "message": "teacher_cache is off; teacher runs inside each step"}
     path = wd.teacher_outputs("train")
@@ -571,7 +624,7 @@ def stage_statistics(config: ml_collections.ConfigDict, workdir: str | os.PathLi
     from lelp_jax.teacher import accumulate_moments
 
     source, info = env.split("train")
-    cache = _teacher_cache(config, workdir)
+    cache = _teacher_cache(config, workdir, env)
     model, variables = (None, None) if cache is not None else load_teacher(config, workdir, env)
     moments = accumulate_moments(model.apply if model is not None else None, variables, source, mesh=env.mesh,
                                  num_classes=info.num_classes, batch_size=int(config.data.eval_batch_size),
@@ -619,7 +672,9 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
 
     moments = load_statistics(workdir)
     weights = None
-    if any(dict(m.fit_options(config)).get("null_space", True) for m in missing):
+    if config.teacher.model == "precomputed":
+        weights = env.precomputed().head_weights()[0]
+    elif any(dict(m.fit_options(config)).get("null_space", True) for m in missing):
         from lelp_jax import train
 
         variables = train.load_variables(str(teacher_source_dir(config, workdir)), which="best", mesh=env.mesh)
@@ -648,10 +703,12 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
 def _all_train_outputs(config, workdir, env: Env):
     """(embeddings (N, D), logits (N, C)) of the teacher on every train example (cache or one pass;
     kept on ``env`` so the fits, the calibration and the diagnostics of one invocation share it)."""
+    import numpy as np
+
     memo = getattr(env, "_train_outputs", None)
     if memo is not None and memo[0] == str(workdir):
         return memo[1], memo[2]
-    cache = _teacher_cache(config, workdir)
+    cache = _teacher_cache(config, workdir, env)
     if cache is None:
         from lelp_jax.teacher import cache_teacher_outputs
 
@@ -659,8 +716,9 @@ def _all_train_outputs(config, workdir, env: Env):
         cache = cache_teacher_outputs(model.apply, variables, env.split("train")[0], mesh=env.mesh,
                                       batch_size=int(config.data.eval_batch_size),
                                       compute_dtype=config.train.compute_dtype)
-    env._train_outputs = (str(workdir), cache.embeddings, cache.logits)
-    return cache.embeddings, cache.logits
+    emb, logits = np.asarray(cache.embeddings), np.asarray(cache.logits)
+    env._train_outputs = (str(workdir), emb, logits)
+    return emb, logits
 
 
 def _fit_labels(config, labels, logits):
@@ -803,6 +861,10 @@ def subclass_teacher_variables(config: ml_collections.ConfigDict, workdir: str |
     from lelp_jax import train
     from lelp_jax.methods import SUBCLASS_TEACHER, subclass_teacher_model
 
+    if config.teacher.model == "precomputed":
+        from lelp_jax.precomputed import check_methods
+
+        check_methods(["subclass"])
     folder = Workdir(workdir).root / "subclass_teacher"
     if not (folder / "result.json").exists():
         train_src, info = env.split("train")
@@ -860,7 +922,7 @@ def stage_distill(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
             raise ConfigError(f"method {name!r} needs fine labels, and dataset {config.data.name!r} has none; "
                               "drop it from --methods.")
         if method.needs_teacher and teacher_model is None and cache is None:
-            cache = _teacher_cache(config, workdir)
+            cache = _teacher_cache(config, workdir, env)
             if cache is None:
                 teacher_model, teacher_variables = load_teacher(config, workdir, env)
         aux = method_aux(method, config, workdir, env)
@@ -951,7 +1013,8 @@ STAGES: dict[str, Callable[..., dict]] = {
 def _describe(name: str, out: Mapping) -> str:
     if name == "teacher":
         acc = out.get("test_accuracy")
-        extra = f", test acc {100 * acc:.1f}%, {out.get('params', 0):,} params" if acc is not None else ""
+        params = f", {out['params']:,} params" if out.get("params") is not None else ""
+        extra = f", test acc {100 * acc:.1f}%{params}" if acc is not None else ""
         return f"{out.get('source', '')} teacher {out.get('model', '')}{extra}"
     if name == "eval":
         parts = [f"{m} {100 * s['mean']:.1f}±{100 * s['std']:.1f}% (n={s['n']})" for m, s in out["summary"].items()]
@@ -961,18 +1024,19 @@ def _describe(name: str, out: Mapping) -> str:
 
 def run_stages(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, stages: Sequence[str],
                force: bool = False, overrides: Mapping[str, Any] | None = None,
-               log: Callable[[str], None] = print) -> dict[str, dict]:
+               log: Callable[[str], None] = print, env: Env | None = None) -> dict[str, dict]:
     """Pre-flight checks, ``init_workdir``, then each named stage in order; returns their summaries.
 
-    Nothing is written before every check passed. Each stage logs one line,
+    Nothing is written before every check passed. ``env`` (optional) shares what an
+    earlier ``preflight`` loaded. Each stage logs one line,
     e.g. ``[teacher] done in 12.3 s, trained teacher mlp, test acc 97.5%``.
     """
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages: {list(STAGES)}.")
-    preflight(config, workdir, force=force)
+    env = env or Env(config)
+    preflight(config, workdir, force=force, env=env)
     init_workdir(config, workdir, force=force)
-    env = Env(config)
     outputs: dict[str, dict] = {}
     for name in stages:
         t0 = time.perf_counter()

@@ -19,7 +19,8 @@ through the pipeline's own stage skipping and checkpoints. After every point
                                                "test_accuracy_best_val": {"mean","std"}, "n"}}}]}
 
 Shared teacher: unless a grid key changes the teacher or the data (``teacher.*``,
-``data.*``, ``smoke``) or the config already names ``teacher.checkpoint``, the teacher
+``data.*``, ``smoke``) or the config already names ``teacher.checkpoint`` (or a
+precomputed teacher, whose outputs every point reads), the teacher
 is trained once in ``WORKDIR/sweep/_teacher/`` and every point loads it via
 ``teacher.checkpoint``, so the points differ only in what the grid changes.
 """
@@ -180,7 +181,7 @@ def run_sweep(
     sweep_dir = root / "sweep"
     seeds = list(config.seeds if seeds is None else seeds)
     methods = list(config.methods)
-    shared = share_teacher and not config.teacher.checkpoint and not any(
+    shared = share_teacher and not config.teacher.checkpoint and config.teacher.model != "precomputed" and not any(
         k.startswith(p) or k == p for k in grid for p in _TEACHER_KEYS)
     teacher_dir = (sweep_dir / "_teacher").resolve() if shared else None
     points = grid_points(grid)

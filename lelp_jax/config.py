@@ -530,16 +530,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_precomputed(config: ml_collections.ConfigDict, need) -> None:
-    """``teacher.model='precomputed'``: outputs named, no network settings, no method that needs the network."""
+    """``teacher.model='precomputed'``: outputs named, no checkpoint, no method that needs the network.
+
+    The network's settings (``model_kwargs``, ``pretrained``, ``teacher.train``) are unused.
+    """
     out = config.teacher.outputs
     need(bool(out.train), "teacher.model='precomputed' needs teacher.outputs.train (the exported train outputs); "
          "pass --config.teacher.outputs.train=FILE.npz (scripts/export_teacher_outputs.py writes it).")
     need(bool(out.test), "teacher.model='precomputed' needs teacher.outputs.test (the exported test outputs); "
          "pass --config.teacher.outputs.test=FILE.npz.")
     need(out.tolerance > 0, f"teacher.outputs.tolerance must be > 0, got {out.tolerance}.")
-    for key in ("checkpoint", "pretrained"):
-        need(not config.teacher[key], f"teacher.{key}={config.teacher[key]!r} has no meaning with "
-             "teacher.model='precomputed' (the outputs are the teacher); unset it.")
+    need(not config.teacher.checkpoint, f"teacher.checkpoint={config.teacher.checkpoint!r} has no meaning with "
+         "teacher.model='precomputed' (the exported outputs are the teacher); unset it.")
     from lelp_jax.precomputed import check_methods
 
     check_methods(config.methods)

@@ -40,13 +40,13 @@ __all__ = [
 ]
 
 # Keys that select *which* runs to do or *where* they run, not *what* they compute:
-# a workdir accepts later invocations that differ only here.
-IDENTITY_EXCLUDED = ("methods", "seeds", "distributed", "mesh")
+# a workdir accepts later invocations that differ only here (selection: the sweep's grids).
+IDENTITY_EXCLUDED = ("methods", "seeds", "distributed", "mesh", "selection")
 
 # A sub-dict with this name accepts new keys from overrides (model constructor kwargs
 # differ between models, and the model builder rejects unknown ones; data.files maps
-# any split name to a file).
-_OPEN_SECTIONS = ("model_kwargs", "files")
+# any split name to a file; selection.grids maps any registered method to its grid).
+_OPEN_SECTIONS = ("model_kwargs", "files", "grids")
 
 _TRUE = ("true", "t", "yes", "y", "1", "on")
 _FALSE = ("false", "f", "no", "n", "0", "off")
@@ -194,6 +194,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.rkd = ml_collections.ConfigDict(dict(distance_weight=25.0, angle_weight=50.0))
     c.subclass = ml_collections.ConfigDict(
         dict(num_subclasses=4, aux_weight=1.0, aux_temperature=1.0, tau=1.0, alpha=0.0))
+
+    # Per-method grids for `lelp sweep --default-grids` (docs/PROTOCOL.md): space-separated axes
+    # KEY=V1,V2; every non-empty grid has the same size (12), so each method gets as many tries.
+    # A method with an empty grid runs once at the config's settings (ce: nothing to tune).
+    c.selection = ml_collections.ConfigDict(dict(grids=ml_collections.ConfigDict(dict(
+        ce="",
+        kd="kd.tau=1,2,4 kd.alpha=0,0.5 kd.student_tau=none,1",
+        lelp="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
+        random="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
+        pca="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
+        kmeans="kmeans.temperature=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
+        agglomerative="kmeans.temperature=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
+        oracle="lelp.tau=0.5,1,2,4,8,16 lelp.alpha=0,0.5",
+        fitnet="fitnet.weight=0.1,1,10 kd.tau=1,4 kd.alpha=0,0.5",
+        rkd="kd.tau=1,2,4 rkd.distance_weight=5,25 rkd.angle_weight=10,50",
+        subclass="subclass.tau=1,2,4 subclass.alpha=0,0.5 subclass.num_subclasses=2,4",
+    ))))
 
     c.train = _train_section()
     c.methods = ("ce", "kd", "lelp")

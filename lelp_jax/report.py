@@ -19,6 +19,9 @@ Writes to OUT_DIR:
                                    (mean over seeds)
   TAG_sweep_KEY.png                test accuracy (best val) against each swept key, one line
                                    per method and combination of the other keys; error bars = std
+With ``--select-on validation`` (sweeps run with ``--test-seeds``), each sweep's section also
+gives every method's settings chosen on validation, their test accuracy on the fresh seeds and
+the paired differences (lelp_jax.selection, docs/PROTOCOL.md).
 TAG is ``DATASET_CONFIGNAME`` made file-name safe (with a counter if two workdirs clash).
 Std is the population std over seeds (numpy's default, ddof=0): 0 for one seed.
 """
@@ -122,16 +125,17 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def method_table(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per method (in first-seen order): mean/std over seeds of both test accuracies,
-    student parameters (a range if seeds differ), seeds, and the mean of what its split taught
-    (``split_entropy``, ``split_top_share``, ``split_nmi``; NaN for methods that do not split)."""
+    """One row per method (in first-seen order): mean/std over seeds of both test accuracies and of
+    the best validation accuracy, student parameters (a range if seeds differ), seeds, and the mean
+    of what its split taught (``split_entropy``, ``split_top_share``, ``split_nmi``; NaN for methods
+    that do not split)."""
     by: dict[str, list[Mapping]] = {}
     for r in runs:
         by.setdefault(str(r["method"]), []).append(r)
     rows = []
     for method, rs in by.items():
         row: dict[str, Any] = {"method": method, "n": len(rs), "seeds": sorted(int(r.get("seed", 0)) for r in rs)}
-        for key in _METRICS:
+        for key in (*_METRICS, "best_val_accuracy"):
             row[key] = _mean_std([r.get(key) for r in rs])
         for key in _SPLIT_KEYS:
             row[key] = _mean_std([r.get(key) for r in rs])[0]
@@ -289,6 +293,8 @@ def plot_sweep(sweep: Mapping[str, Any], key: str, path: Path, *, title: str,
         if point.get("status") != "done":
             continue
         ov = point["overrides"]
+        if key not in ov:  # a point of another method's grid
+            continue
         rest = tuple((k, ov[k]) for k in sorted(ov) if k != key)
         for method, (m, s) in _point_stats(point, metric).items():
             lines.setdefault((method, rest), []).append((ov[key], m, s))
@@ -327,7 +333,7 @@ def _sweep_table(sweep: Mapping[str, Any]) -> str:
     for p in sweep.get("points", []):
         stats = _point_stats(p, "test_accuracy_best_val")
         n = {m: (p.get("summary") or {}).get(m, {}).get("n") for m in methods}
-        cells = [str(p["overrides"].get(k)) for k in keys]
+        cells = [str(p["overrides"][k]) if k in p["overrides"] else "–" for k in keys]
         cells += [f"{_pct(stats[m])} (n={n[m]})" if m in stats else "–" for m in methods]
         lines.append("| " + " | ".join(cells + [str(p.get("status"))]) + " |")
     return "\n".join(lines)
@@ -339,14 +345,30 @@ def _labels(ws: Sequence[Mapping[str, Any]]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n} [{Path(w['root']).name}]" for n, w in zip(names, ws)]
 
 
-def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Any]:
+def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                 select_on: Optional[str] = None) -> dict[str, Any]:
     """Write ``report.md`` and the PNG plots for ``workdirs`` into ``out_dir``.
+
+    ``select_on='validation'``: every workdir must hold a sweep run with ``--test-seeds``; its
+    section gives each method's settings chosen on validation and their test accuracy on the
+    fresh seeds, paired by seed (:func:`lelp_jax.selection.selection_section`).
 
     Returns ``{"markdown": path, "plots": [paths], "tables": {dataset: markdown}}``.
     """
     if not workdirs:
         raise ValueError("lelp report: pass at least one workdir.")
+    if select_on not in (None, "validation"):
+        raise ValueError(f"lelp report: --select-on must be 'validation' (never test), got {select_on!r}.")
     loaded = [load_workdir(w) for w in workdirs]  # every input checked before anything is written
+    selected = {}
+    if select_on:
+        from lelp_jax.selection import selection_section
+
+        for w in loaded:
+            if w["sweep"] is None:
+                raise ValueError(f"lelp report --select-on validation: {str(w['root'])!r} holds no sweep; pass the "
+                                 "--workdir of a `lelp sweep ... --test-seeds ...`.")
+            selected[w["root"]] = selection_section(Path(w["root"]), w["sweep"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_dataset: dict[str, list[dict]] = {}
@@ -390,6 +412,12 @@ def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                 p = plot_curves(w["runs"], out / f"{tag}_curves.png", title=f"{dataset} / {lab}")
                 plots.append(str(p))
                 section.append(f"![curves]({p.name})")
+            if w["root"] in selected:
+                lines, acc = selected[w["root"]]
+                section += [*lines, ""]
+                rows = paired_table(acc)
+                if rows:
+                    section += [f"Chosen settings paired by test seed: {_PAIRED_NOTE}", "", *rows, ""]
             if w["sweep"] is not None and w["sweep"].get("points"):
                 sweep = w["sweep"]
                 section += ["", f"Sweep over {', '.join(_axes(sweep))} (seeds {sweep.get('seeds')}):", "",
@@ -411,9 +439,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="lelp report", description="Markdown tables and PNG plots from result files.")
     p.add_argument("workdirs", nargs="+", help="workdirs written by `lelp run` / `lelp sweep`")
     p.add_argument("--out", default=None, help="output folder (default: FIRST_WORKDIR/report)")
+    p.add_argument("--select-on", choices=["validation"], default=None,
+                   help="for sweeps run with --test-seeds: each method's settings chosen on validation, "
+                        "their test accuracy on the fresh seeds, paired (docs/PROTOCOL.md)")
     args = p.parse_args(list(argv) if argv is not None else None)
     out = args.out or os.path.join(args.workdirs[0], "report")
-    res = build_report(args.workdirs, out)
+    res = build_report(args.workdirs, out, select_on=args.select_on)
     print(f"wrote {res['markdown']} and {len(res['plots'])} plots")
     print(Path(res["markdown"]).read_text())
     return 0

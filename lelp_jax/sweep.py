@@ -1,22 +1,38 @@
-"""`lelp sweep`: a grid of config overrides, each point a resumable sub-workdir.
+"""`lelp sweep`: a grid of config overrides, each point a resumable sub-workdir; selection on validation.
 
     lelp sweep --config configs/digits_binary.py --workdir /tmp/sw \\
         --grid lelp.num_subclasses=1,2,4,8,16 --grid lelp.beta=0.5,1,2 \\
         [--methods kd,lelp] [--seeds 0,1,2] [--config.a.b=VALUE ...]
 
-Every point of the Cartesian product of the ``--grid`` axes runs the whole pipeline
-(``pipeline.run_all``) in its own workdir ``WORKDIR/sweep/KEY=VALUE,KEY=VALUE/`` (keys in
-grid order). Resumable: a point whose results.json already holds every requested
-method x seed is skipped without touching the pipeline; an interrupted point resumes
-through the pipeline's own stage skipping and checkpoints. After every point
-``WORKDIR/sweep/summary.json`` is rewritten atomically:
+    lelp sweep --config configs/digits_binary.py --workdir /tmp/sel --methods ce,kd,lelp \\
+        --default-grids [--grid kd:kd.tau=1,2,4,8 ...] --seeds 0,1,2 --test-seeds 10,11,12,13,14
 
-    {"axes": [key, ...] (grid order), "grid": {key: [values]}, "seeds": [...], "methods": [...],
-     "dataset", "config_name",
+Axes: ``--grid KEY=V1,V2`` applies to every method; ``--grid METHOD:KEY=V1,V2`` to METHOD
+only; ``--default-grids`` gives every method without a ``METHOD:`` axis its grid from
+``config.selection.grids.METHOD`` (space-separated ``KEY=V1,V2`` axes; docs/PROTOCOL.md). A
+method's grid is the Cartesian product of the shared axes and its own; the grids of the
+methods that have own axes must have equal sizes (every method gets as many tries), a
+method without own axes runs at the config's settings. A point is one set of overrides and
+runs every method whose grid holds it, in its own workdir ``WORKDIR/sweep/KEY=VALUE,.../``
+(``WORKDIR/sweep/defaults/`` for no overrides; keys in axis order). Resumable: a point
+whose results.json already holds each of its methods x seeds is skipped without touching
+the pipeline; an interrupted point resumes through the pipeline's own stage skipping and
+checkpoints. After every point ``WORKDIR/sweep/summary.json`` is rewritten atomically:
+
+    {"axes": [key, ...] (first-seen order), "grid": {key: [values]}, "seeds": [...] (selection seeds),
+     "test_seeds": [...], "methods": [...], "grid_sizes": {method: points}, "dataset", "config_name",
      "teacher": path or null,
-     "points": [{"name", "overrides": {key: typed value}, "workdir", "status": done|pending|failed,
-                 "error"?, "summary": {method: {"test_accuracy_last": {"mean","std"},
-                                               "test_accuracy_best_val": {"mean","std"}, "n"}}}]}
+     "points": [{"name", "overrides": {key: typed value}, "methods": [...], "workdir",
+                 "status": done|pending|failed, "error"?,
+                 "summary": {method: {"test_accuracy_last": {"mean","std"}, "test_accuracy_best_val": {...},
+                                      "best_val_accuracy": {...}, "n"}}}],   (over the selection seeds)
+     "selection": {method: {"point", "overrides", "val_accuracy", "status"}}   (with test seeds)}
+
+Selection (``--test-seeds``): once every point is done on the selection seeds, each method's
+settings are chosen by the mean validation accuracy over those seeds
+(:func:`lelp_jax.selection.choose`), and the chosen point is run again on the test seeds,
+which must not overlap the selection seeds; ``lelp report --select-on validation`` reports
+the chosen settings' test accuracy on them, paired by seed.
 
 Shared teacher: unless a grid key changes the teacher or the data (``teacher.*``,
 ``data.*``, ``smoke``) or the config already names ``teacher.checkpoint`` (or a
@@ -29,6 +45,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,54 +56,119 @@ import ml_collections
 from lelp_jax import atomic
 from lelp_jax.config import ConfigError, apply_overrides, load_config, validate_config
 
-__all__ = ["parse_grid", "grid_points", "point_name", "point_config", "run_sweep", "main"]
+__all__ = ["parse_grid", "parse_grids", "default_grids", "method_grids", "grid_points", "point_name",
+           "point_config", "run_sweep", "main"]
 
 _TEACHER_KEYS = ("teacher.", "data.", "smoke")
+_DEFAULTS_POINT = "defaults"  # the folder of the point without overrides
 
 
-def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
-    """``["lelp.beta=0.5,1,2", ...]`` -> ``{"lelp.beta": ["0.5", "1", "2"], ...}`` (values unparsed).
+def _parse_axis(spec: str, grid: dict[str, list[str]], where: str) -> None:
+    """Add one ``KEY=V1,V2`` axis to ``grid`` (checked)."""
+    if "=" not in spec:
+        raise ConfigError(f"grid axis {spec!r}{where} has no values; write lelp.beta=0.5,1,2.")
+    key, values = spec.split("=", 1)
+    key = key.strip()
+    for prefix in ("--config.", "config."):
+        key = key[len(prefix):] if key.startswith(prefix) else key
+    if not key:
+        raise ConfigError(f"grid axis {spec!r}{where} has an empty key; write lelp.beta=0.5,1,2.")
+    if key in grid:
+        raise ConfigError(f"grid key {key!r}{where} is given twice; list all its values in one axis {key}=a,b,c.")
+    vals = _split_values(values)
+    if not vals:
+        raise ConfigError(f"grid axis {spec!r}{where} has no values; write {key}=a,b,c.")
+    if len(set(vals)) != len(vals):
+        raise ConfigError(f"grid axis {key!r}{where} repeats a value: {vals}.")
+    grid[key] = vals
 
+
+def parse_grids(specs: Sequence[str]) -> tuple[dict[str, list[str]], dict[str, dict[str, list[str]]]]:
+    """``--grid`` specs -> (axes of every method, {method: its own axes}); values unparsed.
+
+    ``lelp.beta=0.5,1,2`` is an axis of every method, ``kd:kd.tau=1,2,4`` of ``kd`` only.
     Values are typed later by the config field they override. Commas inside brackets
     belong to one value: ``student.model_kwargs.hidden=[16],[64,64]`` is two values.
     """
-    grid: dict[str, list[str]] = {}
+    shared: dict[str, list[str]] = {}
+    own: dict[str, dict[str, list[str]]] = {}
     for spec in specs:
         text = spec[len("--grid="):] if spec.startswith("--grid=") else spec
-        if "=" not in text:
-            raise ConfigError(f"grid axis {spec!r} has no values; write --grid lelp.beta=0.5,1,2.")
-        key, values = text.split("=", 1)
-        key = key.strip()
-        for prefix in ("--config.", "config."):
-            key = key[len(prefix):] if key.startswith(prefix) else key
-        if not key:
-            raise ConfigError(f"grid axis {spec!r} has an empty key; write --grid lelp.beta=0.5,1,2.")
-        if key in grid:
-            raise ConfigError(f"grid key {key!r} is given twice; list all its values in one --grid {key}=a,b,c.")
-        vals = _split_values(values)
-        if not vals:
-            raise ConfigError(f"grid axis {spec!r} has no values; write --grid {key}=a,b,c.")
-        if len(set(vals)) != len(vals):
-            raise ConfigError(f"grid axis {key!r} repeats a value: {vals}.")
-        grid[key] = vals
-    return grid
+        head = text.split("=", 1)[0]
+        if ":" in head:
+            method, text = text.split(":", 1)
+            if not method.strip():
+                raise ConfigError(f"grid axis {spec!r} has an empty method; write kd:kd.tau=1,2,4.")
+            _parse_axis(text, own.setdefault(method.strip(), {}), f" (method {method.strip()})")
+        else:
+            _parse_axis(text, shared, "")
+    return shared, own
 
 
-def _split_values(text: str) -> list[str]:
-    """Split on commas outside brackets: ``1,2`` -> [1, 2]; ``[16],[16,16]`` -> ['[16]', '[16,16]']."""
+def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
+    """``["lelp.beta=0.5,1,2", ...]`` -> ``{"lelp.beta": ["0.5", "1", "2"], ...}``: axes of every method."""
+    shared, own = parse_grids(specs)
+    if own:
+        raise ConfigError(f"per-method axes ({', '.join(own)}) need parse_grids / method_grids.")
+    return shared
+
+
+def _split_values(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside brackets: ``1,2`` -> [1, 2]; ``[16],[16,16]`` -> ['[16]', '[16,16]'].
+
+    ``sep=" "`` splits on any whitespace (the axes of a ``selection.grids`` string)."""
     out, depth, cur = [], 0, ""
     for ch in text:
         if ch in "[(":
             depth += 1
         elif ch in ")]":
             depth -= 1
-        if ch == "," and depth == 0:
+        if depth == 0 and (ch == sep or (sep == " " and ch.isspace())):
             out.append(cur.strip())
             cur = ""
         else:
             cur += ch
     out.append(cur.strip())
     return [v for v in out if v]
+
+
+def default_grids(config: ml_collections.ConfigDict, methods: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    """Each method's own axes from ``config.selection.grids.METHOD`` (absent or empty: no axes)."""
+    grids = config.selection.grids
+    out = {}
+    for m in methods:
+        text = grids.get(m) or ""
+        if not isinstance(text, str):
+            raise ConfigError(f"selection.grids.{m} must be a string of KEY=V1,V2 axes separated by spaces, "
+                              f"got {text!r}.")
+        axes: dict[str, list[str]] = {}
+        for spec in _split_values(text, " "):
+            _parse_axis(spec, axes, f" (selection.grids.{m})")
+        out[m] = axes
+    return out
+
+
+def method_grids(methods: Sequence[str], shared: Mapping[str, Sequence[Any]],
+                 own: Mapping[str, Mapping[str, Sequence[Any]]]) -> dict[str, dict[str, list[Any]]]:
+    """Every method's full grid: the shared axes, then its own; checks that the grids of the
+    methods with own axes have equal sizes (as many tries each) and name known methods."""
+    stray = [m for m in own if m not in methods]
+    if stray:
+        raise ConfigError(f"grid axes for {stray}, which are not among the methods {list(methods)}; "
+                          "add them to --methods or drop those axes.")
+    out, sizes = {}, {}
+    for m in methods:
+        mine = dict(own.get(m, {}))
+        both = [k for k in mine if k in shared]
+        if both:
+            raise ConfigError(f"grid key {both[0]!r} is both a shared axis and an axis of {m}; give it once.")
+        out[m] = {**{k: list(v) for k, v in shared.items()}, **{k: list(v) for k, v in mine.items()}}
+        if mine:
+            sizes[m] = len(grid_points(out[m]))
+    if len(set(sizes.values())) > 1:
+        raise ConfigError("per-method grids must have equal sizes, so every method gets as many tries; got "
+                          + ", ".join(f"{m}: {n} points" for m, n in sizes.items()) + ".")
+    return out
 
 
 def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -102,9 +184,10 @@ def _fmt(v: Any) -> str:
 
 
 def point_name(overrides: Mapping[str, Any]) -> str:
-    """``{"lelp.num_subclasses": 4, "lelp.beta": 0.5}`` -> ``lelp.num_subclasses=4,lelp.beta=0.5``."""
+    """``{"lelp.num_subclasses": 4, "lelp.beta": 0.5}`` -> ``lelp.num_subclasses=4,lelp.beta=0.5``
+    (``defaults`` for no overrides)."""
     name = ",".join(f"{k}={_fmt(v)}" for k, v in overrides.items())
-    return name.replace("/", "_").replace(" ", "")
+    return name.replace("/", "_").replace(" ", "") or _DEFAULTS_POINT
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -115,12 +198,15 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
 
 
 def point_config(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], *,
-                 seeds: Optional[Sequence[int]] = None, teacher: Optional[str] = None) -> ml_collections.ConfigDict:
+                 seeds: Optional[Sequence[int]] = None, teacher: Optional[str] = None,
+                 methods: Optional[Sequence[str]] = None) -> ml_collections.ConfigDict:
     """A validated, locked copy of ``config`` with the point's overrides (typed by their fields)."""
     cfg = copy.deepcopy(config)
     pairs = [(k, v if isinstance(v, str) else _fmt(v)) for k, v in overrides.items()]
     if seeds is not None:
         pairs.append(("seeds", ",".join(str(int(s)) for s in seeds)))
+    if methods is not None:
+        pairs.append(("methods", ",".join(methods)))
     if teacher is not None:
         pairs.append(("teacher.checkpoint", teacher))
     apply_overrides(cfg, pairs)
@@ -129,13 +215,18 @@ def point_config(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
     return cfg
 
 
-def _summarize(results: Mapping[str, Any]) -> dict[str, Any]:
+def _summarize(results: Mapping[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+    """Per method, over the runs of ``seeds``: mean/std of both test accuracies and of the validation accuracy."""
     from lelp_jax.report import method_table
 
+    keep = {int(s) for s in seeds}
+    runs = [r for r in results.get("runs", []) if int(r["seed"]) in keep]
     out = {}
-    for row in method_table(results.get("runs", [])):
+    for row in method_table(runs):
         out[row["method"]] = {
-            **{k: {"mean": row[k][0], "std": row[k][1]} for k in ("test_accuracy_last", "test_accuracy_best_val")},
+            **{k: {"mean": row[k][0], "std": row[k][1]}
+               for k in ("test_accuracy_last", "test_accuracy_best_val", "best_val_accuracy")
+               if not math.isnan(row[k][0])},  # runs that lack a metric: it is left out
             "n": row["n"],
         }
     return out
@@ -153,56 +244,91 @@ def _finished(workdir: Path, methods: Sequence[str], seeds: Sequence[int]) -> Op
     return results if all((m, int(s)) in have for m in methods for s in seeds) else None
 
 
+def _plan(config: ml_collections.ConfigDict, grids: Mapping[str, Mapping[str, Sequence[Any]]],
+          sweep_dir: Path, seeds: Sequence[int], teacher: Optional[str]) -> list[dict[str, Any]]:
+    """The points: typed overrides, the methods that run there, their configs (built and validated now)."""
+    points: dict[str, dict[str, Any]] = {}
+    for m, grid in grids.items():
+        names = []
+        for ov in grid_points(grid):
+            probe = point_config(config, ov, seeds=seeds, teacher=teacher)
+            typed = {k: _get(probe, k) for k in grid}
+            name = point_name(typed)
+            names.append(name)
+            point = points.setdefault(name, {"name": name, "overrides": typed, "methods": [],
+                                             "workdir": str(sweep_dir / name)})
+            point["methods"].append(m)
+        if len(set(names)) != len(names):
+            raise ConfigError(f"grid values of {m} collide after typing (e.g. 1 and 1.0): {names}; "
+                              "list each value once.")
+    for point in points.values():
+        point["config"] = point_config(config, point["overrides"], seeds=seeds, teacher=teacher,
+                                       methods=point["methods"])
+    return list(points.values())
+
+
 def run_sweep(
     config: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
     grid: Mapping[str, Sequence[Any]],
     seeds: Optional[Sequence[int]] = None,
     *,
+    own_grids: Optional[Mapping[str, Mapping[str, Sequence[Any]]]] = None,
+    test_seeds: Optional[Sequence[int]] = None,
     share_teacher: bool = True,
     run_fn: Optional[Callable[..., Any]] = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every grid point (skipping finished ones) and return the sweep summary.
 
-    ``grid`` maps dotted config keys to value lists (strings are parsed by the field's
-    type, other values are formatted first); ``seeds`` replaces ``config.seeds``.
-    ``run_fn(config, workdir, log=...)`` runs one point (default ``pipeline.run_all``).
-    Every point's config is built and validated before anything runs, so a bad value
-    fails fast. An exception (or Ctrl-C) marks the point failed in the summary and is
-    re-raised; rerunning the same sweep resumes.
+    ``grid`` maps dotted config keys to value lists for every method, ``own_grids`` maps
+    a method to its own axes (strings are parsed by the field's type, other values are
+    formatted first); ``seeds`` (the selection seeds) replaces ``config.seeds``. With
+    ``test_seeds``, each method's point with the best mean validation accuracy is then
+    run on those seeds. ``run_fn(config, workdir, log=...)`` runs one point (default
+    ``pipeline.run_all``). Every point's config is built and validated before anything
+    runs, so a bad value fails fast. An exception (or Ctrl-C) marks the point failed in
+    the summary and is re-raised; rerunning the same sweep resumes.
     """
     from lelp_jax import pipeline
+    from lelp_jax.selection import choose
 
-    if not grid:
-        raise ConfigError("lelp sweep needs at least one --grid KEY=V1,V2 axis.")
+    own_grids = {m: dict(g) for m, g in (own_grids or {}).items()}
+    if not grid and not any(own_grids.values()):
+        raise ConfigError("lelp sweep needs at least one --grid KEY=V1,V2 axis (or --default-grids).")
     run_fn = run_fn or pipeline.run_all
     root = Path(workdir)
     sweep_dir = root / "sweep"
-    seeds = list(config.seeds if seeds is None else seeds)
+    seeds = [int(s) for s in (config.seeds if seeds is None else seeds)]
+    test_seeds = [int(s) for s in (test_seeds or [])]
+    overlap = sorted(set(seeds) & set(test_seeds))
+    if overlap:
+        raise ConfigError(f"test seeds {overlap} are also selection seeds; the chosen settings must be tested on "
+                          "fresh seeds: pick --test-seeds disjoint from --seeds.")
+    if len(set(test_seeds)) != len(test_seeds) or any(s < 0 for s in test_seeds):
+        raise ConfigError(f"--test-seeds must be distinct non-negative ints, got {test_seeds}.")
     methods = list(config.methods)
+    grids = method_grids(methods, grid, own_grids)
+    keys = list(dict.fromkeys(k for g in grids.values() for k in g))
     shared = share_teacher and not config.teacher.checkpoint and config.teacher.model != "precomputed" and not any(
-        k.startswith(p) or k == p for k in grid for p in _TEACHER_KEYS)
+        k.startswith(p) or k == p for k in keys for p in _TEACHER_KEYS)
     teacher_dir = (sweep_dir / "_teacher").resolve() if shared else None
-    points = grid_points(grid)
-    configs = [point_config(config, ov, seeds=seeds, teacher=str(teacher_dir) if shared else None) for ov in points]
-    typed = [{k: _get(cfg, k) for k in grid} for cfg in configs]
-    axes: dict[str, list[Any]] = {k: [] for k in grid}
-    for t in typed:
-        for k, v in t.items():
+    planned = _plan(config, grids, sweep_dir, seeds, str(teacher_dir) if shared else None)
+    configs = {p["name"]: p.pop("config") for p in planned}
+    axes: dict[str, list[Any]] = {k: [] for k in keys}
+    for p in planned:
+        for k, v in p["overrides"].items():
             if v not in axes[k]:
                 axes[k].append(v)
     summary: dict[str, Any] = {
-        "axes": list(grid),  # the grid's key order (JSON objects are written with sorted keys)
+        "axes": keys,  # first-seen key order (JSON objects are written with sorted keys)
         "grid": axes,
-        "seeds": seeds, "methods": methods, "dataset": config.data.name, "config_name": config.name,
+        "seeds": seeds, "test_seeds": test_seeds, "methods": methods,
+        "grid_sizes": {m: len(grid_points(g)) for m, g in grids.items()},
+        "dataset": config.data.name, "config_name": config.name,
         "teacher": str(teacher_dir) if shared else config.teacher.checkpoint,
-        "points": [{"name": point_name(t), "overrides": t, "workdir": str(sweep_dir / point_name(t)),
-                    "status": "pending", "summary": {}} for t in typed],
+        "points": [{**p, "status": "pending", "summary": {}} for p in planned],
     }
-    names = [p["name"] for p in summary["points"]]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"grid values collide after typing (e.g. 1 and 1.0): {names}; list each value once.")
     summary_path = sweep_dir / "summary.json"
 
     def save() -> None:
@@ -212,51 +338,88 @@ def run_sweep(
     # Statuses of points already finished are filled in before any work, so a report
     # made during a long sweep shows them.
     for point in summary["points"]:
-        done = _finished(Path(point["workdir"]), methods, seeds)
+        done = _finished(Path(point["workdir"]), point["methods"], seeds)
         if done is not None:
-            point.update(status="done", summary=_summarize(done))
+            point.update(status="done", summary=_summarize(done, seeds))
     save()
-    if shared and not any(p["status"] == "pending" for p in summary["points"]):
+    if shared and not any(p["status"] == "pending" for p in summary["points"]) and not test_seeds:
         shared = False
     if shared:
         base = point_config(config, {}, seeds=seeds)
         pipeline.run_stages(base, teacher_dir, stages=["teacher"], log=lambda m: log(f"[sweep teacher] {m}"))
-    for i, (point, cfg) in enumerate(zip(summary["points"], configs)):
-        tag = f"[sweep {i + 1}/{len(points)} {point['name']}]"
-        if point["status"] == "done":
-            log(f"{tag} already done, skipped")
-            continue
+
+    def run_point(point: Mapping[str, Any], cfg, methods_: Sequence[str], seeds_: Sequence[int], tag: str) -> dict:
         try:
             run_fn(cfg, point["workdir"], log=lambda m, _t=tag: log(f"{_t} {m}"))
         except BaseException as e:
             point.update(status="failed", error=f"{type(e).__name__}: {e}")
             save()
             raise
-        results = _finished(Path(point["workdir"]), methods, seeds)
+        results = _finished(Path(point["workdir"]), methods_, seeds_)
         if results is None:
             point.update(status="failed", error="the point finished without every method x seed in results.json")
             save()
             raise RuntimeError(f"{tag}: {point['error']} ({point['workdir']})")
-        point.update(status="done", summary=_summarize(results))
+        return results
+
+    for i, point in enumerate(summary["points"]):
+        tag = f"[sweep {i + 1}/{len(planned)} {point['name']}]"
+        if point["status"] == "done":
+            log(f"{tag} already done, skipped")
+            continue
+        results = run_point(point, configs[point["name"]], point["methods"], seeds, tag)
+        point.update(status="done", summary=_summarize(results, seeds))
         point.pop("error", None)
         save()
         best = ", ".join(f"{m} {100 * s['test_accuracy_best_val']['mean']:.2f}%" for m, s in point["summary"].items())
         log(f"{tag} done: {best}")
+    if not test_seeds:
+        return summary
+    # Selection on validation, then the chosen settings on the fresh test seeds.
+    chosen: dict[str, list[str]] = {}
+    summary["selection"] = {}
+    for m in methods:
+        pick = choose(summary["points"], m, seeds)
+        summary["selection"][m] = {"point": pick.point, "overrides": pick.overrides,
+                                   "val_accuracy": pick.val_accuracy, "status": "pending"}
+        chosen.setdefault(pick.point, []).append(m)
+    save()
+    by_name = {p["name"]: p for p in summary["points"]}
+    for j, (name, ms) in enumerate(chosen.items()):
+        point = by_name[name]
+        tag = f"[sweep test {j + 1}/{len(chosen)} {name}: {','.join(ms)}]"
+        if _finished(Path(point["workdir"]), ms, test_seeds) is None:
+            cfg = point_config(config, point["overrides"], seeds=test_seeds, methods=ms,
+                               teacher=str(teacher_dir) if teacher_dir is not None else None)
+            run_point(point, cfg, ms, test_seeds, tag)
+        else:
+            log(f"{tag} already done, skipped")
+        for m in ms:
+            summary["selection"][m]["status"] = "done"
+        save()
+    log(f"[sweep] settings chosen on validation (seeds {seeds}) and run on test seeds {test_seeds}: "
+        + ", ".join(f"{m}: {s['point']}" for m, s in summary["selection"].items()))
     return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``lelp sweep --config FILE --workdir DIR --grid KEY=V1,V2 ... [--methods] [--seeds] [--config.k=v ...]``."""
+    """``lelp sweep --config FILE --workdir DIR --grid [METHOD:]KEY=V1,V2 ... [--default-grids] [--methods]
+    [--seeds] [--test-seeds] [--config.k=v ...]``."""
     from lelp_jax.cli import split_overrides
 
     rest, overrides = split_overrides(list(argv) if argv is not None else [])
     p = argparse.ArgumentParser(prog="lelp sweep", description="Run a grid of config overrides, one workdir per point.")
     p.add_argument("--config", required=True, help="Python config file or a name in configs/")
     p.add_argument("--workdir", required=True, help="the sweep's root; points go to WORKDIR/sweep/KEY=VALUE,.../")
-    p.add_argument("--grid", action="append", default=[], required=True,
-                   help="one axis, e.g. lelp.beta=0.5,1,2 (repeat for more axes)")
+    p.add_argument("--grid", action="append", default=[],
+                   help="one axis: lelp.beta=0.5,1,2 (every method) or kd:kd.tau=1,2,4 (one method); repeat")
+    p.add_argument("--default-grids", action="store_true",
+                   help="methods without a METHOD: axis take config.selection.grids.METHOD (docs/PROTOCOL.md)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: the config's)")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's)")
+    p.add_argument("--seeds", default=None, help="comma-separated (selection) seeds (default: the config's)")
+    p.add_argument("--test-seeds", default=None,
+                   help="comma-separated fresh seeds: each method's settings chosen on validation over --seeds "
+                        "are run again on these (lelp report --select-on validation)")
     p.add_argument("--no-share-teacher", action="store_true", help="train a teacher in every point")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(rest)
@@ -266,13 +429,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.seeds is not None:
         extra.append(f"--config.seeds={args.seeds}")
     config = load_config(args.config, extra)
-    grid = parse_grid(args.grid)
+    shared, own = parse_grids(args.grid)
+    if args.default_grids:
+        own = {**{m: g for m, g in default_grids(config, config.methods).items() if m not in own}, **own}
+    test_seeds = None
+    if args.test_seeds is not None:
+        try:
+            test_seeds = [int(x) for x in _split_values(args.test_seeds)]
+        except ValueError:
+            raise ConfigError(f"--test-seeds must be comma-separated ints, got {args.test_seeds!r}.") from None
     from lelp_jax import sharding
 
     sharding.initialize_distributed(config.distributed)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
-    summary = run_sweep(config, args.workdir, grid, share_teacher=not args.no_share_teacher, log=log)
+    summary = run_sweep(config, args.workdir, shared, own_grids=own, test_seeds=test_seeds,
+                        share_teacher=not args.no_share_teacher, log=log)
     log(f"[sweep] {len(summary['points'])} points done; summary {Path(args.workdir) / 'sweep' / 'summary.json'}; "
-        f"`lelp report {args.workdir}` for tables and plots")
+        f"`lelp report {args.workdir}{' --select-on validation' if test_seeds else ''}` for tables and plots")
     return 0
-

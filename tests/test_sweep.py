@@ -1,5 +1,6 @@
 """`lelp sweep`: grid parsing, one sub-workdir per point, summary, resume after a kill."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -162,3 +163,148 @@ def test_sweep_main_checks_the_grid_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="num_subclasses must be >= 1"):
         sweep.main(["--config", "digits_binary", "--workdir", str(tmp_path / "w"), "--grid", "lelp.num_subclasses=2,0"])
     assert not (tmp_path / "w").exists()
+
+
+# ----------------------------------------------------------------------------- selection on validation
+
+
+class _ValTestPipeline:
+    """val and test accuracies as known, *different* functions of the point (selection must follow val)."""
+
+    def __init__(self):
+        self.calls = []
+
+    @staticmethod
+    def val(cfg, method):
+        return {"kd": 0.8 - 0.01 * (cfg.kd.tau - 2) ** 2, "lelp": 0.8 + 0.01 * cfg.lelp.beta, "ce": 0.7}[method]
+
+    @staticmethod
+    def test(cfg, method, seed):
+        return {"kd": 0.9 - 0.01 * cfg.kd.tau, "lelp": 0.9 - 0.01 * cfg.lelp.beta, "ce": 0.85}[method] + 0.001 * seed
+
+    def __call__(self, cfg, workdir, *, log=print):
+        import os
+
+        self.calls.append((os.path.basename(workdir), tuple(cfg.methods), tuple(cfg.seeds)))
+        path = os.path.join(workdir, "results.json")
+        old = json.load(open(path))["runs"] if os.path.exists(path) else []
+        have = {(r["method"], r["seed"]) for r in old}
+        runs = old + [{"method": m, "seed": s, "best_val_accuracy": self.val(cfg, m) + 0.0001 * s,
+                       "test_accuracy_last": self.test(cfg, m, s), "test_accuracy_best_val": self.test(cfg, m, s),
+                       "student_params": 10} for m in cfg.methods for s in cfg.seeds if (m, s) not in have]
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"dataset": cfg.data.name, "config_name": cfg.name, "teacher": {}, "runs": runs}, f)
+
+
+def test_per_method_grids_select_on_validation_and_test_on_fresh_seeds(tmp_path):
+    from lelp_jax import report
+
+    shared, own = sweep.parse_grids(["kd:kd.tau=1,2,4", "lelp:lelp.beta=0.5,1,3"])
+    assert shared == {} and own == {"kd": {"kd.tau": ["1", "2", "4"]}, "lelp": {"lelp.beta": ["0.5", "1", "3"]}}
+    fake = _ValTestPipeline()
+    cfg = _config(methods=("ce", "kd", "lelp"), seeds=(0, 1))
+    summary = sweep.run_sweep(cfg, tmp_path, {}, own_grids=own, test_seeds=[5, 6, 7], share_teacher=False,
+                              run_fn=fake, log=lambda m: None)
+    # 1 + 3 + 3 points on the selection seeds, each running only its own method
+    assert fake.calls[:7] == [("defaults", ("ce",), (0, 1))] + [
+        (f"kd.tau={t}", ("kd",), (0, 1)) for t in (1.0, 2.0, 4.0)] + [
+        (f"lelp.beta={b}", ("lelp",), (0, 1)) for b in (0.5, 1.0, 3.0)]
+    # chosen on validation: kd.tau=2 (val peak; test prefers tau=1), lelp.beta=3 (test prefers 0.5)
+    assert summary["selection"]["kd"]["point"] == "kd.tau=2.0"
+    assert summary["selection"]["lelp"]["point"] == "lelp.beta=3.0"
+    assert summary["selection"]["ce"]["point"] == "defaults"
+    assert sorted(fake.calls[7:]) == sorted([("defaults", ("ce",), (5, 6, 7)), ("kd.tau=2.0", ("kd",), (5, 6, 7)),
+                                             ("lelp.beta=3.0", ("lelp",), (5, 6, 7))])
+    assert summary["grid_sizes"] == {"ce": 1, "kd": 3, "lelp": 3}
+    # the point summaries hold the selection seeds only
+    kd2 = next(p for p in summary["points"] if p["name"] == "kd.tau=2.0")
+    assert kd2["summary"]["kd"]["n"] == 2
+
+    report.build_report([tmp_path], tmp_path / "out", select_on="validation")
+    md = (tmp_path / "out" / "report.md").read_text()
+    rows = {m: next(line for line in md.splitlines() if line.startswith(f"| {m} | ") and "(selection)" not in line
+                    and "±" in line) for m in ("ce", "kd", "lelp")}
+    for m, ov, val, tests in (("kd", "kd.tau=2.0", 0.8, [0.88 + 0.001 * s for s in (5, 6, 7)]),
+                              ("lelp", "lelp.beta=3.0", 0.83, [0.87 + 0.001 * s for s in (5, 6, 7)]),
+                              ("ce", "(config settings)", 0.7, [0.85 + 0.001 * s for s in (5, 6, 7)])):
+        cells = [c.strip() for c in rows[m].split("|")[1:-1]]
+        assert cells[2] == ov and cells[5] == "3"
+        np.testing.assert_allclose(float(cells[3]), 100 * (val + 0.00005), atol=0.006)
+        mean, std = (float(x) for x in cells[4].split("±"))
+        np.testing.assert_allclose([mean, std], [100 * np.mean(tests), 100 * np.std(tests)], atol=0.006)
+    assert "| lelp | -1.00 [-1.00, -1.00] (n=3) | below |" in md  # paired on the test seeds: 0.87 vs 0.88
+    # rerun: everything done, nothing runs
+    fake.calls.clear()
+    sweep.run_sweep(cfg, tmp_path, {}, own_grids=own, test_seeds=[5, 6, 7], share_teacher=False, run_fn=fake,
+                    log=lambda m: None)
+    assert fake.calls == []
+
+
+def test_selection_refuses_overlapping_or_missing_test_seeds_and_unequal_grids(tmp_path):
+    from lelp_jax import report
+
+    cfg = _config(methods=("kd", "lelp"), seeds=(0, 1))
+    own = {"kd": {"kd.tau": [1, 2]}, "lelp": {"lelp.beta": [1, 2]}}
+    with pytest.raises(ConfigError, match="also selection seeds"):
+        sweep.run_sweep(cfg, tmp_path, {}, own_grids=own, test_seeds=[1, 2], run_fn=_ValTestPipeline())
+    with pytest.raises(ConfigError, match="equal sizes.*kd: 2 points, lelp: 3 points"):
+        sweep.run_sweep(cfg, tmp_path, {}, own_grids={**own, "lelp": {"lelp.beta": [1, 2, 3]}},
+                        run_fn=_ValTestPipeline())
+    with pytest.raises(ConfigError, match="not among the methods"):
+        sweep.run_sweep(cfg, tmp_path, {}, own_grids={**own, "pca": {"lelp.beta": [1, 2]}}, run_fn=_ValTestPipeline())
+    assert not (tmp_path / "sweep").exists()  # refused before anything was written
+    sweep.run_sweep(cfg, tmp_path, {}, own_grids=own, share_teacher=False, run_fn=_ValTestPipeline(),
+                    log=lambda m: None)
+    with pytest.raises(ValueError, match="no test seeds"):
+        report.build_report([tmp_path], tmp_path / "out", select_on="validation")
+    path = tmp_path / "sweep" / "summary.json"
+    summary = json.loads(path.read_text())
+    path.write_text(json.dumps({**summary, "test_seeds": [1, 9]}))  # a tampered / hand-made summary
+    with pytest.raises(ValueError, match=r"test seeds \[1\] were also selection seeds"):
+        report.build_report([tmp_path], tmp_path / "out", select_on="validation")
+    with pytest.raises(ValueError, match="never test"):
+        report.build_report([tmp_path], tmp_path / "out", select_on="test")
+
+
+def test_default_grids_have_equal_sizes_and_valid_keys():
+    cfg = base_config()
+    from lelp_jax.methods import method_names
+
+    grids = sweep.default_grids(cfg, method_names())
+    sizes = {m: len(sweep.grid_points(g)) for m, g in grids.items() if g}
+    assert set(grids) == set(method_names()) and len(set(sizes.values())) == 1 and grids["ce"] == {}
+    sweep.method_grids(list(method_names()), {}, grids)  # the equal-size check passes
+    for m, g in grids.items():  # every value types and validates
+        for ov in sweep.grid_points(g):
+            sweep.point_config(cfg, ov)
+    c = base_config()
+    c.selection.grids.kd = "kd.tau=1,2 kd.alpha=0,x"
+    with pytest.raises(ConfigError, match="kd.alpha"):
+        sweep.point_config(c, sweep.grid_points(sweep.default_grids(c, ["kd"])["kd"])[1])
+
+
+def test_tiny_select_on_validation_end_to_end(tmp_path, capsys):
+    """`lelp sweep` (per-method grids, selection + test seeds) then `lelp report --select-on validation`, real pipeline."""
+    from lelp_jax import cli
+
+    steps = ["--config.smoke=true", "--config.teacher.train.num_steps=6", "--config.train.num_steps=6"] + [
+        f"--config.{s}.{k}=3" for s in ("teacher.train", "train") for k in ("eval_every", "checkpoint_every", "log_every")]
+    wd = str(tmp_path / "sel")
+    assert cli.main(["sweep", "--config", "digits_binary", "--workdir", wd, "--methods", "kd,lelp",
+                     "--grid", "kd:kd.tau=1,4", "--grid", "lelp:lelp.beta=0.5,2", "--seeds", "0",
+                     "--test-seeds", "1,2", "--quiet", *steps]) == 0
+    summary = json.loads((tmp_path / "sel" / "sweep" / "summary.json").read_text())
+    assert set(summary["selection"]) == {"kd", "lelp"}
+    assert all(s["status"] == "done" for s in summary["selection"].values())
+    capsys.readouterr()
+    assert cli.main(["report", wd, "--select-on", "validation"]) == 0
+    md = capsys.readouterr().out
+    assert "Selected on validation" in md and "| method | Δ vs kd (pp) [95 % CI] | vs kd |" in md
+    assert re.search(r"^\| lelp \| [+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] \(n=2\) \|", md, re.M)
+    for m in ("kd", "lelp"):
+        assert re.search(rf"^\| {m} \| \d+ \| [^|]+ \| \d+\.\d\d \| \d+\.\d\d ± \d+\.\d\d \| 2 \|", md, re.M), m
+    assert cli.main(["sweep", "--config", "digits_binary", "--workdir", wd, "--methods", "kd,lelp",
+                     "--grid", "kd:kd.tau=1,4", "--grid", "lelp:lelp.beta=0.5,2", "--seeds", "0",
+                     "--test-seeds", "0,2", "--quiet", *steps]) == 2  # overlap refused
+    assert "also selection seeds" in capsys.readouterr().err

@@ -164,6 +164,9 @@ def test_methods_that_need_the_network_stop_before_anything_runs(exported, tmp_p
     assert len(err.strip().splitlines()) == 1 and not wd.exists()
     rc, _, err = run_cli(["run", *smoke(wd), "--config.teacher.model=precomputed"], capsys)
     assert rc == 2 and "needs teacher.outputs.train" in err and not wd.exists()
+    no_val = [f for f in exported["flags"] if not f.startswith("--config.teacher.outputs.validation=")]
+    rc, _, err = run_cli(["run", *smoke(wd), *no_val], capsys)
+    assert rc == 2 and "needs teacher.outputs.validation" in err and not wd.exists()
 
 
 # ----------------------------------------------------------------------------- the loader on fresh arrays
@@ -207,6 +210,20 @@ def test_carved_splits_read_their_rows_of_the_train_file(rng, tmp_path):
     w, b = teacher.head_weights()
     np.testing.assert_array_equal(w, kernel.T)
     np.testing.assert_array_equal(b, bias)
+
+
+def test_float32_folder_is_memory_mapped_and_never_copied(rng, tmp_path):
+    """A folder of float32 .npy: the cache's whole-array view and its rows read the file's pages."""
+    emb, logits, kernel, bias = _outputs(rng, 64, 5, 3)
+    teacher = _load(tmp_path, {"train": SplitRows("train", 64)},
+                    train=dict(embedding=emb, logits=logits, kernel=kernel, bias=bias))
+    whole = np.asarray(teacher.caches["train"].embeddings)
+    mapped = read_arrays(tmp_path / "train", key="train")["embedding"]
+    assert isinstance(mapped, np.memmap)
+    assert isinstance(whole.base, np.memmap) or isinstance(whole, np.memmap)
+    np.testing.assert_array_equal(whole, emb)
+    index = rng.integers(0, 64, size=9)
+    np.testing.assert_array_equal(teacher.caches["train"].lookup(index)[0], emb[index])
 
 
 def test_head_tolerance_is_relative_to_the_logit(rng, tmp_path):

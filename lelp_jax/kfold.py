@@ -110,6 +110,9 @@ def run_kfold(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 
     if int(config.data.num_folds) < 2:
         raise ConfigError("lelp kfold needs data.num_folds >= 2 (e.g. --config.data.num_folds=10).")
+    if config.teacher.model == "precomputed":
+        raise ConfigError("lelp kfold trains a teacher per fold, and teacher.model='precomputed' gives one set of "
+                          "outputs; export them per fold and run `lelp run` with --config.data.fold=F for each.")
     if any(k.startswith("data.") or k.startswith("teacher.") for k in (grid or {})):
         raise ConfigError("lelp kfold: grid keys must be student-side (not data.* or teacher.*): every fold "
                           "shares one teacher across its grid.")

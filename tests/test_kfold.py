@@ -69,3 +69,7 @@ def test_kfold_refuses_bad_setups(tmp_path):
         kfold.run_kfold(load_config("digits_binary", ["smoke=true"]), tmp_path)
     with pytest.raises(ConfigError, match="student-side"):
         kfold.run_kfold(_tiny(), tmp_path, {"teacher.train.num_steps": ["3"]})
+    with pytest.raises(ConfigError, match="export them per fold"):
+        kfold.run_kfold(load_config("digits_binary", ["smoke=true", "data.num_folds=3", "teacher.model=precomputed",
+                                                      "teacher.outputs.train=t.npz", "teacher.outputs.test=x.npz"]),
+                        tmp_path)

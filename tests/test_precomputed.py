@@ -210,6 +210,9 @@ def test_carved_splits_read_their_rows_of_the_train_file(rng, tmp_path):
     w, b = teacher.head_weights()
     np.testing.assert_array_equal(w, kernel.T)
     np.testing.assert_array_equal(b, bias)
+    with pytest.raises(PrecomputedError, match="no validation split of its own .* unset it"):
+        _load(tmp_path / "stray", splits, train=dict(embedding=emb, logits=logits, kernel=kernel, bias=bias),
+              test=dict(embedding=t_emb, logits=t_logits), validation=dict(embedding=emb, logits=logits))
 
 
 def test_float32_folder_is_memory_mapped_and_never_copied(rng, tmp_path):

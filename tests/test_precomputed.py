@@ -291,3 +291,40 @@ def test_torch_export_round_trips_through_the_loader(rng, tmp_path):
     with torch.no_grad():
         ref = model(x).double().numpy()
     np.testing.assert_allclose(np.asarray(teacher.caches["train"].logits), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_local_data_with_carved_validation_maps_each_split_to_its_rows_of_the_train_file(rng, tmp_path):
+    """Your own files without a validation file: teacher.outputs.train covers the whole train file,
+    and the carved train/validation splits read their own rows of it (checked by recomputing the
+    NumPy teacher on each split's features), its `label` checked against the data's labels."""
+    a = rng.normal(size=(6, 5))
+    kernel, bias = rng.normal(size=(5, 3)), rng.normal(size=3)
+
+    def teacher(x):
+        h = np.tanh(np.asarray(x, np.float64) @ a)
+        return h, h @ kernel + bias
+
+    files = {}
+    for split, n in (("train", 60), ("test", 20)):
+        x, y = rng.normal(size=(n, 6)).astype(np.float32), rng.integers(0, 3, size=n)
+        y[:3] = [0, 1, 2]
+        np.savez(tmp_path / f"{split}_data.npz", features=x, labels=y)
+        h, logits = teacher(x)
+        files[split] = export.write_outputs(tmp_path / f"{split}_outputs.npz", embedding=h, logits=logits, label=y,
+                                            kernel=kernel if split == "train" else None, bias=bias)
+    config = load_config(CONFIG, [
+        "data.name=local", f"data.files.train={tmp_path / 'train_data.npz'}",
+        f"data.files.test={tmp_path / 'test_data.npz'}", "data.num_classes=3", "data.val_fraction=0.25",
+        "teacher.model=precomputed", f"teacher.outputs.train={files['train']}", f"teacher.outputs.test={files['test']}"])
+    env = pipeline.Env(config)
+    loaded = env.precomputed()
+    sizes = {}
+    for split in ("train", "validation", "test"):
+        source = env.split(split)[0]
+        sizes[split] = len(source)
+        index = rng.integers(0, len(source), size=6)
+        h, logits = teacher(np.stack([source[int(i)]["features"] for i in index]))
+        got_h, got_l = loaded.caches[split].lookup(index)
+        np.testing.assert_allclose(got_h, h, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got_l, logits, rtol=1e-5, atol=1e-5)
+    assert sizes == {"train": 45, "validation": 15, "test": 20}

@@ -190,6 +190,9 @@ def base_config() -> ml_collections.ConfigDict:
     # squared distances by 2 sigma_c^2 (the GMM posterior), 'raw' does not. temperature: None = lelp.beta.
     # Both k-means-style methods (kmeans, agglomerative) also follow lelp.target_entropy.
     c.kmeans = ml_collections.ConfigDict(dict(num_iters=50, temperature=_p(float), scale="standardized"))
+    # lelp_kmeans: k-means inside each class's null-space top-k principal subspace (lelp_jax.subspace_kmeans);
+    # S, beta, tau, alpha, seed, null_space and target_entropy come from `lelp`, num_iters from `kmeans`.
+    c.lelp_kmeans = ml_collections.ConfigDict(dict(subspace_dim=8))  # k
     c.fitnet = ml_collections.ConfigDict(dict(weight=1.0))
     c.rkd = ml_collections.ConfigDict(dict(distance_weight=25.0, angle_weight=50.0))
     c.subclass = ml_collections.ConfigDict(
@@ -512,6 +515,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(te is None or 0.0 < te < 1.0,
          f"lelp.target_entropy must lie in (0, 1) (the split's mean normalised entropy: 0 = hard, 1 = uniform) "
          f"or be none (use lelp.beta), got {te}.")
+    need(config.lelp_kmeans.subspace_dim >= 1,
+         f"lelp_kmeans.subspace_dim must be >= 1 (the principal subspace's dimension k), got "
+         f"{config.lelp_kmeans.subspace_dim}.")
     kt = config.kmeans.temperature
     need(kt is None or kt > 0, f"kmeans.temperature must be > 0 or none (= lelp.beta), got {kt}.")
     need(config.kmeans.scale in ("standardized", "gmm", "raw"),  # lelp_jax.clustering.KMEANS_SCALES

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lelp_jax import clustering, feature_losses, losses, subclass_distillation, targets
+from lelp_jax import clustering, feature_losses, losses, subclass_distillation, subspace_kmeans, targets
 
 __all__ = [
     "Method", "METHODS", "register_method", "get_method", "method_names",
@@ -342,6 +342,36 @@ register_method(Method(
     name="oracle", needs_teacher=True, loss=_oracle_loss, head_outputs=_lelp_head,
     class_log_probs=subclass_class_log_probs, fit="oracle", needs_fine_labels=True, split=_oracle_split,
     description="true fine labels as subclasses (upper bound)",
+))
+
+
+# ----------------------------------------------------------------------------- lelp_kmeans (issue #12, item 7)
+
+
+def _subspace_scores(aux, teacher_embedding, cfg) -> jax.Array:
+    """:func:`lelp_jax.subspace_kmeans.subspace_kmeans_scores`, standardised when ``lelp.standardize``."""
+    if not isinstance(aux, subspace_kmeans.SubspaceKMeans):
+        raise ValueError("method 'lelp_kmeans' needs a SubspaceKMeans fit as the train step's aux.")
+    return subspace_kmeans.subspace_kmeans_scores(teacher_embedding, aux,
+                                                  standardize=bool(option(cfg, "lelp", "standardize", True)))
+
+
+def _lelp_kmeans_loss(*, student_logits, batch, teacher_embedding, teacher_logits, aux, cfg, **_: Any) -> jax.Array:
+    """LELP's null-space top-k principal subspace per class (k = ``lelp_kmeans.subspace_dim``), partitioned by
+    k-means: ``t = split_targets(softmax(l/tau), z, beta_c)`` with ``z_{c,s} = (2 y_c.m_{c,s} - ||m_{c,s}||^2) /
+    sigma_c``, ``y_c = V_c^T (h - mu_c)`` (:mod:`lelp_jax.subspace_kmeans`); beta_c = ``aux.betas`` when
+    calibrated to ``lelp.target_entropy``, else ``lelp.beta``; ``tau``, ``alpha`` from ``lelp``; loss
+    :func:`lelp_jax.losses.lelp_loss`."""
+    z = _subspace_scores(aux, teacher_embedding, cfg)
+    t = targets.split_targets(_teacher_class_probs(teacher_logits, cfg), z, beta=split_beta(aux, cfg, _lelp_beta(cfg)))
+    return _pseudo_subclass_loss(student_logits, t, batch, cfg, teacher_logits.shape[-1])
+
+
+register_method(Method(
+    name="lelp_kmeans", needs_teacher=True, loss=_lelp_kmeans_loss, head_outputs=_lelp_head,
+    class_log_probs=subclass_class_log_probs, fit="subspace_kmeans", scores=_subspace_scores,
+    split=functools.partial(_score_split(_lelp_beta), scores=_subspace_scores),
+    description="LELP variant: k-means inside each class's null-space top-k principal subspace, split like LELP",
 ))
 
 

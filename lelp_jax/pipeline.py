@@ -667,22 +667,12 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
     if not missing:
         return {"skipped": True, "message": ", ".join(str(wd.projections(m.name)) for m in todo)}
     env = env or Env(config)
-    from lelp_jax.models import head_weights
     from lelp_jax.projections import fit_projections, save_projections
 
     moments = load_statistics(workdir)
     weights = None
-    if config.teacher.model == "precomputed":
-        weights = env.precomputed().head_weights()[0]
-    elif any(dict(m.fit_options(config)).get("null_space", True) for m in missing):
-        from lelp_jax import train
-
-        variables = train.load_variables(str(teacher_source_dir(config, workdir)), which="best", mesh=env.mesh)
-        # On the host: a fit whose inputs are replicated over a multi-device CPU mesh runs
-        # the eigh on every device at once and was seen to deadlock (8 emulated devices).
-        from lelp_jax import sharding
-
-        weights = sharding.to_host(head_weights(variables)[0])
+    if any(dict(m.fit_options(config)).get("null_space", True) for m in missing):
+        weights = _head_weights(config, workdir, env)
     settings = {"beta": config.lelp.beta, "tau": config.lelp.tau, "standardize": config.lelp.standardize,
                 "target_entropy": config.lelp.target_entropy,
                 "fit_labels": config.lelp.fit_labels, "teacher": teacher_identity(config, workdir),
@@ -698,6 +688,19 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
                        f"rotate={proj.rotate}, {proj.directions_kind})")
     _sync("fit")
     return {"skipped": False, "message": "; ".join(written)}
+
+
+def _head_weights(config, workdir, env: Env):
+    """The teacher head's W = kernel^T (C, D) (a precomputed teacher's own head), on the host: a fit whose
+    inputs are replicated over a multi-device CPU mesh runs the eigh on every device at once and was seen
+    to deadlock (8 emulated devices)."""
+    if config.teacher.model == "precomputed":
+        return env.precomputed().head_weights()[0]
+    from lelp_jax import sharding, train
+    from lelp_jax.models import head_weights
+
+    variables = train.load_variables(str(teacher_source_dir(config, workdir)), which="best", mesh=env.mesh)
+    return sharding.to_host(head_weights(variables)[0])
 
 
 def _all_train_outputs(config, workdir, env: Env):
@@ -805,7 +808,8 @@ def method_aux(method, config: ml_collections.ConfigDict, workdir: str | os.Path
     ``agglomerative``: per-class Ward clusters' means on at most 2,000 train embeddings
     per class (scikit-learn, host); ``subclass_teacher``: the variables of the
     Subclass-Distillation teacher
-    (:func:`subclass_teacher_variables`). With ``lelp.target_entropy`` set, k-means-style
+    (:func:`subclass_teacher_variables`); ``subspace_kmeans``: the ``lelp_kmeans`` fit
+    (:func:`_fit_subspace_kmeans`). With ``lelp.target_entropy`` set, k-means-style
     fits get their per-class betas here (:func:`calibrate`); projections got them at fit time.
     """
     import jax
@@ -843,9 +847,42 @@ def method_aux(method, config: ml_collections.ConfigDict, workdir: str | os.Path
         fit = fit_agglomerative_centroids(emb, labels, num_classes=info.num_classes,
                                           num_subclasses=int(config.lelp.num_subclasses), seed=int(config.lelp.seed))
         return calibrate(method, fit, config, workdir, env)
+    if method.fit == "subspace_kmeans":
+        return calibrate(method, _fit_subspace_kmeans(config, workdir, env), config, workdir, env)
     if method.fit == "subclass_teacher":
         return subclass_teacher_variables(config, workdir, env)
     raise ValueError(f"method {method.name!r} asks for fit {method.fit!r}, which the pipeline does not build.")
+
+
+def _fit_subspace_kmeans(config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env):
+    """The ``lelp_kmeans`` fit (:mod:`lelp_jax.subspace_kmeans`) on the teacher's train embeddings: class
+    moments (fit labels, streamed in chunks), the top-``lelp_kmeans.subspace_dim`` null-space principal
+    directions (``lelp.null_space``; no rotation), then k-means with ``lelp.num_subclasses`` centroids
+    (``kmeans.num_iters``, seed ``lelp.seed``) in each class's subspace."""
+    import jax
+    import jax.numpy as jnp
+
+    from lelp_jax.projections import fit_projections
+    from lelp_jax.statistics import init_moments, update_moments
+    from lelp_jax.subspace_kmeans import fit_subspace_kmeans
+
+    emb, logits = _all_train_outputs(config, workdir, env)
+    info = env.info
+    labels = _fit_labels(config, _train_labels(env.split("train")[0])[0], logits)
+    moments = init_moments(info.num_classes, emb.shape[1])
+    for i in range(0, len(emb), 4096):
+        moments = update_moments(moments, jnp.asarray(emb[i:i + 4096], jnp.float32), jnp.asarray(labels[i:i + 4096]))
+    null_space = bool(config.lelp.null_space)
+    k, c, d = int(config.lelp_kmeans.subspace_dim), info.num_classes, emb.shape[1]
+    if k > d - (c if null_space else 0):
+        raise ConfigError(f"lelp_kmeans.subspace_dim={k} exceeds the teacher embedding's "
+                          f"{'null space (D - C = ' + str(d - c) + ')' if null_space else 'dimension D = ' + str(d)}; "
+                          f"lower it to <= {d - c if null_space else d}.")
+    subspace = fit_projections(moments, classifier_weights=_head_weights(config, workdir, env) if null_space else None,
+                               num_subclasses=int(config.lelp_kmeans.subspace_dim), key=int(config.lelp.seed),
+                               null_space=null_space, rotate=False, directions="pca")
+    return fit_subspace_kmeans(jax.random.PRNGKey(int(config.lelp.seed)), subspace, emb, labels,
+                               num_subclasses=int(config.lelp.num_subclasses), num_iters=int(config.kmeans.num_iters))
 
 
 def subclass_teacher_variables(config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env) -> Any:

@@ -300,6 +300,20 @@ def test_method_aux_builds_kmeans_and_oracle_artifacts(finished_run):
     np.testing.assert_array_equal(np.asarray(slots.class_of_fine)[fine], labels)
     with pytest.raises(ValueError, match="does not build"):
         pipeline.method_aux(fake("mystery"), config, wd, env)
+    # lelp_kmeans: S = 5 centroids in each class's top-8 null-space principal subspace of the teacher's W
+    from lelp_jax import train
+    from lelp_jax.methods import get_method
+    from lelp_jax.models import head_weights
+
+    sk = pipeline.method_aux(get_method("lelp_kmeans"), config, wd, env)
+    assert sk.subspace.directions.shape == (2, 256, 8) and sk.clusters.centroids.shape == (2, 5, 8)
+    w = np.asarray(head_weights(train.load_variables(str(wd / "teacher"), which="best"))[0], np.float64)
+    v = np.asarray(sk.subspace.directions, np.float64)
+    assert np.abs(np.einsum("cd,kdj->ckj", w, v)).max() < 1e-3 * np.abs(w).max() * np.sqrt(256)
+    too_big = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")]
+                          + ["--config.lelp_kmeans.subspace_dim=255"])
+    with pytest.raises(pipeline.ConfigError, match=r"lelp_kmeans.subspace_dim=255 exceeds .*D - C = 254"):
+        pipeline.method_aux(get_method("lelp_kmeans"), too_big, wd, pipeline.Env(too_big))
 
 
 def test_target_entropy_calibrates_every_splitting_fit_on_the_train_split(finished_run):

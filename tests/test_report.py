@@ -109,10 +109,11 @@ def test_report_on_a_tiny_run_of_the_comparison_methods(tmp_path):
 
     steps = [f"{s}.{k}={v}" for s in ("teacher.train", "train")
              for k, v in (("num_steps", 4), ("eval_every", 2), ("checkpoint_every", 4), ("log_every", 2))]
-    cfg = load_config("digits_binary", ["smoke=true", "methods=kmeans,agglomerative,oracle,fitnet,rkd,subclass", "seeds=0",
+    cfg = load_config("digits_binary", ["smoke=true", "methods=kmeans,agglomerative,oracle,lelp_kmeans,fitnet,rkd,subclass", "seeds=0",
                                         "lelp.num_subclasses=2", "subclass.num_subclasses=2", "teacher_cache=true"] + steps)
     results = pipeline.run_all(cfg, tmp_path, log=lambda m: None)
-    assert [r["method"] for r in results["runs"]] == ["kmeans", "agglomerative", "oracle", "fitnet", "rkd", "subclass"]
+    assert [r["method"] for r in results["runs"]] == ["kmeans", "agglomerative", "oracle", "lelp_kmeans", "fitnet", "rkd",
+                                                      "subclass"]
     sub = json.loads((tmp_path / "subclass_teacher" / "result.json").read_text())
     assert sub["steps"] == 4 and sub["method"] == "subclass_teacher"
     by = {r["method"]: r for r in results["runs"]}
@@ -122,7 +123,7 @@ def test_report_on_a_tiny_run_of_the_comparison_methods(tmp_path):
     assert by["fitnet"]["student_params"] == by["rkd"]["student_params"] < by["kmeans"]["student_params"]
     # what each split taught, on the train split: the oracle's is hard; feature KD does not split
     assert by["oracle"]["split_entropy"] == 0.0 and by["oracle"]["split_top_share"] == 1.0
-    for m in ("kmeans", "agglomerative", "oracle"):
+    for m in ("kmeans", "agglomerative", "oracle", "lelp_kmeans"):
         assert 0.0 <= by[m]["split_entropy"] < 1.0 and 0.5 <= by[m]["split_top_share"] <= 1.0
         assert 0.0 < by[m]["split_nmi"] <= 1.0 and by[m]["split_betas"] is None
     from sklearn.metrics import normalized_mutual_info_score
@@ -135,7 +136,7 @@ def test_report_on_a_tiny_run_of_the_comparison_methods(tmp_path):
     assert "split_entropy" not in by["fitnet"] and "split_entropy" not in by["subclass"]
     out = report.build_report([tmp_path], tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
-    for m in ("kmeans", "agglomerative", "oracle", "fitnet", "rkd", "subclass"):
+    for m in ("kmeans", "agglomerative", "oracle", "lelp_kmeans", "fitnet", "rkd", "subclass"):
         assert f"| {m} |" in md
     assert "| subclass teacher (C*S head) |" in md
     assert sorted(p.rsplit("/", 1)[-1] for p in out["plots"]) == ["digits_binary_digits_binary_curves.png"]

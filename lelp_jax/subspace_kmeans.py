@@ -1,0 +1,108 @@
+"""``lelp_kmeans``: LELP's subspace, partitioned the way the embedding is organised.
+
+LELP keeps two things worth keeping: it drops the row space of the teacher head W
+(what KD already conveys) and works in each class's top principal subspace of the
+null-space-projected embeddings. Its partition — a softmax over S linear
+projections, i.e. S cones around S directions — is what this variant replaces: in a
+float64 prototype with 16 interleaved latent clusters per class, k-means inside the
+null-space top-8 subspace captured all of the oracle's room where LELP captured a fifth
+(issue #12, item 7). Fit, per class c, from the teacher's train embeddings h:
+
+1. ``P = I - W^T (W W^T)^+ W`` and ``V_c`` = the top-k eigenvectors of ``P Sigma_c P``
+   (:func:`lelp_jax.projections.fit_projections` with ``num_subclasses=k``, no
+   rotation: k-means is rotation-invariant), mu_c the class mean;
+2. subspace coordinates ``y_c(h) = V_c^T (h - mu_c)`` in R^k (not whitened: the
+   subspace keeps the embedding's own geometry);
+3. k-means with S centroids ``m_{c,s}`` in R^k over class c's rows
+   (:func:`lelp_jax.clustering.kmeans_plusplus_init` + :func:`lelp_jax.clustering.lloyd`).
+
+Targets, with the same sharpness rule as every splitting method:
+
+    z_{c,s}(h) = (2 y_c(h).m_{c,s} - ||m_{c,s}||^2) / sigma_c      (= -||y_c - m_{c,s}||^2 / sigma_c + const)
+    t_{c,s}    = softmax(l / tau)_c * softmax_s(z_{c,.} / beta_c)_s
+
+with ``sigma_c`` the standardisation of k-means scores (:func:`lelp_jax.clustering.score_scale`,
+in the subspace) and ``beta_c`` = ``lelp.beta`` or calibrated to ``lelp.target_entropy``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from lelp_jax.clustering import KMeansFit, kmeans_plusplus_init, lloyd, score_scale
+from lelp_jax.projections import Projections
+from lelp_jax.targets import projection_scores
+
+__all__ = ["SubspaceKMeans", "fit_subspace_kmeans", "subspace_coordinates", "subspace_kmeans_scores"]
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@struct.dataclass
+class SubspaceKMeans:
+    """The ``lelp_kmeans`` fit: ``subspace`` (:class:`Projections`, directions ``(C, D, k)``, the
+    top-k null-space principal directions V_c and means mu_c), ``clusters`` (:class:`KMeansFit`,
+    centroids ``(C, S, k)`` in each class's subspace coordinates, ``score_std (C,)``) and
+    ``betas (C,)`` calibrated to a target entropy, or None."""
+
+    subspace: Projections
+    clusters: KMeansFit
+    betas: Optional[jax.Array] = None
+
+
+def subspace_coordinates(fit_or_subspace, embeddings: jax.Array) -> jax.Array:
+    """``y_c(h) = V_c^T (h - mu_c)`` for every class: ``(B, C, k)``."""
+    subspace = fit_or_subspace.subspace if isinstance(fit_or_subspace, SubspaceKMeans) else fit_or_subspace
+    return projection_scores(subspace, embeddings, standardize=False)
+
+
+def fit_subspace_kmeans(key: jax.Array, subspace: Projections, embeddings: jax.Array, labels: jax.Array, *,
+                        num_subclasses: int, num_iters: int = 50) -> SubspaceKMeans:
+    """k-means with ``num_subclasses`` centroids inside each class's subspace (vmapped over classes, jitted).
+
+    ``subspace``: the fitted top-k directions (see the module docstring); ``embeddings (N, D)``
+    and ``labels (N,)`` the rows to cluster (row i belongs to class labels[i]); class c uses key
+    ``fold_in(key, c)``.
+    """
+    embeddings = jnp.asarray(embeddings, jnp.float32)
+    labels = jnp.asarray(labels)
+    c = subspace.num_classes
+    if embeddings.ndim != 2 or labels.shape != embeddings.shape[:1]:
+        raise ValueError(f"fit_subspace_kmeans needs embeddings (N, D) and labels (N,), got {embeddings.shape} and "
+                         f"{labels.shape}; pass one label per embedding row.")
+    if not isinstance(num_subclasses, int) or num_subclasses < 1:
+        raise ValueError(f"fit_subspace_kmeans: num_subclasses must be an int >= 1, got {num_subclasses!r}.")
+    coords = subspace_coordinates(subspace, embeddings)  # (N, C, k)
+    clusters = _fit(key, coords, labels, c, num_subclasses, int(num_iters))
+    return SubspaceKMeans(subspace=subspace, clusters=clusters)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _fit(key, coords, labels, num_classes, num_subclasses, num_iters) -> KMeansFit:
+    w = (labels[None, :] == jnp.arange(num_classes)[:, None]).astype(coords.dtype)  # (C, N)
+    keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(num_classes))
+
+    def one(k, x, wc):
+        init = kmeans_plusplus_init(k, x, wc, num_clusters=num_subclasses)
+        cents, inertia = lloyd(x, wc, init, num_iters=num_iters)
+        return cents, inertia, score_scale(x, wc, cents)
+
+    centroids, inertia, score_std = jax.vmap(one, in_axes=(0, 1, 0))(keys, coords, w)
+    count = jnp.sum(w, axis=1)
+    scale = 0.5 / jnp.maximum(inertia / jnp.maximum(count * coords.shape[2], 1.0), 1e-12)
+    return KMeansFit(centroids=centroids, scale=scale, inertia=inertia, count=count, score_std=score_std)
+
+
+def subspace_kmeans_scores(embeddings: jax.Array, fit: SubspaceKMeans, *, standardize: bool = True) -> jax.Array:
+    """Subclass scores ``z (B, C, S)``: ``2 y_c(h).m_{c,s} - ||m_{c,s}||^2``, over sigma_c when ``standardize``
+    (module docstring); the softmax over s equals that of ``-||y_c(h) - m_{c,s}||^2 / sigma_c``."""
+    y = subspace_coordinates(fit, embeddings)  # (B, C, k)
+    m = fit.clusters.centroids.astype(y.dtype)  # (C, S, k)
+    z = 2.0 * jnp.einsum("bck,csk->bcs", y, m, precision=_HIGHEST) - jnp.sum(m * m, axis=-1)[None]
+    if standardize:
+        z = z / fit.clusters.score_std.astype(y.dtype)[None, :, None]
+    return z

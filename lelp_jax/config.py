@@ -209,6 +209,7 @@ def base_config() -> ml_collections.ConfigDict:
         pca="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
         kmeans="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
         agglomerative="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
+        lelp_kmeans="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
         oracle="lelp.tau=0.5,1,2,4,8,16 lelp.alpha=0,0.5",
         fitnet="fitnet.weight=0.1,1,10 kd.tau=1,4 kd.alpha=0,0.5",
         rkd="kd.tau=1,2,4 rkd.distance_weight=5,25 rkd.angle_weight=10,50",

@@ -140,3 +140,26 @@ def test_report_on_a_tiny_run_of_the_comparison_methods(tmp_path):
         assert f"| {m} |" in md
     assert "| subclass teacher (C*S head) |" in md
     assert sorted(p.rsplit("/", 1)[-1] for p in out["plots"]) == ["digits_binary_digits_binary_curves.png"]
+
+
+def test_sweep_plot_reference_bands_and_axes(tmp_path):
+    """kd/ce bands: mean ± t_{0.975,n-1} * sample sd / sqrt(n) at the point chosen on validation."""
+    def st(mean, std, val, n=3):
+        return {"test_accuracy_best_val": {"mean": mean, "std": std}, "best_val_accuracy": {"mean": val}, "n": n}
+
+    points = [{"name": f"kd.tau={t}", "overrides": {"kd.tau": t}, "status": "done",
+               "summary": {"kd": st(0.9 + t / 100, 0.01 * t, 0.8 + (t == 2) / 10)}} for t in (1.0, 2.0, 4.0)]
+    points += [{"name": "defaults", "overrides": {}, "status": "done", "summary": {"ce": st(0.88, 0.02, 0.7, n=4)}}]
+    points += [{"name": f"e={e}", "overrides": {"lelp.target_entropy": e}, "status": "done",
+                "summary": {"lelp": st(0.9, 0.01, 0.8)}} for e in (0.5, 0.9)]
+    sweep = {"grid": {"kd.tau": [1.0, 2.0, 4.0], "lelp.target_entropy": [0.5, 0.9]}, "points": points}
+    mean, half, n = report._reference_band(sweep, "kd", "test_accuracy_best_val")  # noqa: SLF001
+    sd = 0.02 * np.sqrt(3 / 2)  # population std 0.02 at tau=2 (chosen on validation) -> sample sd
+    assert (mean, n) == (0.92, 3)
+    np.testing.assert_allclose(half, 4.302652729911275 * sd / np.sqrt(3), rtol=1e-9)  # t_{0.975, 2}
+    mean, half, n = report._reference_band(sweep, "ce", "test_accuracy_best_val")  # noqa: SLF001
+    np.testing.assert_allclose(half, 3.182446305284263 * 0.02 * np.sqrt(4 / 3) / 2, rtol=1e-9)
+    assert report._reference_band(sweep, "oracle", "test_accuracy_best_val") is None  # noqa: SLF001
+    for key in ("kd.tau", "lelp.target_entropy"):
+        p = report.plot_sweep(sweep, key, tmp_path / f"{key}.png", title="a title " * 30)
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -221,7 +221,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seeds = (0,)
     c.teacher_cache = False  # cache teacher (embedding, logits) per example once; needs a frozen teacher
 
-    c.mesh = ml_collections.ConfigDict(dict(num_devices=_p(int)))  # None = every device of every host
+    # num_devices: None = every device of every host. model > 1: a ('data', 'model') mesh whose 'model'
+    # axis splits the teacher's large kernels (a teacher larger than one device; docs/LAUNCHING.md).
+    c.mesh = ml_collections.ConfigDict(dict(num_devices=_p(int), model=1))
     c.distributed = ml_collections.ConfigDict(
         dict(
             coordinator_address=_p(str),  # "host:port"; None = auto-detect (TPU pod, SLURM) or one process
@@ -551,6 +553,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(folds == 0 or 0.0 < config.data.val_fraction < 1.0,
          f"data.num_folds={folds} carves validation from the training folds: data.val_fraction must be in (0, 1), "
          f"got {config.data.val_fraction}.")
+    need(isinstance(config.mesh.model, int) and config.mesh.model >= 1,
+         f"mesh.model must be an int >= 1 (1: parameters replicated; m > 1: the teacher's large kernels split "
+         f"over m devices), got {config.mesh.model!r}.")
 
 
 def _validate_precomputed(config: ml_collections.ConfigDict, need) -> None:

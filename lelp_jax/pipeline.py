@@ -465,11 +465,13 @@ def teacher_identity(config: ml_collections.ConfigDict, workdir: str | os.PathLi
 
 
 def load_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env):
-    """The trained teacher as ``(model, variables)`` (best-validation weights), replicated on the mesh."""
+    """The trained teacher as ``(model, variables)`` (best-validation weights), on the mesh: replicated,
+    or with ``mesh.model > 1`` its large kernels split along ``'model'`` (``sharding.param_shardings``)."""
     from lelp_jax import train
 
     model = _teacher_model(config, env.info.num_classes)
-    variables = train.load_variables(str(teacher_source_dir(config, workdir)), which="best", mesh=env.mesh)
+    variables = train.load_variables(str(teacher_source_dir(config, workdir)), which="best", mesh=env.mesh,
+                                     shard_params=True)
     return model, variables
 
 

@@ -1,10 +1,13 @@
-"""Mesh, batch sharding and multi-host start-up.
+"""Mesh, batch and parameter sharding, multi-host start-up.
 
-Every sharded computation in lelp_jax uses one 1-D mesh with axis ``'data'``
-over every device of every host: batches are split along their leading
-(example) axis, parameters and optimizer state are replicated. Sharding is
-declared (``Mesh`` + ``NamedSharding`` + ``jax.jit``); XLA inserts the
-cross-device reductions. No pmap, no pjit.
+Every sharded computation in lelp_jax uses one mesh over every device of every
+host. By default it is 1-D, axis ``'data'``: batches are split along their
+leading (example) axis, parameters and optimizer state are replicated. With
+``model > 1`` it is 2-D, ``('data', 'model')``: batches are still split along
+``'data'`` only, and a teacher too large for one device keeps each large kernel
+split along ``'model'`` (FSDP-style, by the rule of :func:`param_spec`).
+Sharding is declared (``Mesh`` + ``NamedSharding`` + ``jax.jit``); XLA inserts
+the cross-device collectives. No pmap, no pjit.
 
 Multi-host: each process passes only its own rows to ``shard_batch``; the global
 batch is their concatenation in process order.
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import jax
 import numpy as np
@@ -21,16 +24,26 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 __all__ = [
     "DATA_AXIS",
+    "MODEL_AXIS",
+    "MIN_SHARD_SIZE",
     "initialize_distributed",
     "make_mesh",
+    "model_axis_size",
     "batch_sharding",
     "replicated_sharding",
+    "param_spec",
+    "param_shardings",
+    "shard_params",
     "shard_batch",
     "replicate",
     "to_host",
 ]
 
 DATA_AXIS = "data"
+MODEL_AXIS = "model"
+# Leaves with fewer elements stay replicated: biases, LayerNorm scales and small heads
+# cost little memory, and splitting them would add a collective each for nothing.
+MIN_SHARD_SIZE = 2**14
 
 _CLUSTER_ENV = (
     # Cloud TPU pods (multi-host slices) expose their worker list.
@@ -97,15 +110,22 @@ def initialize_distributed(cfg: Any = None) -> bool:
     return False
 
 
-def make_mesh(num_devices: Union[int, Mapping, Any, None] = None) -> Mesh:
-    """A 1-D ``('data',)`` mesh over all devices (or the first ``num_devices``).
+def make_mesh(num_devices: Union[int, Mapping, Any, None] = None, *, model: Optional[int] = None) -> Mesh:
+    """A mesh over all devices (or the first ``num_devices``): 1-D ``('data',)``, or 2-D with ``model > 1``.
 
-    ``num_devices`` may also be a config section with a ``num_devices`` entry
-    (None or 0 = all). A subset is only allowed in a single-process job: in a
-    multi-host job every process must own part of the mesh.
+    ``num_devices`` may also be a config section (``config.mesh``) with
+    ``num_devices`` (None or 0 = all) and ``model`` entries. With ``model = m > 1``
+    the n devices form an ``(n / m, m)`` grid with axes ``('data', 'model')``; each
+    row (one ``'model'`` group) is m consecutive devices, so in a multi-host job a
+    group stays within one host (m must divide each host's device count). A
+    subset is only allowed in a single-process job: in a multi-host job every
+    process must own part of the mesh.
     """
     if num_devices is not None and not isinstance(num_devices, int):
-        num_devices = _get(num_devices, "num_devices", None)
+        section = num_devices
+        num_devices = _get(section, "num_devices", None)
+        model = _get(section, "model", None) if model is None else model
+    model = 1 if model is None else int(model)
     devices = jax.devices()
     if num_devices:
         if not 1 <= num_devices <= len(devices):
@@ -119,7 +139,24 @@ def make_mesh(num_devices: Union[int, Mapping, Any, None] = None) -> Mesh:
                 f"{len(devices)} devices (num_devices=None)."
             )
         devices = devices[:num_devices]
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    if model < 1 or len(devices) % model:
+        raise ValueError(
+            f"make_mesh: mesh.model={model} must be a positive divisor of the {len(devices)} devices in the mesh; "
+            "use 1 (parameters replicated) or a divisor such as 2 or 4."
+        )
+    if model == 1:
+        return Mesh(np.asarray(devices), (DATA_AXIS,))
+    if jax.process_count() > 1 and jax.local_device_count() % model:
+        raise ValueError(
+            f"make_mesh: mesh.model={model} does not divide this host's {jax.local_device_count()} devices; a "
+            "'model' group must stay within one host (choose a divisor of the devices per host)."
+        )
+    return Mesh(np.asarray(devices).reshape(len(devices) // model, model), (DATA_AXIS, MODEL_AXIS))
+
+
+def model_axis_size(mesh: Mesh) -> int:
+    """Size of the mesh's ``'model'`` axis (1 on a 1-D mesh)."""
+    return int(dict(mesh.shape).get(MODEL_AXIS, 1))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -132,19 +169,53 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def param_spec(shape: tuple[int, ...], model_size: int, *, min_size: int = MIN_SHARD_SIZE) -> P:
+    """Where one parameter lives on a mesh whose ``'model'`` axis has ``model_size`` devices.
+
+    Rule (FSDP-style, the same for every model): a leaf of at least ``min_size``
+    elements is split along its largest dimension that ``model_size`` divides (the
+    first such on ties), so each device holds 1 / model_size of it; a smaller leaf,
+    or one with no divisible dimension, is replicated. ``model_size`` 1 replicates all.
+    """
+    if model_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    dims = [i for i, n in enumerate(shape) if n % model_size == 0]
+    if not dims:
+        return P()
+    axis = max(dims, key=lambda i: (shape[i], -i))
+    return P(*([None] * axis + [MODEL_AXIS]))
+
+
+def param_shardings(tree: Any, mesh: Mesh, *, min_size: int = MIN_SHARD_SIZE) -> Any:
+    """A ``NamedSharding`` per leaf of ``tree`` (arrays or ``jax.ShapeDtypeStruct``) by :func:`param_spec`.
+
+    On a 1-D mesh every leaf is replicated (the same as :func:`replicated_sharding`).
+    """
+    m = model_axis_size(mesh)
+    return jax.tree_util.tree_map(lambda x: NamedSharding(mesh, param_spec(tuple(np.shape(x)), m, min_size=min_size)),
+                                  tree)
+
+
 def _local_device_count(mesh: Mesh) -> int:
     return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+def _local_data_shards(mesh: Mesh) -> int:
+    """How many distinct ``'data'`` slices of a batch this process's devices hold."""
+    grid = mesh.devices.reshape(mesh.devices.shape[0], -1)
+    return sum(any(d.process_index == jax.process_index() for d in row) for row in grid)
 
 
 def shard_batch(host_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Global batch from this process's rows (``jax.make_array_from_process_local_data``).
 
     Each process passes its ``B_local`` rows; the result has ``B_local *
-    process_count`` rows split over ``'data'``. ``B_local`` must be divisible by
-    the number of this process's devices in the mesh.
+    process_count`` rows split over ``'data'`` (and whole along ``'model'``).
+    ``B_local`` must be divisible by the number of this process's ``'data'``
+    slices (its devices in the mesh, divided by the ``'model'`` axis size).
     """
     sharding = batch_sharding(mesh)
-    n_local = _local_device_count(mesh)
+    n_local = _local_data_shards(mesh)
     n_proc = len({d.process_index for d in mesh.devices.flat})
     out = {}
     for key, value in host_batch.items():
@@ -154,11 +225,30 @@ def shard_batch(host_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, j
         if value.shape[0] % n_local:
             raise ValueError(
                 f"shard_batch: batch[{key!r}] has {value.shape[0]} rows on this process, not divisible by its "
-                f"{n_local} devices; make the per-process batch size a multiple of {n_local}."
+                f"{n_local} devices{'' if model_axis_size(mesh) == 1 else ' (data slices)'}; make the per-process "
+                f"batch size a multiple of {n_local}."
             )
         global_shape = (value.shape[0] * n_proc,) + value.shape[1:]
         out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
     return out
+
+
+def _put(x: Any, sharding: NamedSharding) -> jax.Array:
+    """``x`` laid out as ``sharding``; works in multi-host jobs (each process builds its own shards).
+
+    Through a host copy: ``jax.device_put`` may alias the source buffer on its own device
+    (seen on CPU even with ``may_alias=False``), and train steps donate their state.
+    A teacher restored in place (``train.load_variables(shard_params=True)``) is returned as is.
+    """
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.sharding.is_fully_replicated:
+            x = x.addressable_data(0)  # any local shard is the whole value
+        else:
+            return jax.device_put(x, sharding)  # every process calls this: a collective reshard
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -168,16 +258,17 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     own (identical) copy of the value.
     """
     sharding = replicated_sharding(mesh)
+    return jax.tree_util.tree_map(lambda x: _put(x, sharding), tree)
 
-    def put(x):
-        if isinstance(x, jax.Array) and x.sharding == sharding:
-            return x
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            x = x.addressable_data(0)  # already replicated elsewhere: any local shard is whole
-        host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
-    return jax.tree_util.tree_map(put, tree)
+def shard_params(tree: Any, mesh: Mesh, *, min_size: int = MIN_SHARD_SIZE) -> Any:
+    """Place a (teacher's) variables by :func:`param_shardings`: large kernels split along ``'model'``.
+
+    On a 1-D mesh this is :func:`replicate`. A device then holds 1 / model of each
+    large kernel; ``jax.jit`` functions declared with the same shardings run on
+    them without gathering them first (XLA's partitioner inserts the collectives).
+    """
+    return jax.tree_util.tree_map(_put, tree, param_shardings(tree, mesh, min_size=min_size))
 
 
 def to_host(tree: Any) -> Any:

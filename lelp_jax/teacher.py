@@ -11,7 +11,10 @@ A teacher is any ``apply_fn(variables, batch, train=False) -> (embedding, logits
   the LELP fit: :func:`accumulate_moments`.
 
 Every computation runs under ``jax.jit`` with the batch split over the ``'data'``
-mesh and the teacher variables replicated, so it scales from one CPU to a pod.
+axis of the mesh and the teacher variables replicated, so it scales from one CPU
+to a pod. On a mesh with a ``'model'`` axis (``mesh.model > 1``) the teacher's
+large kernels are split along it instead (:func:`lelp_jax.sharding.shard_params`):
+a teacher larger than one device's memory runs in the same one jitted step.
 """
 from __future__ import annotations
 
@@ -47,12 +50,15 @@ def _inputs(batch: Mapping[str, Any], dtype) -> dict[str, Any]:
 
 
 def make_teacher_step(apply_fn: Callable, mesh: Mesh, *, gather: bool = False,
-                      compute_dtype: str = "float32") -> Callable:
+                      compute_dtype: str = "float32", variables: Any = None) -> Callable:
     """Jitted ``(variables, batch) -> (embedding, logits)`` in float32, eval mode.
 
-    Variables replicated, batch split over ``'data'``; outputs stay split
-    (``gather=False``) or are replicated on every device of every host
-    (``gather=True``, an all-gather; used to fill a cache on every host).
+    Variables replicated, or, given ``variables`` (arrays or ``ShapeDtypeStruct``s:
+    only their shapes are read), declared with :func:`lelp_jax.sharding.param_shardings`
+    (on a mesh with a ``'model'`` axis: large kernels split along it; pass them
+    placed by :func:`~lelp_jax.sharding.shard_params`). Batch split over ``'data'``;
+    outputs stay split (``gather=False``) or are replicated on every device of every
+    host (``gather=True``, an all-gather; used to fill a cache on every host).
     """
     dtype = jnp.dtype(compute_dtype)
 
@@ -64,7 +70,8 @@ def make_teacher_step(apply_fn: Callable, mesh: Mesh, *, gather: bool = False,
 
     rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)
     out = rep if gather else bat
-    return jax.jit(step, in_shardings=(rep, bat), out_shardings=(out, out))
+    var_sharding = rep if variables is None else shd.param_shardings(variables, mesh)
+    return jax.jit(step, in_shardings=(var_sharding, bat), out_shardings=(out, out))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +143,8 @@ def cache_teacher_outputs(apply_fn: Callable, variables: Any, source: Any, *, me
     rows (``mask`` 1) written at row ``index``. Process 0 writes ``path`` (.npz,
     atomic) when given. Every example must be covered exactly once.
     """
-    step = make_teacher_step(apply_fn, mesh, gather=True, compute_dtype=compute_dtype)
-    variables = shd.replicate(variables, mesh)
+    variables = shd.shard_params(variables, mesh)
+    step = make_teacher_step(apply_fn, mesh, gather=True, compute_dtype=compute_dtype, variables=variables)
     gather = jax.jit(lambda x: x, out_shardings=shd.replicated_sharding(mesh))
     n = len(source)
     emb_out = logit_out = None
@@ -185,8 +192,8 @@ def accumulate_moments(apply_fn: Optional[Callable], variables: Any, source: Any
         raise ValueError("accumulate_moments needs apply_fn and variables (online teacher) or a TeacherCache.")
     rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)
     if cache is None:
-        teacher_step = make_teacher_step(apply_fn, mesh, compute_dtype=compute_dtype)
-        variables = shd.replicate(variables, mesh)
+        variables = shd.shard_params(variables, mesh)
+        teacher_step = make_teacher_step(apply_fn, mesh, compute_dtype=compute_dtype, variables=variables)
 
     def update(moments, emb, logits, labels, mask):
         # Each device's rows -> its batch moments (B/k·D² work), then one psum of C·D² per batch.

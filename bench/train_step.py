@@ -17,6 +17,8 @@ embedding, softmaxes) + loss + backward + Adam update: exactly what the
 library's one compiled step runs in cached mode. The projections come from
 ``fit_projections`` on moments of random embeddings (``update_moments``).
 
+--compute-dtype bfloat16 runs the forward passes in bfloat16 (float32 master weights), as
+``train.compute_dtype`` does on accelerators.
 Each variant's step is compiled and warmed up (3 steps); then every repeat runs
 --steps steps of each variant in turn (interleaved, so machine load drifts hit all
 alike) and blocks until the final state is ready. Reported: median examples/s over
@@ -102,7 +104,7 @@ def build_variant(kind: str, method_name: str, s: int, batch, teacher_dim: int, 
     state = C.jit_init(lambda: init_train_state(model=model, method=method, optimizer=optimizer, sample_batch=sample,
                                                 seed=0, method_cfg=cfg, teacher_embedding_dim=teacher_dim))
     step = make_train_step(model=model, method=method, optimizer=optimizer, num_classes=NUM_CLASSES,
-                           method_cfg=cfg)
+                           method_cfg=cfg, compute_dtype=a.compute_dtype)
     aux = make_projections(teacher_dim, s, seed=1) if method.needs_projections else None
     compiled = step.lower(state, batch, None, aux).compile()  # compile once: run and cost-analyse the same program
     cost = compiled.cost_analysis()
@@ -120,6 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--text-student", default="text_transformer", choices=["text_transformer", "embedding_bag"])
     p.add_argument("--vision-student", default="small_cnn", choices=["small_cnn", "mlp"])
     p.add_argument("--students", nargs="*", default=["text", "vision"], choices=["text", "vision"])
+    p.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the step's forward dtype (train.compute_dtype; bfloat16 on accelerators)")
     a = p.parse_args(argv)
     C.check_repeats(a.repeats)
     if a.smoke:
@@ -171,7 +175,8 @@ def main(argv=None) -> int:
     info["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print("## train_step: examples/s of the compiled train step (cached teacher outputs)\n")
     print(C.machine_table(info, {"batch size": a.batch_size, "text seq len": a.seq_len,
-                                 "image": f"{a.image_size}x{a.image_size}x3", "steps per repeat": a.steps,
+                                 "image": f"{a.image_size}x{a.image_size}x3", "compute dtype": a.compute_dtype,
+                                 "steps per repeat": a.steps,
                                  "repeats": a.repeats, "total wall time": f"{time.time() - t_start:.0f} s"}))
     print()
     print(C.markdown_table(["student", "method", "examples/s (median)", "step ms (median)",

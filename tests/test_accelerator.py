@@ -1,7 +1,7 @@
 """What must hold on an accelerator: run by ``scripts/device_check.sh`` (``pytest -m accelerator``).
 
-Every test runs on JAX's default backend (a GPU or TPU there; the 8 emulated CPU devices in
-CI, through the check's dry run, tests/test_device_check.py). Tolerances are written for an
+Every test runs on JAX's default backend: a GPU or TPU there, the 8 emulated CPU devices in
+the CPU suite (and a subset again in the check's dry run, tests/test_device_check.py). Tolerances are written for an
 accelerator: XLA's default float32 matmul on a GPU may use TF32 (10-bit mantissa), whose
 relative error is about 3e-4 (bfloat16: about 4e-3), so results are compared by
 ||out - ref|| / ||ref|| against float64 NumPy references, or against the same computation on

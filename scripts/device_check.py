@@ -16,7 +16,8 @@ accelerator tests) so CI can check the whole script on a CPU (tests/test_device_
 Each part gets ``min(its limit, what is left of --budget)`` seconds; a part that fails or
 times out is recorded (its log's tail in its JSON and Markdown) and the next one starts.
 Writes ``OUT/PART.json`` (status, seconds, command, result), ``OUT/PART.md`` (its tables),
-``OUT/PART.log`` (everything it printed) and ``OUT/summary.json`` / ``OUT/summary.md`` (the
+``OUT/PART.log`` (everything it printed), a benchmark's raw timings ``OUT/PART.raw.json``, and
+``OUT/summary.json`` / ``OUT/summary.md`` (the
 machine, every part's status, the targets of bench/README.md met or not). Exit status 0
 when every part passed (a part skipped for a missing optional package counts as passed).
 Never needs the network.
@@ -29,8 +30,10 @@ import json
 import os
 import signal
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -58,13 +61,15 @@ PARTS = (
 )
 
 
-def _bench(name: str, full: list[str], dry: list[str], out: Path, dry_run: bool) -> list[str]:
-    return [PY, str(ROOT / "bench" / f"{name}.py"), *(dry if dry_run else full), "--json", str(out / f"{name}.raw.json")]
+def _bench(part: str, script: str, full: list[str], dry: list[str], out: Path, dry_run: bool) -> list[str]:
+    """``bench/SCRIPT.py`` with the part's arguments; its raw timings go to ``OUT/PART.raw.json``."""
+    return [PY, str(ROOT / "bench" / f"{script}.py"), *(dry if dry_run else full), "--json",
+            str(out / f"{part}.raw.json")]
 
 
-def commands(out: Path, dry_run: bool) -> dict[str, list[str]]:
-    """The command of every part (accelerator sizes, or tiny ones with ``dry_run``)."""
-    workdir = out / "lelp_run_workdir"
+def commands(out: Path, scratch: Path, dry_run: bool) -> dict[str, list[str]]:
+    """The command of every part (accelerator sizes, or tiny ones with ``dry_run``); bulky files in ``scratch``."""
+    workdir = scratch / "lelp_run_workdir"
     run = [PY, "-m", "lelp_jax.cli", "run", "--config", "configs/digits_binary.py", "--workdir", str(workdir),
            "--force", "--config.train.compute_dtype=bfloat16", "--quiet"]
     # Seed 0 of the config's five methods: a teacher and five students of 1500 steps fit the part's limit.
@@ -76,23 +81,23 @@ def commands(out: Path, dry_run: bool) -> dict[str, list[str]]:
         "tests": tests,
         "lelp_run": run,
         # 1.6M x 768, C = 5, S = 4: batches of 64k rows generated on the device (the fit's own time).
-        "fit": _bench("fit_projections", ["--sizes", "1600000", "--dims", "768", "--classes", "5", "--big-repeats", "3",
+        "fit": _bench("fit", "fit_projections", ["--sizes", "1600000", "--dims", "768", "--classes", "5", "--big-repeats", "3",
                                           "--batch-size", "65536", "--data-on-device", "--timeout", "45"],
                       ["--smoke", "--repeats", "1", "--data-on-device"], out, dry_run),
-        "train_step": _bench("train_step", ["--batch-size", "1024", "--steps", "20", "--repeats", "5", "--subclasses",
+        "train_step": _bench("train_step", "train_step", ["--batch-size", "1024", "--steps", "20", "--repeats", "5", "--subclasses",
                                             "2", "8", "--seq-len", "64", "--compute-dtype", "bfloat16"],
                              ["--smoke", "--repeats", "1", "--compute-dtype", "bfloat16"], out, dry_run),
-        "teacher_flops": _bench("teacher_flops", ["--models", "minilm", "--random-weights", "--compute-dtype", "bfloat16",
+        "teacher_flops": _bench("teacher_flops", "teacher_flops", ["--models", "minilm", "--random-weights", "--compute-dtype", "bfloat16",
                                                   "--batch-size", "256", "--seq-lens", "64", "128", "--matmul-size",
                                                   "8192", "--calls", "10", "--repeats", "5"],
                                 ["--smoke", "--repeats", "1", "--models", "minilm", "--random-weights",
                                  "--compute-dtype", "bfloat16"], out, dry_run),
-        "teacher_cache": _bench("teacher_cache", ["--data", "synthetic", "--random-weights", "--num-examples", "4096",
+        "teacher_cache": _bench("teacher_cache", "teacher_cache", ["--data", "synthetic", "--random-weights", "--num-examples", "4096",
                                                   "--batch-size", "256", "--max-length", "64", "--epochs", "2", "10",
                                                   "--repeats", "1", "--warm-compile-cache", "--compute-dtype",
                                                   "bfloat16"],
                                 ["--smoke", "--repeats", "1", "--data", "synthetic"], out, dry_run),
-        "torch_reference": _bench("torch_reference", ["--torch-device", "cuda", "--batch-size", "512", "--steps", "20",
+        "torch_reference": _bench("torch_reference", "torch_reference", ["--torch-device", "cuda", "--batch-size", "512", "--steps", "20",
                                                       "--repeats", "5"], ["--smoke", "--repeats", "1"], out, dry_run),
     }
 
@@ -210,7 +215,7 @@ def collect(name: str, record: dict[str, Any], out: Path) -> tuple[dict[str, Any
         head = f"{result.get('passed', 0)} passed, {result.get('failed', 0)} failed, {result.get('skipped', 0)} skipped"
         return result, head + "\n\n" + _table(["test (pytest -m accelerator)", "outcome", "s"], rows)
     if name == "lelp_run":
-        result = lelp_run_summary(out / "lelp_run_workdir" / "results.json")
+        result = lelp_run_summary(out / "lelp_run.results.json")
         rows = [[m, f"{100 * v['mean']:.2f}", v["n"]] for m, v in result.get("methods", {}).items()]
         head = (f"teacher test accuracy {100 * result['teacher_accuracy']:.2f} %, wall {record['seconds']:.0f} s "
                 f"(bfloat16 students)\n\n") if result else ""
@@ -347,10 +352,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if unknown:
         p.error(f"unknown part(s) {unknown}; parts: {[n for n, *_ in PARTS]}")
     budget = a.budget if a.budget is not None else sum(limits[n] for n in names)
+    # Workdir, prepared data and compilation cache: bulky, and deleted at the end (OUT keeps the results).
+    scratch = Path(tempfile.mkdtemp(prefix="device_check_"))
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("LELP_DATA_DIR", str(out / "tensorflow_datasets"))  # digits is prepared here, never downloaded
-    env["LELP_JAX_CACHE_DIR"] = str(out / "jax_cache")  # lelp's persistent compilation cache, fresh
+    env.setdefault("LELP_DATA_DIR", str(scratch / "tensorflow_datasets"))  # digits is prepared here, offline
+    env["LELP_JAX_CACHE_DIR"] = str(scratch / "jax_cache")  # lelp's persistent compilation cache, fresh
     if a.dry_run:
         env["JAX_PLATFORMS"] = "cpu"
         # One CPU device for the benchmarks and the run, whatever the caller emulates (the tests part gets
@@ -361,7 +368,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         # '' = every platform JAX finds, the accelerator first and the CPU too (the tests compare against it);
         # set, it is kept (e.g. 'tpu,cpu'). Unset, tests/conftest.py would pin the tests to the CPU.
         env.setdefault("JAX_PLATFORMS", "")
-    cmds = commands(out, a.dry_run)
+    cmds = commands(out, scratch, a.dry_run)
     t_start = time.perf_counter()
     parts: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {}
@@ -374,6 +381,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             print(f"== {name} (limit {min(limits[name], left):.0f} s)", flush=True)
             record = run_part(name, cmds[name], min(limits[name], left), out, env)
+            if name == "lelp_run" and (scratch / "lelp_run_workdir" / "results.json").exists():
+                shutil.copy(scratch / "lelp_run_workdir" / "results.json", out / "lelp_run.results.json")
         result, body = collect(name, record, out) if record["status"] in ("ok", "failed") else ({}, "")
         record["result"] = result
         record["dry_run"] = a.dry_run
@@ -385,6 +394,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         (out / f"{name}.md").write_text(f"## {name}: {record['status']} ({record['seconds']:.0f} s)\n\n{body}")
         parts[name] = {"status": record["status"], "seconds": record["seconds"], "limit_s": record["limit_s"]}
         print(f"   {name}: {record['status']} in {record['seconds']:.0f} s", flush=True)
+    shutil.rmtree(scratch, ignore_errors=True)
     summary = {"dry_run": a.dry_run, "budget_s": budget, "seconds": round(time.perf_counter() - t_start, 1),
                "env": results.get("env", {}), "parts": parts, "targets": targets(results)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

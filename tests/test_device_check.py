@@ -47,6 +47,10 @@ def test_dry_run_writes_every_part(dry_run):
         assert md.startswith(f"## {name}: {record['status']}")
         if record["status"] == "ok":
             assert "\n|---|" in md, (name, md)  # a Markdown table
+    assert not [p for p in out.iterdir() if p.is_dir()]  # workdir, data and caches went to a scratch folder
+    for name in PART_NAMES[1:]:
+        if json.loads((out / f"{name}.json").read_text())["status"] == "ok":
+            assert (out / f"{name}.log").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["parts"]) == PART_NAMES and summary["dry_run"] is True
     assert [t["target"] for t in summary["targets"]][:4] == [

@@ -8,6 +8,8 @@ second moments to rtol 1e-4 of their largest entry; the fitted directions agree 
 Davis-Kahan bound of that moment difference plus float32 eigh's backward error (the span of
 the top-S eigenvectors moves by at most (2 ||dSigma|| + D eps ||Sigma||) / eigengap).
 """
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -170,3 +172,43 @@ def test_restored_teacher_is_sharded_and_online_step_matches(tmp_path, rng):
         _, metrics = step(sharding.replicate(state, mesh), batch, t_vars, None)
         losses.append(float(metrics["loss"]))
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+def test_cli_run_with_model_axis(tmp_path, monkeypatch):
+    """`lelp run ... --config.mesh.model=2`: the pipeline builds the (4 x 2) mesh, restores the teacher split,
+    and its cached outputs equal a float64 NumPy forward of the checkpoint (rtol 1e-5: float32 sums in
+    another order); the statistics equal float64 moments of those outputs."""
+    from lelp_jax import cli, pipeline
+    from lelp_jax.config import load_config
+
+    monkeypatch.setenv("LELP_JAX_CACHE_DIR", "off")
+    wd = tmp_path / "wd"
+    args = ["--config", "configs/digits_binary.py", "--workdir", str(wd), "--config.smoke=true",
+            f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.teacher.train.num_steps=20",
+            "--config.train.num_steps=10", "--config.train.checkpoint_every=0",
+            "--config.teacher.train.checkpoint_every=0", "--config.teacher_cache=true", "--config.mesh.model=2"]
+    assert cli.main(["run", *args, "--methods", "lelp"]) == 0
+    config = load_config("configs/digits_binary.py", args[4:])
+    env = pipeline.Env(config)
+    assert dict(env.mesh.shape) == {"data": 4, "model": 2}
+    _, variables = pipeline.load_teacher(config, wd, env)
+    kernel = variables["params"]["dense_1"]["kernel"]  # 256 x 256, split in two
+    assert {s.data.shape for s in kernel.addressable_shards} == {(128, 256)}
+    source, _ = env.split("train")
+    key = "features" if "features" in source[0] else "image"  # the MLP flattens either
+    x = np.stack([np.asarray(source[i][key], np.float64).reshape(-1) for i in range(len(source))])
+    labels = np.array([int(source[i]["label"]) for i in range(len(source))])
+    h = x
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), sharding.to_host(variables["params"]))
+    for i in range(2):
+        h = np.maximum(h @ params[f"dense_{i}"]["kernel"] + params[f"dense_{i}"]["bias"], 0.0)
+    with np.load(wd / "teacher_outputs" / "train.npz") as f:
+        np.testing.assert_allclose(f["embeddings"], h, rtol=1e-5, atol=1e-5)
+    with np.load(wd / "statistics.npz") as f:
+        for c in range(2):
+            hc = h[labels == c]
+            assert f["count"][c] == len(hc)
+            np.testing.assert_allclose(f["mean"][c], hc.mean(0), rtol=1e-5, atol=1e-5)
+            m2 = (hc - hc.mean(0)).T @ (hc - hc.mean(0))
+            np.testing.assert_allclose(f["m2"][c], m2, rtol=1e-4, atol=1e-4 * np.abs(m2).max())
+    assert json.loads((wd / "results.json").read_text())["runs"][0]["method"] == "lelp"

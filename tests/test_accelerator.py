@@ -21,6 +21,7 @@ from lelp_jax.data.sources import ArraySource
 from lelp_jax.models import build_model
 from lelp_jax.projections import fit_projections, null_space_projector
 from lelp_jax.statistics import init_moments, update_moments
+from lelp_jax.subspace_kmeans import fit_subspace_kmeans
 
 pytestmark = pytest.mark.accelerator
 
@@ -97,10 +98,16 @@ def _aux(method, cfg, t_model, t_vars, data):
     if method.fit == "oracle":
         return oracle_slots(labels, data["fine_label"], num_classes=NUM_CLASSES, num_fine=2 * NUM_CLASSES,
                             num_subclasses=S)
+    if method.fit == "subspace_kmeans":
+        moments = jax.jit(update_moments)(init_moments(NUM_CLASSES, emb.shape[1]), emb, labels)
+        w = np.asarray(t_vars["params"]["head"]["kernel"]).T
+        subspace = fit_projections(moments, classifier_weights=w, num_subclasses=int(cfg.lelp_kmeans.subspace_dim),
+                                   key=0, rotate=False)
+        return fit_subspace_kmeans(jax.random.PRNGKey(0), subspace, emb, labels, num_subclasses=S, num_iters=5)
     if method.fit == "subclass_teacher":
         sub = methods.subclass_teacher_model(cfg, NUM_CLASSES)
         return sub.init(jax.random.PRNGKey(5), {"features": data["features"][:1]})
-    raise AssertionError(f"no aux builder for fit {method.fit!r}")
+    raise AssertionError(f"no aux builder for fit {method.fit!r}: add one here (as pipeline.method_aux builds it)")
 
 
 @pytest.mark.parametrize("name", methods.method_names())

@@ -14,6 +14,11 @@ Workdir layout (docs/ARCHITECTURE.md):
     WORKDIR/runs/METHOD/seed_K/         checkpoints, metrics.jsonl, TensorBoard events, result.json
     WORKDIR/results.json                {"dataset", "config_name", "teacher": {...}, "runs": [...]}
 
+Teacher-derived artifacts (teacher_outputs, statistics, projections) are stored once,
+content-addressed by the config keys they depend on, in ``TEACHER/derived/`` and hard-linked
+into each workdir (:mod:`lelp_jax.store`, :func:`artifact_parts`): sweep points that differ
+only in student-side keys share them.
+
 Multi-host: every process runs every stage (sharded compute is collective); only
 process 0 writes JSON/npz artifacts. Skips are decided from files every process
 can see (a shared filesystem, as Orbax needs anyway).
@@ -47,6 +52,7 @@ __all__ = [
     "load_statistics",
     "method_aux",
     "calibrate",
+    "artifact_parts",
     "split_diagnostics",
     "stage_teacher",
     "stage_teacher_outputs",
@@ -464,6 +470,41 @@ def teacher_identity(config: ml_collections.ConfigDict, workdir: str | os.PathLi
     return f"{config.teacher.model}@{teacher_source_dir(config, workdir).resolve()}"
 
 
+_HOW = {"new": "computed", "shared": "shared (content-addressed)", "local": "already here"}
+
+
+def _store(config: ml_collections.ConfigDict, workdir: str | os.PathLike):
+    """The content-addressed store of the teacher's derived artifacts: ``TEACHER/derived/`` (:mod:`lelp_jax.store`)."""
+    from lelp_jax.store import Store
+
+    return Store(teacher_source_dir(config, workdir) / "derived")
+
+
+def artifact_parts(config: ml_collections.ConfigDict, workdir: str | os.PathLike, kind: str,
+                   method: Any = None) -> dict[str, Any]:
+    """Exactly the config keys a teacher-derived artifact depends on (hashed into its stored name).
+
+    ``teacher_outputs``: the teacher (identity = model @ weights folder, model kwargs), the data
+    section, the compute dtype. ``statistics``: those + the fit labels + whether the cached
+    outputs or the online teacher fed them. ``projections``: the statistics' keys + the method,
+    its fit options (S, null space, rotation, directions, seed), ``lelp.standardize`` and
+    ``lelp.target_entropy`` (the calibration's scores and target). Student-side keys (beta, tau,
+    alpha, kd.*, train.*, student.*) are in none of them.
+    """
+    outputs = {"teacher": teacher_identity(config, workdir),
+               "teacher_model_kwargs": config.teacher.model_kwargs.to_dict(),
+               "data": config_to_dict(config)["data"], "compute_dtype": config.train.compute_dtype}
+    if kind == "teacher_outputs":
+        return outputs
+    stats = {**outputs, "fit_labels": config.lelp.fit_labels, "teacher_cache": bool(config.teacher_cache)}
+    if kind == "statistics":
+        return stats
+    if kind == "projections":
+        return {"statistics": stats, "method": method.name, "fit": dict(method.fit_options(config)),
+                "standardize": bool(config.lelp.standardize), "target_entropy": config.lelp.target_entropy}
+    raise ValueError(f"artifact_parts: unknown kind {kind!r}.")
+
+
 def load_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env):
     """The trained teacher as ``(model, variables)`` (best-validation weights), on the mesh: replicated,
     or with ``mesh.model > 1`` its large kernels split along ``'model'`` (``sharding.param_shardings``)."""
@@ -482,8 +523,10 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     """Train the teacher (method 'ce' on ``teacher.model``) or take ``teacher.checkpoint``.
 
     Writes ``WORKDIR/teacher/teacher.json``: model, params, test/val accuracy, where
-    the weights are. A trained teacher keeps its Orbax checkpoints in
-    ``WORKDIR/teacher/checkpoints`` (and resumes there if interrupted).
+    the weights are, the data section it was measured on. A trained teacher keeps its
+    Orbax checkpoints in ``WORKDIR/teacher/checkpoints`` (and resumes there if
+    interrupted). A loaded teacher is evaluated only when its own teacher.json does not
+    already hold its accuracy on this data (:func:`_recorded_teacher`).
     """
     wd = Workdir(workdir)
     if wd.teacher_json.exists():
@@ -499,6 +542,10 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     t0 = time.perf_counter()
     if config.teacher.model == "precomputed":
         record = _precomputed_record(config, env)
+    elif config.teacher.checkpoint and _recorded_teacher(config, workdir) is not None:
+        known = _recorded_teacher(config, workdir)
+        record = {"source": "checkpoint", "checkpoint": str(teacher_source_dir(config, workdir).resolve()),
+                  **{k: known[k] for k in ("test_accuracy", "val_accuracy", "params")}, "evaluated": False}
     elif config.teacher.checkpoint:
         model = _teacher_model(config, info.num_classes)
         src = teacher_source_dir(config, workdir)
@@ -531,7 +578,8 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                   "steps": result["steps"]}
     record.update(model=config.teacher.model, model_kwargs=config.teacher.model_kwargs.to_dict(),
                   identity=teacher_identity(config, workdir), dataset=config.data.name,
-                  num_classes=info.num_classes, seconds=time.perf_counter() - t0)
+                  data=config_to_dict(config)["data"], num_classes=info.num_classes,
+                  seconds=time.perf_counter() - t0)
     if is_main_process():
         atomic.write_json(wd.teacher_json, record)
     _sync("teacher")
@@ -545,6 +593,27 @@ def _precomputed_record(config: ml_collections.ConfigDict, env: Env) -> dict:
     return {"source": "precomputed", "outputs": dict(teacher.paths), "test_accuracy": acc["test"],
             "val_accuracy": acc["validation"], "train_accuracy": acc["train"], "params": None,
             "embedding_dim": int(teacher.kernel.shape[0])}
+
+
+def _recorded_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict | None:
+    """The loaded teacher's own teacher.json when it holds test/val accuracy and params measured on
+    this config's data (its recorded ``data`` section, or, for a record older than that field, the
+    data section of the config.json of the workdir it was trained in), else None."""
+    src = teacher_source_dir(config, workdir)
+    try:
+        rec = read_json(src / "teacher.json")
+    except (OSError, json.JSONDecodeError):
+        return None
+    if any(rec.get(k) is None for k in ("test_accuracy", "val_accuracy", "params")):
+        return None
+    data = config_to_dict(config)["data"]
+    if "data" in rec:
+        return rec if rec["data"] == data else None
+    try:
+        made_by = read_json(src.parent / "config.json")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return rec if made_by.get("data") == data else None
 
 
 def _evaluate_split(train, eval_step, variables, source, config, env) -> float:
@@ -597,14 +666,17 @@ def stage_teacher_outputs(config: ml_collections.ConfigDict, workdir: str | os.P
     env = env or Env(config)
     from lelp_jax.teacher import cache_teacher_outputs
 
-    model, variables = load_teacher(config, workdir, env)
-    source, _ = env.split("train")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cache = cache_teacher_outputs(model.apply, variables, source, mesh=env.mesh,
-                                  batch_size=int(config.data.eval_batch_size), path=str(path),
-                                  compute_dtype=config.train.compute_dtype)
+    def produce(target: Path) -> None:
+        model, variables = load_teacher(config, workdir, env)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cache_teacher_outputs(model.apply, variables, env.split("train")[0], mesh=env.mesh,
+                              batch_size=int(config.data.eval_batch_size), path=str(target),
+                              compute_dtype=config.train.compute_dtype)
+
+    how = _store(config, workdir).provide(path, "teacher_outputs", artifact_parts(config, workdir, "teacher_outputs"),
+                                          produce, main=is_main_process())
     _sync("teacher_outputs")
-    return {"skipped": False, "message": f"{len(cache)} examples, embedding dim {cache.embedding_dim} -> {path}"}
+    return {"skipped": how == "shared", "message": f"{_HOW[how]} -> {path}"}
 
 
 def stage_statistics(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -622,25 +694,31 @@ def stage_statistics(config: ml_collections.ConfigDict, workdir: str | os.PathLi
     if wd.statistics.exists():
         return {"skipped": True, "message": str(wd.statistics)}
     env = env or Env(config)
-    from lelp_jax import sharding
-    from lelp_jax.teacher import accumulate_moments
 
-    source, info = env.split("train")
-    cache = _teacher_cache(config, workdir, env)
-    model, variables = (None, None) if cache is not None else load_teacher(config, workdir, env)
-    moments = accumulate_moments(model.apply if model is not None else None, variables, source, mesh=env.mesh,
-                                 num_classes=info.num_classes, batch_size=int(config.data.eval_batch_size),
-                                 fit_labels=config.lelp.fit_labels, cache=cache,
-                                 compute_dtype=config.train.compute_dtype)
-    host = sharding.to_host(moments)
-    meta = {"fit_labels": config.lelp.fit_labels, "teacher": teacher_identity(config, workdir),
-            "split": "train", "dataset": config.data.name}
-    if is_main_process():
-        atomic.save_npz(wd.statistics, count=np.asarray(host.count), mean=np.asarray(host.mean),
-                         m2=np.asarray(host.m2), metadata=np.array(json.dumps(meta)))
+    def produce(target: Path) -> None:
+        from lelp_jax import sharding
+        from lelp_jax.teacher import accumulate_moments
+
+        source, info = env.split("train")
+        cache = _teacher_cache(config, workdir, env)
+        model, variables = (None, None) if cache is not None else load_teacher(config, workdir, env)
+        moments = accumulate_moments(model.apply if model is not None else None, variables, source, mesh=env.mesh,
+                                     num_classes=info.num_classes, batch_size=int(config.data.eval_batch_size),
+                                     fit_labels=config.lelp.fit_labels, cache=cache,
+                                     compute_dtype=config.train.compute_dtype)
+        host = sharding.to_host(moments)
+        meta = {"fit_labels": config.lelp.fit_labels, "teacher": teacher_identity(config, workdir),
+                "split": "train", "dataset": config.data.name}
+        if is_main_process():
+            atomic.save_npz(target, count=np.asarray(host.count), mean=np.asarray(host.mean),
+                            m2=np.asarray(host.m2), metadata=np.array(json.dumps(meta)))
+
+    how = _store(config, workdir).provide(wd.statistics, "statistics", artifact_parts(config, workdir, "statistics"),
+                                          produce, main=is_main_process())
     _sync("statistics")
-    counts = ", ".join(f"{int(c)}" for c in np.asarray(host.count))
-    return {"skipped": False, "message": f"class counts [{counts}], D={host.dim} -> {wd.statistics}"}
+    with np.load(wd.statistics, allow_pickle=False) as f:
+        counts, dim = ", ".join(f"{int(c)}" for c in f["count"]), f["mean"].shape[-1]
+    return {"skipped": how == "shared", "message": f"{_HOW[how]}: class counts [{counts}], D={dim} -> {wd.statistics}"}
 
 
 def load_statistics(workdir: str | os.PathLike):
@@ -659,7 +737,9 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
 
     ``lelp`` -> ``projections.npz``; an ablation (``random``, ``pca``) ->
     ``projections_METHOD.npz``, each with the method's own fit options. Settings
-    stored with them: S, beta, tau, standardize, seed, label source, teacher identity.
+    stored with them (what the artifact depends on, not the loss-time beta, tau,
+    alpha): S, standardize, target entropy, seed, label source, teacher identity.
+    Points of a sweep with the same fit settings share one stored fit (:mod:`lelp_jax.store`).
     """
     wd = Workdir(workdir)
     todo = [m for m in _methods(config) if m.needs_projections]
@@ -671,23 +751,37 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
     env = env or Env(config)
     from lelp_jax.projections import fit_projections, save_projections
 
-    moments = load_statistics(workdir)
-    weights = None
-    if any(dict(m.fit_options(config)).get("null_space", True) for m in missing):
-        weights = _head_weights(config, workdir, env)
-    settings = {"beta": config.lelp.beta, "tau": config.lelp.tau, "standardize": config.lelp.standardize,
-                "target_entropy": config.lelp.target_entropy,
+    inputs: dict[str, Any] = {}
+
+    def fit_inputs(method) -> tuple[Any, Any]:
+        """(statistics, head weights or None when the method keeps the row space), loaded once and
+        only when a fit is computed."""
+        if "moments" not in inputs:
+            inputs["moments"] = load_statistics(workdir)
+        if not dict(method.fit_options(config)).get("null_space", True):
+            return inputs["moments"], None
+        if "weights" not in inputs:
+            inputs["weights"] = _head_weights(config, workdir, env)
+        return inputs["moments"], inputs["weights"]
+
+    settings = {"standardize": config.lelp.standardize, "target_entropy": config.lelp.target_entropy,
                 "fit_labels": config.lelp.fit_labels, "teacher": teacher_identity(config, workdir),
                 "dataset": config.data.name}
-    written = []
+    written, store = [], _store(config, workdir)
     for method in missing:
-        proj = fit_projections(moments, classifier_weights=weights, settings={**settings, "method": method.name},
-                               **dict(method.fit_options(config)))
-        proj = calibrate(method, proj, config, workdir, env)
-        if is_main_process():
-            save_projections(wd.projections(method.name), proj)
-        written.append(f"{method.name} (S={proj.num_subclasses}, null_space={proj.null_space}, "
-                       f"rotate={proj.rotate}, {proj.directions_kind})")
+        def produce(target: Path, method=method) -> None:
+            moments, weights = fit_inputs(method)
+            proj = fit_projections(moments, classifier_weights=weights, settings={**settings, "method": method.name},
+                                   **dict(method.fit_options(config)))
+            proj = calibrate(method, proj, config, workdir, env)
+            if is_main_process():
+                save_projections(target, proj)
+
+        how = store.provide(wd.projections(method.name), "projections",
+                            artifact_parts(config, workdir, "projections", method), produce, main=is_main_process())
+        opts = dict(method.fit_options(config))
+        written.append(f"{method.name} ({_HOW[how]}; S={opts.get('num_subclasses')}, "
+                       f"null_space={opts.get('null_space')}, rotate={opts.get('rotate')}, {opts.get('directions')})")
     _sync("fit")
     return {"skipped": False, "message": "; ".join(written)}
 

@@ -23,7 +23,7 @@ checkpoints. After every point ``WORKDIR/sweep/summary.json`` is rewritten atomi
      "test_seeds": [...], "methods": [...], "grid_sizes": {method: points}, "dataset", "config_name",
      "teacher": path or null,
      "points": [{"name", "overrides": {key: typed value}, "methods": [...], "workdir",
-                 "status": done|pending|failed, "error"?,
+                 "status": done|pending|failed, "error"?, "seconds"? (wall time of its run),
                  "summary": {method: {"test_accuracy_last": {"mean","std"}, "test_accuracy_best_val": {...},
                                       "best_val_accuracy": {...}, "n"}}}],   (over the selection seeds)
      "selection": {method: {"point", "overrides", "val_accuracy", "status"}}   (with test seeds)}
@@ -38,7 +38,9 @@ Shared teacher: unless a grid key changes the teacher or the data (``teacher.*``
 ``data.*``, ``smoke``) or the config already names ``teacher.checkpoint`` (or a
 precomputed teacher, whose outputs every point reads), the teacher
 is trained once in ``WORKDIR/sweep/_teacher/`` and every point loads it via
-``teacher.checkpoint``, so the points differ only in what the grid changes.
+``teacher.checkpoint``, so the points differ only in what the grid changes. The points
+then share its recorded accuracy (no re-evaluation), its cached outputs, the statistics
+and, where the fit settings agree, the projections (content-addressed, :mod:`lelp_jax.store`).
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ import copy
 import itertools
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -367,12 +370,13 @@ def run_sweep(
         if point["status"] == "done":
             log(f"{tag} already done, skipped")
             continue
+        t0 = time.perf_counter()
         results = run_point(point, configs[point["name"]], point["methods"], seeds, tag)
-        point.update(status="done", summary=_summarize(results, seeds))
+        point.update(status="done", summary=_summarize(results, seeds), seconds=round(time.perf_counter() - t0, 1))
         point.pop("error", None)
         save()
         best = ", ".join(f"{m} {100 * s['test_accuracy_best_val']['mean']:.2f}%" for m, s in point["summary"].items())
-        log(f"{tag} done: {best}")
+        log(f"{tag} done in {point['seconds']:.1f} s: {best}")
     if not test_seeds:
         return summary
     # Selection on validation, then the chosen settings on the fresh test seeds.
@@ -439,8 +443,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ValueError:
             raise ConfigError(f"--test-seeds must be comma-separated ints, got {args.test_seeds!r}.") from None
     from lelp_jax import sharding
+    from lelp_jax.cli import enable_compilation_cache
 
     sharding.initialize_distributed(config.distributed)
+    enable_compilation_cache()  # every point compiles the same steps: later points hit the cache
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     summary = run_sweep(config, args.workdir, shared, own_grids=own, test_seeds=test_seeds,
                         share_teacher=not args.no_share_teacher, log=log)

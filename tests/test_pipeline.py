@@ -158,7 +158,8 @@ def test_projection_settings_are_recorded(finished_run):
     assert lelp.num_subclasses == 5 and lelp.null_space and lelp.rotate
     assert not pca.null_space and not pca.rotate
     s = dict(lelp.settings)
-    assert s["beta"] == 1.0 and s["tau"] == 2.0 and s["fit_labels"] == "labels"
+    assert s["fit_labels"] == "labels" and s["standardize"] is True and s["method"] == "lelp"
+    assert "beta" not in s and "tau" not in s  # loss-time settings: one stored fit serves every beta
     assert s["teacher"].startswith("mlp@") and s["teacher"].endswith("teacher")
 
 
@@ -347,3 +348,42 @@ def test_fill_missing_only_adds_new_keys_at_their_defaults():
     assert pipeline._fill_missing(stored, same, defaults) == same  # new key at its default: filled
     changed = {"kd": {"tau": 2.0, "student_tau": 1.0}, "teacher": {"model_kwargs": {"num_layers": 6}}}
     assert pipeline._fill_missing(stored, changed, defaults) == stored  # set otherwise: stays missing
+
+
+def test_workdirs_loading_one_teacher_share_its_derived_artifacts(finished_run, tmp_path, env_dirs, monkeypatch):
+    """Student-side keys (beta, alpha) share the teacher's record, statistics and projections by
+    content-addressed links; a fit key (S) gets its own projections; other data re-evaluates the teacher."""
+    src = finished_run["workdir"]
+    evaluated = []
+    real = pipeline._evaluate_split  # noqa: SLF001
+
+    def counting(*a, **k):
+        evaluated.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "_evaluate_split", counting)
+
+    def fit(name, *extra):
+        wd = tmp_path / name
+        args = smoke_args(wd, env_dirs["data_dir"])
+        assert cli.main(["fit", *args, f"--config.teacher.checkpoint={src}", "--methods", "lelp", *extra]) == 0
+        return wd
+
+    derived = src / "teacher" / "derived"
+    stored = len(list(derived.glob("projections-*.npz")))
+    a = fit("beta3", "--config.lelp.beta=3")
+    b = fit("beta05", "--config.lelp.beta=0.5", "--config.lelp.alpha=0.5")
+    assert evaluated == []  # the loaded teacher's teacher.json already held its accuracy on this data
+    trained = json.loads((src / "teacher" / "teacher.json").read_text())
+    loaded = json.loads((a / "teacher" / "teacher.json").read_text())
+    assert loaded["test_accuracy"] == trained["test_accuracy"] and loaded["evaluated"] is False
+    for name in ("statistics.npz", "projections.npz"):
+        assert os.path.samefile(a / name, b / name) and os.path.samefile(a / name, src / name)
+    assert len(list(derived.glob("projections-*.npz"))) == stored  # nothing new was fitted
+    s3 = fit("s3", "--config.lelp.num_subclasses=3")
+    assert os.path.samefile(s3 / "statistics.npz", a / "statistics.npz")
+    assert not os.path.samefile(s3 / "projections.npz", a / "projections.npz")
+    assert len(list(derived.glob("projections-*.npz"))) == stored + 1
+    other = fit("other_data", "--config.data.max_examples_per_split=128")
+    assert len(evaluated) == 2  # test and validation: another data section is measured again
+    assert not os.path.samefile(other / "statistics.npz", a / "statistics.npz")

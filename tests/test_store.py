@@ -1,0 +1,45 @@
+"""Content-addressed artifacts: the key, and provide() computing once, linking, keeping old files."""
+import json
+import os
+
+import numpy as np
+
+from lelp_jax.store import Store, artifact_key
+
+
+def test_artifact_key_depends_on_exactly_the_parts():
+    a = {"teacher": "mlp@/t", "data": {"name": "d", "max": None}, "fit": {"S": 4}}
+    assert artifact_key(a) == artifact_key(json.loads(json.dumps(a, sort_keys=True)))  # order-free
+    assert artifact_key(a) != artifact_key({**a, "fit": {"S": 5}})
+    assert len(artifact_key(a)) == 16 and int(artifact_key(a), 16) >= 0
+
+
+def test_provide_computes_once_links_and_keeps_existing_files(tmp_path, rng):
+    store = Store(tmp_path / "teacher" / "derived")
+    calls = []
+    x = rng.normal(size=(3, 4))
+
+    def produce(path):
+        calls.append(path)
+        np.savez(path, x=x)
+
+    parts = {"teacher": "t", "fit": {"S": 2}}
+    a, b = tmp_path / "a" / "statistics.npz", tmp_path / "b" / "statistics.npz"
+    assert store.provide(a, "statistics", parts, produce) == "new"
+    assert store.provide(b, "statistics", parts, produce) == "shared"
+    assert len(calls) == 1 and calls[0].parent == store.root  # computed once, into the store
+    assert os.path.samefile(a, b) and os.path.samefile(a, calls[0])  # links, not copies
+    np.testing.assert_array_equal(np.load(b)["x"], x)
+    assert json.loads(calls[0].with_suffix(".json").read_text()) == {"kind": "statistics", **parts}
+    c = tmp_path / "c" / "statistics.npz"
+    assert store.provide(c, "statistics", {**parts, "fit": {"S": 3}}, produce) == "new"
+    assert len(calls) == 2 and not os.path.samefile(a, c)
+    # an old workdir's own file is used as it is
+    old = tmp_path / "old" / "statistics.npz"
+    old.parent.mkdir()
+    np.savez(old, x=x + 1)
+    assert store.provide(old, "statistics", parts, produce) == "local" and len(calls) == 2
+    assert not os.path.samefile(old, a)
+    # no store: written in place
+    d = tmp_path / "d.npz"
+    assert Store(None).provide(d, "statistics", parts, produce) == "new" and calls[-1] == d

@@ -18,7 +18,7 @@ Commands:
   lelp run --config configs/rotten_tomatoes_features.py --workdir /tmp/lelp_rt_features \
       --config.teacher.checkpoint=/tmp/lelp_rt/teacher
 
-Runtime (measured on a 2-core CPU at load average 7-11, docs/RESULTS.md section 4,
+Runtime (measured on a 2-core CPU at load average 7-11, docs/RESULTS.md, History (full text at commit 0e93a8f),
 with the teacher and its cached train outputs reused): encoding the three splits
 with the frozen MiniLM once, about 10 minutes (train 465 s, validation 99 s, test
 25 s; about 2 minutes on a quiet machine at ~110 snippets/s); each student run

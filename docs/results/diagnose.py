@@ -4,7 +4,7 @@ Runs made before the diagnostics were recorded in result.json (commit 127847c) l
 computes the same numbers (`lelp_jax.pipeline.split_diagnostics`) from the workdir's own config,
 teacher outputs and fitted artifacts, without training anything:
 
-    python docs/results/diagnose.py WORKDIR lelp,random,pca,kmeans,oracle [--out FILE.json]
+    python docs/results/diagnose.py WORKDIR lelp,random,pca,kmeans,oracle [--out FILE.json] [--md]
 """
 from __future__ import annotations
 
@@ -51,9 +51,16 @@ def main(argv=None) -> int:
     p.add_argument("workdir", type=Path)
     p.add_argument("methods")
     p.add_argument("--out", type=Path)
+    p.add_argument("--md", action="store_true", help="a markdown table instead of JSON")
     a = p.parse_args(argv)
     res = diagnose(a.workdir, a.methods.split(","))
     text = json.dumps(res, indent=1, sort_keys=True)
+    if a.md:
+        rows = ["| method | split entropy | top-subclass share | NMI with the fine label |", "|---|---|---|---|"]
+        for m, d in res.items():
+            nmi = "–" if d.get("split_nmi") is None else f"{d['split_nmi']:.2f}"
+            rows.append(f"| {m} | {d['split_entropy']:.2f} | {d['split_top_share']:.2f} | {nmi} |")
+        text = "\n".join(rows)
     print(text)
     if a.out:
         a.out.write_text(text + "\n")

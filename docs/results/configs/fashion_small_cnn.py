@@ -9,7 +9,7 @@ validation every epoch) instead of 4: its validation curve is flat from about ep
 Why this student: the student of DESIGN.md section 5 (conv 4/8 + dense 16, 6.7k params,
 `--config.student.model_kwargs.conv_features=(4,8) --config.student.model_kwargs.hidden=(16,)`)
 reached 93.2% test with hard labels (seed 0, 16 epochs), under a point below the 94.24%
-teacher; conv 2/4 + dense 8 reached 91.8%, 2.4 points below it (docs/RESULTS.md, 2c).
+teacher; conv 2/4 + dense 8 reached 91.8%, 2.4 points below it (docs/RESULTS.md at commit 0e93a8f, 2c).
 
   lelp run --config docs/results/configs/fashion_small_cnn.py --workdir /work/results/fashion_tiny \
       --config.teacher.checkpoint=/work/results/fashion_teacher_cnn \

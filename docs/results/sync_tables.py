@@ -8,7 +8,8 @@ docs/RESULTS.md holds blocks
 
 This script replaces each block's body with the named report.md (relative to
 docs/results/), minus its two title lines (or a 'pending' line while it is missing), with image links re-rooted at
-docs/. Run from anywhere: `python docs/results/sync_tables.py`.
+docs/. README.md's blocks (its results table) are filled the same way. Run from anywhere:
+`python docs/results/sync_tables.py`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "RESULTS.md"
+README = HERE.parent.parent / "README.md"
 BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<src>[^ ]+) -->\n)(?P<body>.*?)(<!-- END generated -->)", re.S)
 
 
@@ -33,10 +35,11 @@ def body_of(src: str) -> str:
 
 
 def main() -> None:
-    text = RESULTS.read_text()
-    new = BLOCK.sub(lambda m: m.group(1) + body_of(m.group("src")) + m.group(4), text)
-    RESULTS.write_text(new)
-    print(f"synced {len(BLOCK.findall(text))} generated blocks into {RESULTS}")
+    for doc in (RESULTS, README):
+        text = doc.read_text()
+        new = BLOCK.sub(lambda m: m.group(1) + body_of(m.group("src")) + m.group(4), text)
+        doc.write_text(new)
+        print(f"synced {len(BLOCK.findall(text))} generated blocks into {doc}")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,14 @@ num_train, ...} and student.model_kwargs.hidden; lelp.num_subclasses follows K.
 Command:
   lelp run --config configs/synthetic_subclasses.py --workdir /tmp/lelp_synth
 
-Runtime: measured on 2 cores at load average 15-19 (other jobs running): teacher 56 s,
-fit 90 s, each student run (1,200 steps) 45-75 s of wall time; a quiet machine is several
-times faster. ce/oracle at these defaults (2 seeds, 2,000-step students): 92.85 / 95.85 %
-on the 10,000 test examples, so oracle - ce = 3.0 points.
+Runtime (measured on 2 cores at load average 15-23, other jobs running): teacher 56 s, fit
+90 s, 22 student runs (11 methods x 2 seeds) 1,416 s, i.e. 20-75 s each (rkd 213 s). The
+default command (8 methods x 5 seeds, 40 runs) is therefore about 30 minutes at that load;
+on a quiet 2-core machine, a few minutes (estimate: each run is a few seconds of CPU).
+Tuning (ce and oracle students only, never LELP or KD): the first setting tried, these
+defaults with 2,000-step students, gave ce 92.85 and oracle 95.85 on the 10,000 test
+examples (seeds 0-1), oracle - ce = 3.0 points, so it was kept; with the config's 1,200
+steps, ce 92.10 and oracle 95.45 (seeds 0-2). Results: docs/RESULTS.md, section 1.
 """
 from lelp_jax.config import base_config
 

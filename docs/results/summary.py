@@ -2,8 +2,9 @@
 
 Reads docs/results/synthetic/selection.json (select_fresh.py) and docs/results/digits_kfold/kfold.json
 (`lelp kfold`), writes docs/results/summary.md: per benchmark the mean test accuracy of ce, kd,
-lelp and oracle, LELP's paired difference to KD with its 95 % interval and what it says, and
-each method's share of the oracle's room. Run: `python docs/results/summary.py`.
+lelp, lelp_kmeans and oracle, the paired differences to KD with their 95 % intervals and what
+they say, and the share of the oracle's room of lelp, lelp_kmeans and kmeans; and
+docs/results/synthetic/per_seed.md (every test seed's accuracy). Run: `python docs/results/summary.py`.
 """
 from __future__ import annotations
 
@@ -29,26 +30,36 @@ def _bench(name: str, n_test: str, acc: dict[str, dict[int, float]]) -> list[str
         return f"{100 * d.mean:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]: {verdict}"
 
     rooms = []
-    for m in acc:
-        if m in ("ce", "oracle"):
-            continue
-        f = room_fraction(acc[m], acc.get("ce", {}), acc.get("oracle", {})) if acc.get("ce") and acc.get("oracle") else None
-        if f is not None:
-            rooms.append(f"{m} {f:.2f}")
+    for m in ("lelp", "lelp_kmeans", "kmeans"):
+        f = room_fraction(acc[m], acc["ce"], acc["oracle"]) if all(acc.get(k) for k in (m, "ce", "oracle")) else None
+        rooms.append("–" if f is None else f"{f:.2f}")
     seeds = sorted(set.intersection(*(set(v) for v in acc.values()))) if acc else []
-    return [f"| {name} | {n_test} | {len(seeds)} | {mean('ce')} | {mean('kd')} | {mean('lelp')} | {mean('oracle')} | "
-            f"{diff('lelp', 'kd')} | {diff('lelp', 'ce')} | {', '.join(rooms) or '–'} |"]
+    return [f"| {name} | {n_test} | {len(seeds)} | {mean('ce')} | {mean('kd')} | {mean('lelp')} | {mean('lelp_kmeans')} | "
+            f"{mean('oracle')} | {diff('lelp', 'kd')} | {diff('lelp_kmeans', 'kd')} | {' / '.join(rooms)} |"]
+
+
+def per_seed(acc: dict[str, dict[int, float]], methods: tuple[str, ...]) -> list[str]:
+    """Markdown: each method's test accuracy on every seed (%), for reading outliers."""
+    seeds = sorted(set().union(*(acc[m] for m in methods if m in acc)))
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for m in methods:
+        if m in acc:
+            lines.append(f"| {m} | " + " | ".join(f"{100 * acc[m][s]:.2f}" if s in acc[m] else "–" for s in seeds) + " |")
+    return lines
 
 
 def main() -> None:
     lines = ["Test accuracy (%) at the best-validation step, mean over the test seeds; Δ = paired difference "
              "(percentage points) with its 95 % t-interval; room = (method − ce) / (oracle − ce).", "",
-             "| benchmark | test examples | seeds | ce | kd | lelp | oracle | lelp − kd | lelp − ce | oracle room |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| benchmark | test examples | seeds | ce | kd | lelp | lelp_kmeans | oracle | lelp − kd | lelp_kmeans − kd | "
+             "room: lelp / lelp_kmeans / kmeans |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     sel = HERE / "synthetic" / "selection.json"
     if sel.exists():
         acc = {m: {int(s): v for s, v in d.items()} for m, d in json.loads(sel.read_text())["accuracy"].items()}
         lines += _bench("synthetic_subclasses (K = 8, width 8; chosen on validation)", "10,000", acc)
+        (HERE / "synthetic" / "per_seed.md").write_text("\n".join(per_seed(
+            acc, ("ce", "kd", "lelp", "lelp_kmeans", "kmeans", "agglomerative", "subclass", "oracle"))) + "\n")
     kf = HERE / "digits_kfold" / "kfold.json"
     if kf.exists():
         pooled = json.loads(kf.read_text())

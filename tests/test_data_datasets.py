@@ -252,7 +252,8 @@ def test_local_csv_jsonl_npz(tmp_path, rng):
     ("text,label\n", {"num_classes": 2}, "no examples"),
     ("text,label\nhi,2\n", {"num_classes": 2}, r"labels \['2'\] do not match"),
     ("text,label\nhi,good\n", {"class_names": ["neg", "pos"]}, r"labels \['good'\] do not match"),
-    ("text,label\nhi,1\n", {}, "set data.class_names or data.num_classes"),
+    ("text,label\nhi,1\n", {"split": "test"}, "set data.class_names or data.num_classes"),  # no train file
+    ("text,label\nhi,good\n", {}, "needs at least two"),
 ])
 def test_local_bad_inputs(tmp_path, content, kw, match):
     path = tmp_path / "bad.csv"
@@ -260,6 +261,61 @@ def test_local_bad_inputs(tmp_path, content, kw, match):
     with pytest.raises(ValueError, match=match) as e:
         _local(path, **kw)
     assert str(path) in str(e.value) or "data." in str(e.value)
+
+
+def _files(tmp_path, **splits):
+    out = {}
+    for split, content in splits.items():
+        path = tmp_path / f"{split}.csv"
+        path.write_text(content)
+        out[split] = str(path)
+    return out
+
+
+def test_local_string_labels_map_in_sorted_order_of_train(tmp_path, capsys):
+    files = _files(tmp_path, train="text,label\na,positive\nb,negative\nc,positive\nd,neutral\n",
+                   test="text,label\ne,neutral\nf,positive\ng,negative\n")
+    cfg = _cfg(name="local", files=files)
+    train, info = load_split(cfg, "train")
+    test, test_info = load_split(cfg, "test")
+    # sorted: negative=0, neutral=1, positive=2, whatever the row order
+    assert [int(train[i]["label"]) for i in range(4)] == [2, 0, 2, 1]
+    assert [int(test[i]["label"]) for i in range(3)] == [1, 2, 0]
+    assert info.class_names == test_info.class_names == ("negative", "neutral", "positive")
+    assert info.num_classes == 3
+    out = capsys.readouterr().out
+    assert out.count("classes: negative=0, neutral=1, positive=2\n") == 1  # printed once (with train)
+    # data.class_names still fixes the order
+    fixed = _cfg(name="local", files=files, class_names=["positive", "negative", "neutral"])
+    train, info = load_split(fixed, "train")
+    assert [int(train[i]["label"]) for i in range(4)] == [0, 1, 0, 2] and "classes:" not in capsys.readouterr().out
+
+
+def test_local_label_missing_from_train_is_a_clear_error(tmp_path):
+    files = _files(tmp_path, train="text,label\na,pos\nb,neg\n", test="text,label\nc,neutral\nd,1\n")
+    with pytest.raises(ValueError, match=r"test.csv: labels \['1', 'neutral'\] do not occur in the training file "
+                                         r".*train.csv \(its classes: \['neg', 'pos'\]\)"):
+        load_split(_cfg(name="local", files=files), "test")
+
+
+def test_local_integer_labels_without_num_classes_come_from_train(tmp_path):
+    files = _files(tmp_path, train="text,label\na,2\nb,0\n", test="text,label\nc,1\nd,3\n")
+    src, info = load_split(_cfg(name="local", files=files), "train")
+    assert info.num_classes == 3 and [int(src[i]["label"]) for i in range(2)] == [2, 0]
+    with pytest.raises(ValueError, match=r"labels \['3'\] do not match"):
+        load_split(_cfg(name="local", files=files), "test")
+
+
+@pytest.mark.parametrize("key,shape", [("features", (7, 3)), ("images", (7, 4, 4))])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_local_npz_non_finite_is_refused_at_load(tmp_path, rng, key, shape, bad):
+    x = rng.normal(size=shape).astype(np.float32)
+    x[5].flat[1] = bad
+    x[6].flat[0] = bad
+    path = tmp_path / "x.npz"
+    np.savez(path, **{key: x}, labels=np.arange(7) % 2)
+    with pytest.raises(ValueError, match=rf"x.npz: array '{key}' has NaN or inf values \(2 rows; first bad row 5\)"):
+        _local(path, num_classes=2)
 
 
 def test_local_non_utf8_names_the_line(tmp_path):

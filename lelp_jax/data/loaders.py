@@ -175,6 +175,20 @@ def _load_catalogue(name: str, config: Any, split: str):
                             fine_class_names=None, **common)
 
 
+def _train_classes(path: str, label_column: str) -> tuple[tuple[str, ...] | None, int]:
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: file not found (data.files['train']). Fix the path.")
+    return local.train_classes(path, label_column=label_column)
+
+
+def _announce_classes(class_names: tuple[str, ...]) -> None:
+    """Print the label -> class id mapping read from the training file (process 0, when train is loaded)."""
+    import jax
+
+    if jax.process_index() == 0:
+        print("classes: " + ", ".join(f"{n}={i}" for i, n in enumerate(class_names)), flush=True)
+
+
 def _load_local(name: str, config: Any, split: str):
     files = _get(config, "files", {})
     files = files.to_dict() if hasattr(files, "to_dict") else dict(files)
@@ -186,9 +200,17 @@ def _load_local(name: str, config: Any, split: str):
         raise ValueError(f"{path}: file not found (data.files['{split}']). Fix the path.")
     class_names = _get(config, "class_names")
     num_classes = _get(config, "num_classes")
+    names_from = None
+    if class_names is None and num_classes is None and "train" in files:
+        train_path = os.path.expanduser(str(files["train"]))
+        class_names, num_classes = _train_classes(train_path, _get(config, "label_column", "label"))
+        if class_names is not None:
+            names_from = train_path
+            if split == "train":
+                _announce_classes(class_names)
     cap = _get(config, "max_examples_per_split")
     if path.lower().endswith(".npz"):
-        arrays = local.read_npz(path, class_names=class_names, num_classes=num_classes)
+        arrays = local.read_npz(path, class_names=class_names, num_classes=num_classes, names_from=names_from)
         arrays = {k: v[:cap] for k, v in arrays.items()}
         if "image" in arrays:
             kind, shape = _image_view(_get(config, "input_kind"), arrays["image"].shape[1:])
@@ -205,7 +227,7 @@ def _load_local(name: str, config: Any, split: str):
             path, text_column=_get(config, "text_column", "text"),
             label_column=_get(config, "label_column", "label"),
             fine_label_column=_get(config, "fine_label_column"),
-            class_names=class_names, num_classes=num_classes)
+            class_names=class_names, num_classes=num_classes, names_from=names_from)
         fine = None if fine is None else fine[:cap]
         src, max_len, vocab = text_source(texts[:cap], labels[:cap], fine, config)
         kind, shape = "text", (max_len,)

@@ -5,10 +5,14 @@ follows the extension (`.csv`, `.jsonl`, `.npz`). Text files need a text column
 (`text_column`, default 'text') and a label column (`label_column`, default
 'label'), optionally an integer fine-label column (`fine_label_column`).
 Labels are class names listed in `class_names` (mapped to their position) or
-integers in [0, num_classes); one of `class_names` / `num_classes` must be set.
-.npz files hold `features` (N, F) or `images` (N, H, W[, ch]; uint8 is divided
+integers in [0, num_classes). With neither set, the classes come from the training
+file (`files['train']`, see `train_classes`): string labels map to ids in sorted
+order (`classes: negative=0, positive=1` is printed once), integer labels give
+num_classes = largest + 1; a validation/test label the training file lacks is an
+error. .npz files hold `features` (N, F) or `images` (N, H, W[, ch]; uint8 is divided
 by 255, floats are taken as already in [0, 1]) plus `labels` (N,) and
-optionally `fine_labels` (N,).
+optionally `fine_labels` (N,); non-finite features or images are refused (the
+file, the array and the first bad row are named).
 `num_fine_classes`, when unset, is the largest fine label of the loaded file + 1:
 set it when splits may differ. Every problem is a ValueError naming the file,
 the problem and the fix.
@@ -67,31 +71,43 @@ def read_rows(path: str) -> list[dict[str, Any]]:
 
 
 def map_labels(
-    values: Sequence[Any], *, path: str, class_names: Sequence[str] | None, num_classes: int | None
+    values: Sequence[Any], *, path: str, class_names: Sequence[str] | None, num_classes: int | None,
+    names_from: str | None = None,
 ) -> np.ndarray:
-    """Class indices of raw label values: names via `class_names`, or integers."""
+    """Class indices of raw label values: names via `class_names`, or integers.
+
+    `names_from` (the training file, when `class_names` were read from it by
+    `train_classes`): only those names are valid, integers are not taken as ids.
+    """
     if class_names is None and num_classes is None:
         raise ValueError(f"{path}: set data.class_names or data.num_classes so labels can be checked.")
     names = None if class_names is None else [str(c) for c in class_names]
     n_cls = len(names) if names is not None else int(num_classes)
     if names is not None and num_classes is not None and int(num_classes) != n_cls:
         raise ValueError(f"data.num_classes={num_classes} but data.class_names has {n_cls} names: make them agree.")
+    index = {} if names is None else {n: i for i, n in enumerate(names)}
     out = np.empty(len(values), np.int32)
     bad: set[str] = set()
     for i, v in enumerate(values):
         s = str(v).strip()
-        if names is not None and s in names:
-            out[i] = names.index(s)
+        if s in index:
+            out[i] = index[s]
             continue
         try:
             k = int(s)
         except ValueError:
             bad.add(s)
             continue
-        if 0 <= k < n_cls:
+        if 0 <= k < n_cls and names_from is None:
             out[i] = k
         else:
             bad.add(s)
+    if bad and names_from is not None:
+        raise ValueError(
+            f"{path}: labels {sorted(bad)[:10]} do not occur in the training file {names_from} (its classes: "
+            f"{names}). Add examples of them to the training file, fix the labels, or list every class in "
+            "data.class_names."
+        )
     if bad:
         expected = f"one of {names} or an integer in [0, {n_cls})" if names else f"an integer in [0, {n_cls})"
         raise ValueError(
@@ -99,6 +115,53 @@ def map_labels(
             f"{expected}). Fix the file or data.class_names / data.num_classes."
         )
     return out
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+    except ValueError:
+        return False
+    return True
+
+
+def train_classes(path: str, *, label_column: str = "label") -> tuple[tuple[str, ...] | None, int]:
+    """(class_names or None, num_classes) read from the training file's labels.
+
+    String labels: the distinct labels in sorted order, so `negative` -> 0,
+    `positive` -> 1 whatever the row order (reproducible, independent of the
+    split). All-integer labels: no names, num_classes = the largest label + 1.
+    """
+    if path.lower().endswith(".npz"):
+        raw = _load_npz(path)
+        if "labels" not in raw.files:
+            raise ValueError(f"{path}: needs 'labels' (found {sorted(raw.files)}). Save with np.savez(path, ..., labels=y).")
+        values = raw["labels"].tolist()
+    else:
+        values = _column(read_rows(path), label_column, path, "label_column")
+    distinct = sorted({str(v).strip() for v in values})
+    if not distinct:
+        raise ValueError(f"{path}: no labels. Add examples.")
+    if all(_is_int(s) for s in distinct):
+        top = max(int(s) for s in distinct)
+        if min(int(s) for s in distinct) < 0:
+            raise ValueError(f"{path}: negative integer labels; use 0..C-1 or set data.class_names.")
+        return None, top + 1
+    if len(distinct) < 2:
+        raise ValueError(f"{path}: every example has the label {distinct[0]!r}; a classifier needs at least two "
+                         "classes (or list them in data.class_names).")
+    return tuple(distinct), len(distinct)
+
+
+def _finite_or_raise(x: np.ndarray, path: str, key: str) -> None:
+    """ValueError naming the file, the array and the first row with NaN or inf."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"{path}: array {key!r} has NaN or inf values ({int(bad.sum())} rows; first bad row "
+                         f"{row}). Clean or drop those rows before training.")
 
 
 def _column(rows: list[dict[str, Any]], column: str, path: str, key: str) -> list[Any]:
@@ -121,12 +184,13 @@ def read_text_file(
     fine_label_column: str | None = None,
     class_names: Sequence[str] | None = None,
     num_classes: int | None = None,
+    names_from: str | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """(texts, labels, fine_labels or None) of a CSV/JSONL file."""
+    """(texts, labels, fine_labels or None) of a CSV/JSONL file (`names_from`: see `map_labels`)."""
     rows = read_rows(path)
     texts = [str(t) for t in _column(rows, text_column, path, "text_column")]
     labels = map_labels(_column(rows, label_column, path, "label_column"), path=path,
-                        class_names=class_names, num_classes=num_classes)
+                        class_names=class_names, num_classes=num_classes, names_from=names_from)
     fine = None
     if fine_label_column:
         raw = _column(rows, fine_label_column, path, "fine_label_column")
@@ -139,21 +203,27 @@ def read_text_file(
     return texts, labels, fine
 
 
-def read_npz(
-    path: str, *, class_names: Sequence[str] | None = None, num_classes: int | None = None
-) -> dict[str, np.ndarray]:
-    """Arrays of the batch contract (`image` or `features`, `label`, opt. `fine_label`)."""
+def _load_npz(path: str):
     try:
-        z = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
         raise ValueError(f"{path}: cannot read as .npz ({e}). Save it with np.savez.") from None
+
+
+def read_npz(
+    path: str, *, class_names: Sequence[str] | None = None, num_classes: int | None = None,
+    names_from: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Arrays of the batch contract (`image` or `features`, `label`, opt. `fine_label`)."""
+    z = _load_npz(path)
     keys = set(z.files)
     if "labels" not in keys or not keys & {"features", "images"}:
         raise ValueError(
             f"{path}: needs 'labels' and one of 'features' / 'images' (found {sorted(keys)}). "
             "Save with np.savez(path, features=X, labels=y) or images=..."
         )
-    labels = map_labels(z["labels"].tolist(), path=path, class_names=class_names, num_classes=num_classes)
+    labels = map_labels(z["labels"].tolist(), path=path, class_names=class_names, num_classes=num_classes,
+                        names_from=names_from)
     if len(labels) == 0:
         raise ValueError(f"{path}: 'labels' is empty. Save at least one example.")
     out: dict[str, np.ndarray] = {"label": labels}
@@ -163,11 +233,13 @@ def read_npz(
             x = x[..., None]
         if x.ndim != 4:
             raise ValueError(f"{path}: 'images' must be (N, H, W) or (N, H, W, ch), got {x.shape}.")
+        _finite_or_raise(x, path, "images")
         out["image"] = (x / 255.0 if x.dtype == np.uint8 else x).astype(np.float32)
     else:
         x = z["features"]
         if x.ndim != 2:
             raise ValueError(f"{path}: 'features' must be (N, F), got {x.shape}.")
+        _finite_or_raise(x, path, "features")
         out["features"] = x.astype(np.float32)
     if "fine_labels" in keys:
         out["fine_label"] = z["fine_labels"].astype(np.int32)

@@ -290,15 +290,22 @@ class OracleSlots:
     def num_subclasses(self) -> int:
         return self.slot_mask.shape[1]
 
+    @property
+    def head_outputs(self) -> int:
+        """The oracle student's head width C * S."""
+        return self.slot_mask.shape[0] * self.slot_mask.shape[1]
 
-def oracle_slots(labels: np.ndarray, fine_labels: np.ndarray, *, num_classes: int, num_fine: int,
-                 num_subclasses: Optional[int] = None) -> OracleSlots:
+
+def oracle_slots(labels: np.ndarray, fine_labels: np.ndarray, *, num_classes: int, num_fine: int) -> OracleSlots:
     """Build the fine -> (class, slot) table from labelled data (host side, NumPy).
 
     Each fine label must belong to exactly one class; the k-th fine label of class c
-    (ascending) gets slot ``k mod S``, ``S = num_subclasses`` or, when None, the largest
-    number of fine labels in a class (the exact oracle). Fine labels never seen map to
-    slot 0 with ``class_of_fine = -1``.
+    (ascending) gets slot k. S = the largest number of fine labels in a class, so every
+    fine label has a slot of its own (the exact oracle, an upper bound whatever
+    lelp.num_subclasses is). A class with fewer fine labels leaves its last slots unused
+    (``slot_mask`` 0): their targets are 0, so training drives those logits down and they
+    take no share of the class at prediction. Fine labels never seen map to slot 0 with
+    ``class_of_fine = -1``.
     """
     labels = np.asarray(labels).astype(np.int64).ravel()
     fine = np.asarray(fine_labels).astype(np.int64).ravel()
@@ -320,15 +327,13 @@ def oracle_slots(labels: np.ndarray, fine_labels: np.ndarray, *, num_classes: in
     class_of_fine = np.full(num_fine, -1, np.int32)
     slot_of_fine = np.zeros(num_fine, np.int32)
     per_class = [sorted(pairs[pairs[:, 1] == c, 0].tolist()) for c in range(num_classes)]
-    if num_subclasses is not None and num_subclasses < 1:
-        raise ValueError(f"oracle_slots: num_subclasses must be >= 1 or None, got {num_subclasses}.")
-    num_slots = num_subclasses or max(1, max(len(p) for p in per_class))
+    num_slots = max(1, max(len(p) for p in per_class))
     slot_mask = np.zeros((num_classes, num_slots), np.float32)
     for c, fines in enumerate(per_class):
         for k, f in enumerate(fines):
             class_of_fine[f] = c
-            slot_of_fine[f] = k % num_slots
-        slot_mask[c, : min(max(len(fines), 1), num_slots)] = 1.0  # a class without fine labels keeps one slot
+            slot_of_fine[f] = k
+        slot_mask[c, : max(len(fines), 1)] = 1.0  # a class without fine labels keeps one slot
     return OracleSlots(
         slot_of_fine=jnp.asarray(slot_of_fine), class_of_fine=jnp.asarray(class_of_fine), slot_mask=jnp.asarray(slot_mask)
     )

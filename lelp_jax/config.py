@@ -181,11 +181,14 @@ def base_config() -> ml_collections.ConfigDict:
             target_entropy=_p(float),  # in (0, 1): solve beta per class at fit time so the split's mean normalised entropy is this; None = use beta
             fit_labels="labels",  # labels | teacher (teacher argmax)
             alpha=0.0,  # weight of the hard-label CE term
+            student_tau=1.0,  # the student's softmax temperature in the soft term (1 = the paper's: none)
             seed=0,  # Haar rotation / random-projection seed
         )
     )
     # student_tau: the student's softmax temperature in KD (None = tau, Hinton; 1 = LELP's convention).
-    c.kd = ml_collections.ConfigDict(dict(tau=2.0, alpha=0.0, student_tau=_p(float)))
+    # tau_squared_scaling: multiply the soft term by tau^2 (Hinton's gradient scale; False with
+    # student_tau=1 makes KD equal LELP at S = 1).
+    c.kd = ml_collections.ConfigDict(dict(tau=2.0, alpha=0.0, student_tau=_p(float), tau_squared_scaling=True))
     # scale: 'standardized' = the same rule as lelp.standardize (lelp_jax.clustering docstring); 'gmm' divides
     # squared distances by 2 sigma_c^2 (the GMM posterior), 'raw' does not. temperature: None = lelp.beta.
     # Both k-means-style methods (kmeans, agglomerative) also follow lelp.target_entropy.

@@ -7,7 +7,8 @@ A :class:`Method` is a frozen description used by the pipeline and the train ste
   step's ``aux`` (``'projections'`` for LELP-like methods, ``'kmeans'``, ``'oracle'``,
   ``'subclass_teacher'`` (the Subclass-Distillation teacher's variables), or None); ``fit_options(cfg)`` gives the keyword arguments of that fit (e.g.
   ``fit_projections(null_space=..., rotate=..., directions=...)``);
-- ``head_outputs(num_classes, cfg)``: the student head width (C, or C*S);
+- ``head_outputs(num_classes, cfg)``: the student head width (C, or C*S); a fitted artifact
+  that fixes the width itself (the oracle's slots) says so, see :meth:`Method.student_outputs`;
 - ``loss(*, student_logits, student_embedding, batch, teacher_embedding,
   teacher_logits, aux, method_params, cfg) -> scalar``: jittable, built from the
   core (:mod:`lelp_jax.losses`, :mod:`lelp_jax.targets`); padding rows (``batch['mask']``
@@ -25,8 +26,10 @@ A :class:`Method` is a frozen description used by the pipeline and the train ste
   (:func:`lelp_jax.sharpness.split_diagnostics`); None for methods that do not split.
 
 ``cfg`` is the run's full config; each method reads its own section (``cfg.kd``,
-``cfg.lelp``, ...) and ``cfg.train.label_smoothing`` for hard-label terms. A new
-method is one ``register_method(Method(...))`` call.
+``cfg.lelp``, ...); a key the config lacks takes ``base_config()``'s value. Every
+hard-label term (ce; the ``alpha`` term of kd, fitnet, rkd, lelp and its ablations,
+kmeans, agglomerative, oracle, subclass) is :func:`hard_label_loss`, which reads
+``cfg.train.label_smoothing``. A new method is one ``register_method(Method(...))`` call.
 """
 from __future__ import annotations
 
@@ -44,7 +47,8 @@ from lelp_jax import clustering, feature_losses, losses, subclass_distillation, 
 __all__ = [
     "Method", "METHODS", "register_method", "get_method", "method_names",
     # building blocks for registering more methods
-    "section", "option", "batch_mask", "plain_class_log_probs", "subclass_class_log_probs", "split_beta",
+    "section", "option", "batch_mask", "hard_label_loss", "mix_hard_labels", "plain_class_log_probs",
+    "subclass_class_log_probs", "split_beta",
     # the Subclass-Distillation teacher (trained by the pipeline, not a student method)
     "SUBCLASS_TEACHER", "subclass_teacher_model",
 ]
@@ -66,6 +70,12 @@ class Method:
     description: str = ""
     scores: Optional[Callable[..., jax.Array]] = None
     split: Optional[Callable[..., jax.Array]] = None
+
+    def student_outputs(self, num_classes: int, cfg: Any, aux: Any = None) -> int:
+        """The student's head width: ``aux.head_outputs`` when the fitted artifact fixes it (the
+        oracle: C * most fine labels in a class), else ``head_outputs(num_classes, cfg)``."""
+        width = getattr(aux, "head_outputs", None)
+        return int(width) if width is not None else int(self.head_outputs(num_classes, cfg))
 
     @property
     def needs_projections(self) -> bool:
@@ -110,8 +120,20 @@ def section(cfg: Any, name: str) -> Any:
     return {} if out is None else out
 
 
-def option(cfg: Any, name: str, key: str, default: Any) -> Any:
-    """``cfg[name][key]`` or ``default``."""
+_BASE = object()
+
+
+@functools.lru_cache(maxsize=1)
+def _base_config():
+    from lelp_jax.config import base_config
+
+    return base_config()
+
+
+def option(cfg: Any, name: str, key: str, default: Any = _BASE) -> Any:
+    """``cfg[name][key]``; when absent or None, ``default``, or without one ``base_config()[name][key]``."""
+    if default is _BASE:
+        default = _base_config()[name][key]
     sec = section(cfg, name)
     value = sec.get(key, default) if hasattr(sec, "get") else getattr(sec, key, default)
     return default if value is None else value
@@ -145,15 +167,30 @@ def _lelp_head(num_classes: int, cfg: Any) -> int:
     return num_classes * int(option(cfg, "lelp", "num_subclasses", 1))
 
 
-def _hard_labels_loss(logits: jax.Array, batch: Mapping[str, jax.Array], cfg: Any) -> jax.Array:
-    """CE(y, softmax(logits)), with label smoothing eps = ``cfg.train.label_smoothing``:
-    target (1 - eps) onehot(y) + eps / K (Szegedy et al. 2016)."""
+def hard_label_loss(class_logits: jax.Array, batch: Mapping[str, jax.Array], cfg: Any) -> jax.Array:
+    """Every method's hard-label term: CE(y, softmax(class_logits)) with label smoothing
+    eps = ``cfg.train.label_smoothing``, target (1 - eps) onehot(y) + eps / C (Szegedy et al. 2016).
+
+    ``class_logits (B, C)``: a C-way head's logits, or a C*S head's class log-probabilities
+    ``log q_c`` (log_softmax leaves normalised log-probabilities unchanged).
+    """
     mask = batch_mask(batch)
-    eps = float(option(cfg, "train", "label_smoothing", 0.0))
+    eps = float(option(cfg, "train", "label_smoothing"))
     if eps:
-        smooth = optax.smooth_labels(jax.nn.one_hot(batch["label"], logits.shape[-1], dtype=logits.dtype), eps)
-        return losses.soft_cross_entropy(logits, smooth, mask=mask)
-    return losses.cross_entropy(logits, batch["label"], mask=mask)
+        smooth = optax.smooth_labels(jax.nn.one_hot(batch["label"], class_logits.shape[-1],
+                                                    dtype=class_logits.dtype), eps)
+        return losses.soft_cross_entropy(class_logits, smooth, mask=mask)
+    return losses.cross_entropy(class_logits, batch["label"], mask=mask)
+
+
+def mix_hard_labels(soft: jax.Array, class_logits: jax.Array, batch: Mapping[str, jax.Array], cfg: Any,
+                    alpha: float) -> jax.Array:
+    """``(1 - alpha) * soft + alpha * hard_label_loss(class_logits)`` (just ``soft`` when alpha = 0)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (weight of the hard-label term), got {alpha!r}.")
+    if alpha == 0.0:
+        return soft
+    return (1.0 - alpha) * soft + alpha * hard_label_loss(class_logits, batch, cfg)
 
 
 # ----------------------------------------------------------------------------- ce
@@ -161,7 +198,7 @@ def _hard_labels_loss(logits: jax.Array, batch: Mapping[str, jax.Array], cfg: An
 
 def _ce_loss(*, student_logits, batch, cfg, **_: Any) -> jax.Array:
     """Hard labels only: ``mean_b -log softmax(r_b)_{y_b}`` (:func:`lelp_jax.losses.cross_entropy`)."""
-    return _hard_labels_loss(student_logits, batch, cfg)
+    return hard_label_loss(student_logits, batch, cfg)
 
 
 register_method(Method(
@@ -226,16 +263,14 @@ def _lelp_loss(*, student_logits, batch, teacher_embedding, teacher_logits, aux,
     """LELP: targets t_{c,s} = softmax(l/tau)_c softmax_s(z_{c,.}/beta_c)_s from the projections in
     ``aux`` (:func:`lelp_jax.targets.subclass_targets`; z standardised when ``lelp.standardize``,
     beta_c = ``aux.betas`` when calibrated to ``lelp.target_entropy``, else ``lelp.beta``), loss
-    :func:`lelp_jax.losses.lelp_loss`."""
+    as :func:`_pseudo_subclass_loss`."""
     if aux is None:
         raise ValueError("LELP-type methods need the fitted Projections as the train step's aux.")
     t = targets.subclass_targets(aux, teacher_embedding, teacher_logits,
                                  beta=split_beta(aux, cfg, _lelp_beta(cfg)),
                                  tau=float(option(cfg, "lelp", "tau", 1.0)),
                                  standardize=bool(option(cfg, "lelp", "standardize", True)))
-    num_classes = teacher_logits.shape[-1]
-    return losses.lelp_loss(student_logits, t, labels=batch["label"], alpha=float(option(cfg, "lelp", "alpha", 0.0)),
-                            num_classes=num_classes, mask=batch_mask(batch))
+    return _pseudo_subclass_loss(student_logits, t, batch, cfg, teacher_logits.shape[-1])
 
 
 def _projection_options(*, directions: str, null_space: Optional[bool] = None,
@@ -276,8 +311,19 @@ def _teacher_class_probs(teacher_logits: jax.Array, cfg: Any) -> jax.Array:
 
 
 def _pseudo_subclass_loss(student_logits, t, batch, cfg, num_classes: int) -> jax.Array:
-    return losses.lelp_loss(student_logits, t, labels=batch["label"], alpha=float(option(cfg, "lelp", "alpha", 0.0)),
-                            num_classes=num_classes, mask=batch_mask(batch))
+    """The loss of every C*S method given its targets t (B, C*S):
+
+        (1 - alpha) * ( -sum_{c,s} t_{c,s} log softmax(r / tau_s)_{c,s} ) + alpha * hard(y, log q_c)
+
+    (:func:`lelp_jax.losses.lelp_loss` on r / tau_s, :func:`hard_label_loss` on the class
+    log-probabilities of r), ``tau_s = lelp.student_tau`` (1, the paper's: no student
+    temperature), ``alpha = lelp.alpha``. Like KD's ``student_tau`` the temperature is the soft
+    term's only: the hard term and the prediction use r. With S = 1 this is KD's loss with
+    ``kd.student_tau = lelp.student_tau`` and ``kd.tau_squared_scaling = False``.
+    """
+    soft = losses.lelp_loss(student_logits / float(option(cfg, "lelp", "student_tau")), t, mask=batch_mask(batch))
+    return mix_hard_labels(soft, targets.class_log_probs(student_logits, num_classes=num_classes), batch, cfg,
+                           float(option(cfg, "lelp", "alpha", 0.0)))
 
 
 def _kmeans_beta(cfg: Any) -> float:
@@ -309,8 +355,8 @@ def _kmeans_loss(*, student_logits, batch, teacher_embedding, teacher_logits, au
 def _oracle_loss(*, student_logits, batch, teacher_logits, aux, cfg, **_: Any) -> jax.Array:
     """Oracle subclasses: ``t_{y,s} = p_y [s = slot(fine)]``, ``t_{c,s} = p_c / n_c`` on class c's used
     slots for c != y (:func:`lelp_jax.clustering.oracle_targets`), p = softmax(l / lelp.tau);
-    loss :func:`lelp_jax.losses.lelp_loss`. ``aux`` is the :class:`lelp_jax.clustering.OracleSlots`
-    table with S = lelp.num_subclasses slots (fine labels folded round-robin when a class has more)."""
+    loss as :func:`_pseudo_subclass_loss`. ``aux`` is the :class:`lelp_jax.clustering.OracleSlots`
+    table: one slot per fine label, S = the most fine labels in a class (not lelp.num_subclasses)."""
     if not isinstance(aux, clustering.OracleSlots):
         raise ValueError("method 'oracle' needs the OracleSlots table as the train step's aux.")
     if "fine_label" not in batch:
@@ -338,8 +384,15 @@ register_method(Method(
     class_log_probs=subclass_class_log_probs, fit="agglomerative", scores=_kmeans_scores, split=_kmeans_split,
     description="per-class Ward clusters (scikit-learn, subsampled) as pseudo-subclasses, split like k-means",
 ))
+
+
+def _oracle_head(num_classes: int, cfg: Any) -> int:
+    raise ValueError("the oracle's head width is C * (most fine labels in a class), known from its OracleSlots: "
+                     "use Method.student_outputs(num_classes, cfg, slots).")
+
+
 register_method(Method(
-    name="oracle", needs_teacher=True, loss=_oracle_loss, head_outputs=_lelp_head,
+    name="oracle", needs_teacher=True, loss=_oracle_loss, head_outputs=_oracle_head,
     class_log_probs=subclass_class_log_probs, fit="oracle", needs_fine_labels=True, split=_oracle_split,
     description="true fine labels as subclasses (upper bound)",
 ))
@@ -379,12 +432,15 @@ register_method(Method(
 
 
 def _kd_term(student_logits, batch, teacher_logits, cfg) -> jax.Array:
-    """KD as configured; ``kd.student_tau`` (default: ``kd.tau``, Hinton's convention) is the
-    student's softmax temperature — 1 matches LELP's convention (no student temperature)."""
-    student_tau = option(cfg, "kd", "student_tau", None)
-    return losses.kd_loss(student_logits, teacher_logits, tau=float(option(cfg, "kd", "tau", 1.0)),
-                          labels=batch["label"], alpha=float(option(cfg, "kd", "alpha", 0.0)), mask=batch_mask(batch),
-                          student_tau=None if student_tau is None else float(student_tau))
+    """KD as configured: the soft term of :func:`lelp_jax.losses.kd_loss` at ``kd.tau``, scaled by
+    tau^2 when ``kd.tau_squared_scaling`` (Hinton's), with ``kd.student_tau`` (unset: ``kd.tau``,
+    Hinton's convention; 1 is LELP's) as the student's temperature, mixed with
+    :func:`hard_label_loss` by ``kd.alpha``."""
+    student_tau = option(cfg, "kd", "student_tau")
+    soft = losses.kd_loss(student_logits, teacher_logits, tau=float(option(cfg, "kd", "tau", 1.0)),
+                          mask=batch_mask(batch), student_tau=None if student_tau is None else float(student_tau),
+                          scale_by_tau_squared=bool(option(cfg, "kd", "tau_squared_scaling")))
+    return mix_hard_labels(soft, student_logits, batch, cfg, float(option(cfg, "kd", "alpha", 0.0)))
 
 
 def _fitnet_init(key: jax.Array, *, student_embedding_dim: int, teacher_embedding_dim: Optional[int],
@@ -466,10 +522,11 @@ def _subclass_student_loss(*, student_logits, batch, aux, cfg, **_: Any) -> jax.
     model = subclass_teacher_model(cfg, num_classes)
     inputs = {k: v for k, v in batch.items() if k not in ("teacher_embedding", "teacher_logits")}
     _, t_logits = model.apply(aux, inputs, train=False)
-    return subclass_distillation.subclass_student_loss(
+    soft = subclass_distillation.subclass_student_loss(
         student_logits, jax.lax.stop_gradient(t_logits.astype(jnp.float32)),
-        tau=float(option(cfg, "subclass", "tau", 1.0)), num_classes=num_classes, labels=batch["label"],
-        alpha=float(option(cfg, "subclass", "alpha", 0.0)), mask=batch_mask(batch))
+        tau=float(option(cfg, "subclass", "tau", 1.0)), num_classes=num_classes, mask=batch_mask(batch))
+    return mix_hard_labels(soft, targets.class_log_probs(student_logits, num_classes=num_classes), batch, cfg,
+                           float(option(cfg, "subclass", "alpha", 0.0)))
 
 
 # Not registered: the pipeline trains the subclass teacher with it (fit 'subclass_teacher').

@@ -900,7 +900,8 @@ def method_aux(method, config: ml_collections.ConfigDict, workdir: str | os.Path
 
     ``projections``: the method's projections file; ``kmeans``: per-class k-means
     of the teacher's train embeddings (S = lelp.num_subclasses, seeded by lelp.seed);
-    ``oracle``: the fine-label slot table of the train split (S = lelp.num_subclasses slots);
+    ``oracle``: the fine-label slot table of the train split (one slot per fine label: S = the
+    most fine labels in a class, whatever lelp.num_subclasses is);
     ``agglomerative``: per-class Ward clusters' means on at most 2,000 train embeddings
     per class (scikit-learn, host); ``subclass_teacher``: the variables of the
     Subclass-Distillation teacher
@@ -933,8 +934,7 @@ def method_aux(method, config: ml_collections.ConfigDict, workdir: str | os.Path
         if fine is None or info.num_fine_classes is None:
             raise ConfigError(f"method 'oracle' needs fine labels, and dataset {config.data.name!r} has none; "
                               "drop it from --methods.")
-        return oracle_slots(labels, fine, num_classes=info.num_classes, num_fine=info.num_fine_classes,
-                            num_subclasses=int(config.lelp.num_subclasses))
+        return oracle_slots(labels, fine, num_classes=info.num_classes, num_fine=info.num_fine_classes)
     if method.fit == "agglomerative":
         from lelp_jax.clustering import fit_agglomerative_centroids
 
@@ -1060,7 +1060,7 @@ def stage_distill(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                 teacher_model, teacher_variables = load_teacher(config, workdir, env)
         aux = method_aux(method, config, workdir, env)
         method_extra = {**extra, **split_diagnostics(method, aux, config, workdir, env)}
-        student = build_model(config.student.model, num_outputs=int(method.head_outputs(info.num_classes, config)),
+        student = build_model(config.student.model, num_outputs=method.student_outputs(info.num_classes, config, aux),
                               **_model_kwargs(config.student))
         for m, seed in todo:
             if m != name:

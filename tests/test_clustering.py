@@ -115,15 +115,45 @@ def test_oracle_slots_and_targets_match_numpy(rng):
     np.testing.assert_allclose(t.sum(-1), p, atol=1e-6)
 
 
-def test_oracle_slots_fold_into_fewer_slots():
-    fine_to_class = np.array([1, 0, 2, 1, 0, 1])
-    fine = np.arange(6)
-    slots = cl.oracle_slots(fine_to_class[fine], fine, num_classes=3, num_fine=6, num_subclasses=2)
-    # class 1 has fine labels 0, 3, 5 -> slots 0, 1, 0 (round-robin); class 2 uses one slot
-    np.testing.assert_array_equal(slots.slot_of_fine, [0, 0, 0, 1, 1, 0])
-    np.testing.assert_array_equal(slots.slot_mask, [[1, 1], [1, 1], [1, 0]])
-    t = _j(cl.oracle_targets, jnp.ones((6, 3)) / 3, jnp.asarray(fine_to_class), jnp.asarray(fine), slots)
-    np.testing.assert_allclose(np.asarray(t).sum(-1), 1 / 3, atol=1e-6)
+def test_oracle_gets_one_slot_per_fine_label_whatever_lelp_s(rng):
+    """Class 0 has 7 fine labels, class 1 has 2: S_oracle = 7 although lelp.num_subclasses = 2;
+    class 1's 5 unused slots get zero targets, and the loss matches a float64 reference."""
+    from lelp_jax import methods
+
+    fine_to_class = np.array([0] * 7 + [1] * 2)
+    b, c = 24, 2
+    fine = rng.integers(0, 9, size=b)
+    fine[:9] = np.arange(9)
+    y = fine_to_class[fine]
+    slots = cl.oracle_slots(y, fine, num_classes=c, num_fine=9)
+    assert slots.num_subclasses == 7
+    np.testing.assert_array_equal(slots.slot_of_fine, [0, 1, 2, 3, 4, 5, 6, 0, 1])  # no folding
+    np.testing.assert_array_equal(slots.slot_mask, [[1] * 7, [1, 1, 0, 0, 0, 0, 0]])
+    cfg = _method_cfg(s=2)
+    method = methods.get_method("oracle")
+    assert method.student_outputs(c, cfg, slots) == c * 7
+    with pytest.raises(ValueError, match="known from its OracleSlots"):
+        method.head_outputs(c, cfg)
+    l, r = rng.normal(size=(b, c)), rng.normal(size=(b, c * 7))
+    m = (rng.random(b) < 0.8).astype(np.float64)
+    batch = {"label": jnp.asarray(y), "fine_label": jnp.asarray(fine), "mask": jnp.asarray(m, jnp.float32)}
+
+    def loss(r_):
+        return method.loss(student_logits=r_, student_embedding=None, batch=batch, teacher_embedding=None,
+                           teacher_logits=jnp.asarray(l, jnp.float32), aux=slots, method_params={}, cfg=cfg)
+
+    got, grad = jax.jit(jax.value_and_grad(loss))(jnp.asarray(r, jnp.float32))
+    p = np.exp(_np_log_softmax(l / 2.0))
+    t = np.zeros((b, c, 7))
+    for i in range(b):
+        t[i, y[i], fine[i] if y[i] == 0 else fine[i] - 7] = p[i, y[i]]
+        other = 1 - y[i]
+        t[i, other, : (7 if other == 0 else 2)] = p[i, other] / (7 if other == 0 else 2)
+    np.testing.assert_allclose(t.sum(-1), p, atol=1e-12)
+    np.testing.assert_allclose(float(got), _np_lelp_loss(r, t.reshape(b, -1), y, m, 0.25, c), rtol=1e-4)
+    # unused slots (class 1, slots 2..6) have target 0: their gradient is positive (descent lowers them)
+    unused = np.asarray(grad).reshape(b, c, 7)[m > 0, 1, 2:]
+    assert unused.size and np.all(unused > 0)
 
 
 def test_oracle_slots_rejects_inconsistent_fine_labels():
@@ -198,11 +228,11 @@ def test_oracle_method_loss_matches_numpy(rng):
     b, c, s = 10, 2, 2
     cfg = _method_cfg(s=s)
     method = methods.get_method("oracle")
-    assert method.needs_fine_labels and method.fit == "oracle" and method.head_outputs(c, cfg) == c * s
     fine = rng.integers(0, 4, b)
     fine[:4] = np.arange(4)  # every fine label present: fine f is slot f % 2 of class f // 2
     y = fine // 2
-    slots = cl.oracle_slots(y, fine, num_classes=c, num_fine=4, num_subclasses=s)
+    slots = cl.oracle_slots(y, fine, num_classes=c, num_fine=4)
+    assert method.needs_fine_labels and method.fit == "oracle" and method.student_outputs(c, cfg, slots) == c * s
     l, r = rng.normal(size=(b, c)), rng.normal(size=(b, c * s))
     m = np.ones(b)
     got = _j(method.loss, student_logits=jnp.asarray(r, jnp.float32), student_embedding=None,

@@ -137,6 +137,104 @@ def test_lelp_loss_matches_core_and_numpy(rng, name):
     np.testing.assert_allclose(loss, ref, rtol=1e-4)
 
 
+def _aux_for(name, rng, c, s, d):
+    """A fitted artifact of the right kind for method ``name`` on random embeddings (D = d)."""
+    from lelp_jax import clustering
+
+    h = rng.normal(size=(64, d)).astype(np.float32)
+    y = np.arange(64) % c
+    if name == "lelp":
+        m = statistics.update_moments(statistics.init_moments(c, d), jnp.asarray(h), jnp.asarray(y))
+        return projections.fit_projections(m, classifier_weights=jnp.asarray(rng.normal(size=(c, d)), jnp.float32),
+                                           num_subclasses=s, key=0)
+    if name == "kmeans":
+        return clustering.fit_class_kmeans(jax.random.PRNGKey(0), h, y, num_classes=c, num_subclasses=s, num_iters=3)
+    if name == "oracle":
+        fine = np.arange(64) % (c * s)
+        return clustering.oracle_slots(fine // s, fine, num_classes=c, num_fine=c * s)
+    return None
+
+
+@pytest.mark.parametrize("name", ["kd", "lelp", "kmeans", "oracle", "fitnet", "rkd"])
+def test_label_smoothing_reaches_every_hard_term(rng, name):
+    """loss(eps) - loss(0) = alpha * (H_eps - H_0) with H the hard term on the class log-probabilities
+    (float64 NumPy), and eps leaves the loss unchanged when alpha = 0."""
+    import ml_collections
+
+    b, c, s, d = 12, 2, 3, 10
+    method = methods.get_method(name)
+    aux = _aux_for(name, rng, c, s, d)
+    width = method.student_outputs(c, None, aux) if aux is not None else c
+    width = c * s if name in ("lelp", "kmeans") else width
+    y = np.arange(b) % c
+    fine = (np.arange(b) % (c * s)) if name == "oracle" else None
+    y = fine // s if fine is not None else y
+    batch = {"label": jnp.asarray(y), "mask": jnp.asarray((rng.random(b) < 0.8).astype(np.float32))}
+    batch["mask"] = batch["mask"].at[0].set(1.0)
+    if fine is not None:
+        batch["fine_label"] = jnp.asarray(fine)
+    r = rng.normal(size=(b, width)).astype(np.float32)
+    t_emb, t_logits = rng.normal(size=(b, d)).astype(np.float32), rng.normal(size=(b, c)).astype(np.float32)
+    params = method.init_params(jax.random.PRNGKey(0), student_embedding_dim=d, teacher_embedding_dim=d,
+                                cfg=None) if method.init_params else {}
+
+    def loss(eps, alpha):
+        cfg = ml_collections.ConfigDict(dict(train=dict(label_smoothing=eps), kd=dict(tau=2.0, alpha=alpha),
+                                             lelp=dict(num_subclasses=s, tau=1.5, alpha=alpha)))
+        return float(method.loss(student_logits=jnp.asarray(r), student_embedding=jnp.asarray(t_emb[:, ::-1].copy()),
+                                 batch=batch, teacher_embedding=jnp.asarray(t_emb),
+                                 teacher_logits=jnp.asarray(t_logits), aux=aux, method_params=params, cfg=cfg))
+
+    x = r.astype(np.float64)
+    logq = x - x.max(1, keepdims=True)
+    logq = logq - np.log(np.exp(logq).sum(1, keepdims=True))
+    logq_c = np.log(np.exp(logq).reshape(b, c, -1).sum(-1))
+    m = np.asarray(batch["mask"], np.float64)
+    onehot = np.eye(c)[y]
+
+    def hard(eps):
+        per = -(((1 - eps) * onehot + eps / c) * logq_c).sum(1)
+        return (m * per).sum() / m.sum()
+
+    eps, alpha = 0.2, 0.4
+    np.testing.assert_allclose(loss(eps, alpha) - loss(0.0, alpha), alpha * (hard(eps) - hard(0.0)),
+                               rtol=1e-4, atol=1e-6)
+    assert abs(hard(eps) - hard(0.0)) > 1e-3  # the check can fail
+    np.testing.assert_allclose(loss(eps, 0.0), loss(0.0, 0.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("student_tau", [1.0, 1.7])
+def test_lelp_with_one_subclass_equals_kd_through_the_train_step(rng, student_tau):
+    """The paper's identity through the compiled step: S = 1, kd.student_tau = lelp.student_tau,
+    kd.tau_squared_scaling = False, same tau, alpha and label smoothing -> equal losses."""
+    mesh = sharding.make_mesh()
+    cfg, data, teacher, t_vars, student, lelp, opt, state, batch = _setup(rng, "lelp", NUM_CLASSES)
+    cfg.lelp.num_subclasses = 1
+    cfg.lelp.tau = cfg.kd.tau = 2.5
+    cfg.lelp.alpha = cfg.kd.alpha = 0.3
+    cfg.lelp.student_tau = cfg.kd.student_tau = student_tau
+    cfg.kd.tau_squared_scaling = False
+    cfg.train.label_smoothing = 0.1
+    emb_all, _ = teacher.apply(t_vars, {"features": data["features"]})
+    moments = statistics.update_moments(statistics.init_moments(NUM_CLASSES, 12), emb_all,
+                                        jnp.asarray(data["label"]))
+    proj = projections.fit_projections(moments, classifier_weights=t_vars["params"]["head"]["kernel"].T,
+                                       **lelp.fit_options(cfg))
+    assert lelp.student_outputs(NUM_CLASSES, cfg, proj) == NUM_CLASSES
+    t_emb, t_logits = (np.asarray(x) for x in teacher.apply(t_vars, batch))
+    cached = {**batch, "teacher_embedding": t_emb, "teacher_logits": t_logits}
+    loss_lelp, params = _step_loss(mesh, cfg, teacher, None, student, lelp, opt, state, cached, aux=proj)
+    kd = methods.get_method("kd")
+    state_kd = train.init_train_state(model=student, method=kd, optimizer=opt, sample_batch={"features": data["features"][:1]},
+                                      seed=0, method_cfg=cfg)
+    state_kd = state_kd.replace(params=jax.tree_util.tree_map(jnp.asarray, params))
+    loss_kd, _ = _step_loss(mesh, cfg, teacher, None, student, kd, opt, state_kd, cached)
+    np.testing.assert_allclose(loss_lelp, loss_kd, rtol=1e-6)
+    cfg.kd.tau_squared_scaling = True  # Hinton's scaling breaks the identity (tau^2 = 6.25 on the soft term)
+    loss_scaled, _ = _step_loss(mesh, cfg, teacher, None, student, kd, opt, state_kd, cached)
+    assert loss_scaled > 2 * loss_kd
+
+
 def test_lelp_needs_projections(rng):
     mesh = sharding.make_mesh()
     cfg, _, teacher, t_vars, student, method, opt, state, batch = _setup(rng, "lelp", 4)

@@ -1,7 +1,7 @@
 """The ``lelp`` command.
 
     lelp run     --config configs/digits_binary.py --workdir /tmp/lelp [--config.a.b=VALUE ...]
-                 [--methods ce,kd,lelp] [--seeds 0,1,2] [--force]
+                 [--methods ce,kd,lelp] [--seeds 0,1,2] [--force] [--quiet] [--verbose]
     lelp teacher | outputs | stats | fit | distill | eval   (same options; each runs
                  the stages it needs first, skipping those already done)
     lelp config  --config FILE [--config.a.b=VALUE ...]    print the resolved config
@@ -88,7 +88,17 @@ def _stage_parser(name: str) -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="comma-separated student seeds, e.g. 0,1,2 (overrides config.seeds)")
     p.add_argument("--force", action="store_true", help="delete this workdir's artifacts and start over")
     p.add_argument("--quiet", action="store_true", help="no per-stage progress lines")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show library warnings (absl, tfds dataset preparation lines)")
     return p
+
+
+def quiet_library_warnings(verbose: bool) -> None:
+    """Unless ``verbose``: the 'absl' logger (tfds's "Using custom data configuration" and the like)
+    shows errors only, which also hides tfds's preparation lines and bars (lelp_jax.data.builders)."""
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 
 def _load(args: argparse.Namespace, overrides: list[str]):
@@ -151,6 +161,7 @@ def enable_compilation_cache() -> str | None:
 def _run_stages(name: str, argv: Sequence[str]) -> int:
     rest, overrides = split_overrides(argv)
     args = _stage_parser(name).parse_args(rest)
+    quiet_library_warnings(args.verbose)
     # Everything that can fail on user input is checked before JAX starts or the workdir changes.
     config = _load(args, overrides)
     from lelp_jax import pipeline

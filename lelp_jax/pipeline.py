@@ -571,6 +571,7 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
             **init, model=model, method=get_method("ce"), cfg=teacher_cfg, train_cfg=teacher_cfg.train,
             train_source=train_src, val_source=val_src, test_source=test_src, mesh=env.mesh,
             workdir=str(wd.teacher_dir), seed=int(config.teacher.seed), num_classes=info.num_classes,
+            progress_desc="teacher",
         )
         record = {"source": "trained", "checkpoint": str(wd.teacher_dir.resolve()),
                   "test_accuracy": result["test_accuracy_best_val"], "test_accuracy_last": result["test_accuracy_last"],
@@ -1013,7 +1014,8 @@ def subclass_teacher_variables(config: ml_collections.ConfigDict, workdir: str |
         train.train_and_evaluate(**init, model=model, method=SUBCLASS_TEACHER, cfg=teacher_cfg,
                                  train_cfg=teacher_cfg.train, train_source=train_src, val_source=val_src,
                                  test_source=test_src, mesh=env.mesh, workdir=str(folder),
-                                 seed=int(config.teacher.seed), num_classes=info.num_classes)
+                                 seed=int(config.teacher.seed), num_classes=info.num_classes,
+                                 progress_desc="subclass teacher")
         _sync("subclass_teacher")
     return train.load_variables(str(folder), which="best", mesh=env.mesh)
 

@@ -43,6 +43,7 @@ from jax.sharding import Mesh
 
 from lelp_jax import atomic
 from lelp_jax import sharding as shd
+from lelp_jax.progress import Progress
 
 __all__ = [
     "TrainState",
@@ -507,6 +508,7 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
                        teacher_apply: Optional[Callable] = None, teacher_variables: Any = None,
                        teacher_cache: Any = None, aux: Any = None, train_cfg: Any = None,
                        record_extra: Optional[Mapping[str, Any]] = None, progress: bool = True,
+                       progress_desc: Optional[str] = None,
                        make_iterator: Optional[Callable] = None,
                        init_variables: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Train ``model`` with ``method``, evaluate, checkpoint, resume; return the result record.
@@ -528,6 +530,11 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
     method reads its own section). ``record_extra`` is merged into the record
     (e.g. overrides, teacher accuracy). Also used for supervised teacher training
     (method 'ce').
+
+    ``progress`` (process 0): a tqdm bar on a terminal, else a line with step, examples/s
+    and ETA at least every 30 s (:class:`lelp_jax.progress.Progress`), labelled
+    ``progress_desc`` (default ``'METHOD seed K'``); a resumed run prints
+    ``resumed from step N`` and records it as ``resumed_from_step`` (None: a fresh start).
     """
     t_start = time.time()
     if train_cfg is None:
@@ -592,6 +599,9 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
         meta.update(rmeta)
         log.info("resumed from step %d in %s", rstep, workdir)
     start = int(shd.to_host(state.step))
+    desc = progress_desc or f"{method.name} seed {seed}"
+    if restored is not None and progress and pidx == 0:
+        print(f"{desc}: resumed from step {start}", flush=True)
 
     is_main = pidx == 0
     metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -614,11 +624,7 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
         return make_iterator(source, global_batch_size=eval_bs, seed=0, shuffle=False, num_epochs=1,
                              process_index=pidx, process_count=pcount, drop_remainder=False)
 
-    bar = None
-    if progress and is_main and sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_steps, initial=start, desc=f"{method.name} seed {seed}", dynamic_ncols=True)
+    bar = Progress(num_steps, desc=desc, initial=start) if progress and is_main else None
     pending: list[tuple[jax.Array, jax.Array]] = []  # (loss, batch accuracy) per step, read at log/eval time
     last_loss = last_acc = float("nan")
     t_log, n_log = time.time(), 0
@@ -646,9 +652,8 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
                 rate = n_log / max(now - t_log, 1e-9)
                 t_log, n_log = now, 0
                 if bar is not None:
-                    bar.set_postfix(loss=f"{last_loss:.4f}", acc=f"{last_acc:.3f}",
-                                    best_val=f"{meta['best_val_accuracy']:.3f}",
-                                    ex_s=f"{rate:.0f}")
+                    bar.postfix(loss=f"{last_loss:.4f}", acc=f"{last_acc:.3f}",
+                                best_val=f"{meta['best_val_accuracy']:.3f}", ex_s=f"{rate:.0f}")
                 emit(step, {"train_loss_last": last_loss, "train_accuracy_last": last_acc, "examples_per_s": rate})
             if step % eval_every == 0 or step == num_steps:
                 flush_losses()
@@ -664,7 +669,7 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
                 flush_losses()
                 ckpts.save(step, _ckpt_tree(state, best), {**meta, "data": it.get_state()})
             if bar is not None:
-                bar.update(1)
+                bar.update(step, batch_size)
     finally:
         if bar is not None:
             bar.close()
@@ -682,6 +687,7 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
         "best_step": meta["best_step"],
         "student_params": _count_params(state.params),
         "history": meta["history"],
+        "resumed_from_step": None if restored is None else start,
         "wall_time_s": time.time() - t_start,
     }
     record.update(dict(record_extra or {}))

@@ -76,7 +76,7 @@ def small_config(**train: Any):
     return c
 
 
-def run_train(workdir: str, num_steps: int = 30, checkpoint_every: int = 10) -> dict:
+def run_train(workdir: str, num_steps: int = 30, checkpoint_every: int = 10, progress: bool = False) -> dict:
     """The kill/resume job: ce on synthetic blobs, 1 device."""
     from lelp_jax import methods, sharding, train
 
@@ -85,7 +85,7 @@ def run_train(workdir: str, num_steps: int = 30, checkpoint_every: int = 10) -> 
         model=mlp(), method=methods.get_method("ce"), cfg=cfg,
         train_source=source(256, 0), val_source=source(64, 1),
         test_source=source(64, 2), mesh=sharding.make_mesh(), workdir=workdir, seed=0,
-        num_classes=NUM_CLASSES, progress=False)
+        num_classes=NUM_CLASSES, progress=progress)
 
 
 def run_multihost(out_dir: str, pid: int, nproc: int, port: int) -> None:

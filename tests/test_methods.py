@@ -306,4 +306,5 @@ def test_method_params_are_trained_and_checkpointed(rng, tmp_path):
                                      train_source=source(64, 0), val_source=source(32, 1), test_source=source(32, 2),
                                      mesh=mesh, workdir=str(tmp_path), seed=0, num_classes=NUM_CLASSES,
                                      teacher_apply=teacher.apply, teacher_variables=t_vars, progress=False)
+    assert rec["resumed_from_step"] is None and again["resumed_from_step"] == 4  # restored, not retrained
     assert again["history"] == rec["history"]

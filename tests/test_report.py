@@ -117,9 +117,12 @@ def test_report_on_a_tiny_run_of_the_comparison_methods(tmp_path):
     sub = json.loads((tmp_path / "subclass_teacher" / "result.json").read_text())
     assert sub["steps"] == 4 and sub["method"] == "subclass_teacher"
     by = {r["method"]: r for r in results["runs"]}
-    # head widths: C*S for the pseudo-subclass methods, C for feature KD (the adapter is not counted)
-    assert (by["kmeans"]["student_params"] == by["agglomerative"]["student_params"] == by["oracle"]["student_params"]
+    # head widths: C*S for the pseudo-subclass methods, C for feature KD (the adapter is not counted);
+    # the oracle has its own S = 5 (digits per parity class), not lelp.num_subclasses = 2
+    assert (by["kmeans"]["student_params"] == by["agglomerative"]["student_params"]
             == by["subclass"]["student_params"])
+    hidden = cfg.student.model_kwargs.hidden[-1]
+    assert by["oracle"]["student_params"] - by["kmeans"]["student_params"] == (hidden + 1) * 2 * (5 - 2)
     assert by["fitnet"]["student_params"] == by["rkd"]["student_params"] < by["kmeans"]["student_params"]
     # what each split taught, on the train split: the oracle's is hard; feature KD does not split
     assert by["oracle"]["split_entropy"] == 0.0 and by["oracle"]["split_top_share"] == 1.0

@@ -15,7 +15,7 @@ STEPS, EVERY = 30, 5
 
 
 def _same(a: dict, b: dict) -> None:
-    drop = ("wall_time_s",)
+    drop = ("wall_time_s", "resumed_from_step")
     assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
 
 
@@ -67,6 +67,8 @@ def test_sigkill_then_restart_gives_the_uninterrupted_result(tmp_path, reference
     assert proc.returncode == 0, err.decode()[-3000:]
     with open(os.path.join(wd, "result.json")) as f:
         resumed = json.load(f)
+    assert reference[1]["resumed_from_step"] is None
+    assert resumed["resumed_from_step"] == killed_at  # it continued from the checkpoint, not from step 0
     _same(resumed, json.loads(json.dumps(reference[1])))
     with open(os.path.join(wd, "metrics.jsonl")) as f:
         evals = [json.loads(x)["step"] for x in f if "val_accuracy" in x]
@@ -87,6 +89,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, reference):
         f.write('{"step": 3, "train_lo')  # a line cut by a kill mid-write
     with pytest.warns(RuntimeWarning, match=f"step {last} .* unreadable"):
         again = run_train(wd, num_steps=STEPS, checkpoint_every=EVERY)
+    assert again["resumed_from_step"] == previous  # the fallback checkpoint was restored
     _same(again, reference[1])
     assert _committed_steps(wd) == [previous, last]
     with open(os.path.join(wd, "metrics.jsonl")) as f:

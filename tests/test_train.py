@@ -116,7 +116,7 @@ def test_make_optimizer_schedule_and_errors():
             train.make_optimizer({**dict(cfg.train), **bad}, num_steps=10)
 
 
-def test_train_and_evaluate_writes_record_and_resumes_to_same_result(tmp_path):
+def test_train_and_evaluate_writes_record_and_resumes_to_same_result(tmp_path, capsys):
     wd = str(tmp_path / "run")
     rec = run_train(wd, num_steps=20, checkpoint_every=10)
     for key in ("method", "seed", "steps", "test_accuracy_last", "test_accuracy_best_val", "best_val_accuracy",
@@ -131,8 +131,11 @@ def test_train_and_evaluate_writes_record_and_resumes_to_same_result(tmp_path):
     assert [x["step"] for x in lines if "val_accuracy" in x] == [10, 20]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(wd, "tensorboard")))
     assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["10", "20"]
-    again = run_train(wd, num_steps=20, checkpoint_every=10)  # resumes from the final checkpoint
-    drop = ("wall_time_s",)
+    assert rec["resumed_from_step"] is None
+    again = run_train(wd, num_steps=20, checkpoint_every=10, progress=True)  # resumes from the final checkpoint
+    assert again["resumed_from_step"] == 20
+    assert "ce seed 0: resumed from step 20\n" in capsys.readouterr().out
+    drop = ("wall_time_s", "resumed_from_step")
     assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in rec.items() if k not in drop}
     with open(os.path.join(wd, "metrics.jsonl")) as f:
         rows = [json.loads(x) for x in f]

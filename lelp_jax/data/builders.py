@@ -9,10 +9,13 @@ and full data live in different folders of the data_dir.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
 import dataclasses
 import gzip
 import importlib.util
+import io
+import logging
 import os
 from typing import Iterator, Sequence
 
@@ -275,6 +278,25 @@ BUILDERS = {
 }
 
 
+@contextlib.contextmanager
+def _quiet_unless_absl_warns():
+    """Hide tfds's preparation chatter (its stdout lines, e.g. "Downloading and preparing dataset
+    Unknown size ...", and its progress bars) when the 'absl' logger hides warnings: the `lelp`
+    command sets it so unless --verbose, and tfds's own warnings go through that logger."""
+    if logging.getLogger("absl").isEnabledFor(logging.WARNING):
+        yield
+        return
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    bars = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(bars)
+
+
 def prepared_builder(
     name: str, *, data_dir: str, max_examples_per_split: int | None = None
 ) -> tfds.core.DatasetBuilder:
@@ -287,7 +309,8 @@ def prepared_builder(
     )
     if not builder.is_prepared():
         try:
-            builder.download_and_prepare()
+            with _quiet_unless_absl_warns():
+                builder.download_and_prepare()
         except OSError:
             # Several processes preparing one shared data_dir: another one won the
             # final rename. Its copy is complete; anything else is a real error.

@@ -1,0 +1,86 @@
+"""Progress of long loops: tqdm's bar on a terminal, a plain line every ~30 s in a log file.
+
+A log file cannot redraw a bar, so when the output is not a terminal ``Progress``
+prints a line at most every ``every_s`` seconds (checked at each update):
+
+    teacher: step 120/500 (24%), 310 examples/s, ETA 2m03s
+
+examples/s is measured since the previous line; the ETA extrapolates the steps per
+second since the loop (re)started. The clock and the writer are arguments, so a
+test drives it with a fake clock.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Optional
+
+__all__ = ["Progress", "format_duration"]
+
+
+def format_duration(seconds: float) -> str:
+    """``75 -> '1m15s'``, ``3725 -> '1h02m'``, ``9 -> '9s'``."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+class Progress:
+    """Progress of a loop of ``total`` steps starting after step ``initial``.
+
+    ``update(step, examples)``: step ``step`` (absolute) is done and ``examples`` more
+    examples were processed. On a terminal (``bar=None`` asks ``sys.stderr.isatty()``) a
+    tqdm bar is drawn; otherwise a line is written when ``every_s`` seconds have passed
+    since the last line (or the start). ``postfix`` adds e.g. the loss to the bar.
+    """
+
+    def __init__(self, total: int, *, desc: str, initial: int = 0, every_s: float = 30.0,
+                 bar: Optional[bool] = None, clock: Callable[[], float] = time.monotonic,
+                 write: Callable[[str], None] = _print_line):
+        self.total, self.desc, self.every_s = int(total), desc, float(every_s)
+        self._clock, self._write = clock, write
+        self._start_step = self._step = int(initial)
+        self._t_start = self._t_line = clock()
+        self._examples = 0
+        self._bar: Any = None
+        if sys.stderr.isatty() if bar is None else bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, initial=self._step, desc=desc, dynamic_ncols=True)
+
+    def update(self, step: int, examples: int = 0) -> None:
+        """Step ``step`` is done; ``examples`` examples since the previous update."""
+        if self._bar is not None:
+            self._bar.update(int(step) - self._step)
+        self._step = int(step)
+        self._examples += int(examples)
+        now = self._clock()
+        if self._bar is None and now - self._t_line >= self.every_s:
+            self._write(self.line(now))
+            self._t_line, self._examples = now, 0
+
+    def line(self, now: float) -> str:
+        """The log line at time ``now``: step, percent, examples/s since the last line, ETA."""
+        rate = self._examples / max(now - self._t_line, 1e-9)
+        done = self._step - self._start_step
+        eta = (self.total - self._step) * (now - self._t_start) / done if done > 0 else float("nan")
+        eta_s = format_duration(eta) if eta == eta else "?"
+        pct = 100.0 * self._step / max(self.total, 1)
+        return f"{self.desc}: step {self._step}/{self.total} ({pct:.0f}%), {rate:.0f} examples/s, ETA {eta_s}"
+
+    def postfix(self, **values: Any) -> None:
+        """Extra values shown on the bar (ignored in line mode)."""
+        if self._bar is not None:
+            self._bar.set_postfix(**values)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

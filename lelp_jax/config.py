@@ -262,11 +262,14 @@ def minilm_text_setup(c: ml_collections.ConfigDict, *, warmup_steps: int, eval_e
 
 
 def resolve_config_path(path: str) -> Path:
-    """``path`` as given, or ``configs/NAME.py`` of this repository for a bare name."""
+    """``path`` as given, or ``configs/NAME.py`` for a bare name: of the working folder, of this
+    repository's checkout, or the copy an installed wheel carries (``lelp_jax/_configs``)."""
     p = Path(path)
     if p.is_file():
         return p
     repo_configs = Path(__file__).resolve().parent.parent / "configs"
+    if not repo_configs.is_dir():
+        repo_configs = Path(__file__).resolve().parent / "_configs"
     for candidate in (Path("configs") / f"{path}.py", repo_configs / f"{path}.py", repo_configs / path):
         if candidate.is_file():
             return candidate

@@ -17,7 +17,7 @@ python3 -m venv .venv
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
-      || echo "note: could not install dataset-fashion-mnist; Fashion-MNIST runs and tests will be skipped"
+      || echo "note: could not install dataset-fashion-mnist; Fashion-MNIST runs will stop and its test fails under CI=true"
   else
     echo "note: Fashion-MNIST needs 'apt-get install dataset-fashion-mnist' (as root)"
   fi

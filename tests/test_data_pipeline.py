@@ -83,10 +83,13 @@ def test_digits_in_memory_equals_lazy(digits_dir):
     flat, _ = _digits(digits_dir, "validation", input_kind="features")
     kw = dict(global_batch_size=50, seed=4, num_epochs=1, drop_remainder=False)
     lazy_threads = make_iterator(lazy, num_threads=3, **kw)  # concurrent reads of the tfds source
+    compared = 0
     for a, b, c in zip(lazy_threads, make_iterator(mem, **kw), make_iterator(flat, num_threads=0, **kw)):
         np.testing.assert_array_equal(a["image"].reshape(50, -1), b["features"])
         for key in c:
             np.testing.assert_array_equal(b[key], c[key])
+        compared += 1
+    assert compared == -(-len(mem) // 50)  # every batch of the split was compared
 
 
 def test_batch_contract_dtypes(digits_dir):

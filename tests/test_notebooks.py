@@ -119,3 +119,50 @@ def test_text_distillation(tmp_path):
         assert f"=== class '{name}'" in text
     assert text.count("--- direction ") == 2 * 4  # C * S directions, each with its snippets
     assert _images(nb) >= 2  # report plots + the subclass figure
+
+
+def _install_cell(name: str) -> str:
+    return "".join(nbformat.read(COLAB / name, as_version=4).cells[1].source)
+
+
+@pytest.mark.parametrize("found", ["nothing", "wheel", "source", "env"])
+def test_install_cell_order_wheel_source_env_then_instructions(tmp_path, monkeypatch, found):
+    """The first code cell of every notebook (identical in all three) installs lelp_jax from a wheel
+    beside the notebook, else a source folder there, else $LELP_JAX_WHEEL / $LELP_JAX_SOURCE, else
+    stops with what to set. Run here with lelp_jax made 'missing' and pip recorded, not run."""
+    cell = _install_cell(NOTEBOOKS[0])
+    assert all(_install_cell(n) == cell for n in NOTEBOOKS)
+    assert "REPO_URL" not in cell
+    work = tmp_path / "nb"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for var in ("LELP_JAX_WHEEL", "LELP_JAX_SOURCE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LELP_JAX_SOURCE", "git+https://example.invalid/lelp_jax.git")
+    if found == "wheel":
+        (work / "lelp_jax-0.1.0-py3-none-any.whl").write_bytes(b"")
+        want = str(work / "lelp_jax-0.1.0-py3-none-any.whl")
+    elif found == "source":
+        (work / "lelp_jax" / "lelp_jax").mkdir(parents=True)
+        (work / "lelp_jax" / "setup.cfg").write_text("[metadata]\n")
+        want = str(work / "lelp_jax")
+    elif found == "env":
+        want = "git+https://example.invalid/lelp_jax.git"
+    else:
+        monkeypatch.delenv("LELP_JAX_SOURCE")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a, **k: None if n == "lelp_jax" else real_find_spec(n, *a, **k))
+    calls = []
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "check_call", lambda argv, **_: calls.append(argv) or 0)
+    if found == "nothing":
+        with pytest.raises(RuntimeError) as e:
+            exec(compile(cell, "install-cell", "exec"), {})
+        for what in ("python -m build", "%env LELP_JAX_WHEEL=", "%env LELP_JAX_SOURCE=git+"):
+            assert what in str(e.value)
+        assert calls == []
+    else:
+        exec(compile(cell, "install-cell", "exec"), {})
+        assert calls == [[sys.executable, "-m", "pip", "install", "-q", want]]

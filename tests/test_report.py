@@ -166,3 +166,75 @@ def test_sweep_plot_reference_bands_and_axes(tmp_path):
     for key in ("kd.tau", "lelp.target_entropy"):
         p = report.plot_sweep(sweep, key, tmp_path / f"{key}.png", title="a title " * 30)
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_sweep_cells_and_plots_show_their_inputs(tmp_path, rng, monkeypatch):
+    """Every sweep-table cell, and the data of every plotted line, against the fabricated inputs."""
+    accs = _fabricate(tmp_path / "wd", rng)
+    path = tmp_path / "wd" / "sweep" / "summary.json"
+    sweep = json.loads(path.read_text())
+    for p in sweep["points"]:  # fresh random cells
+        for m in p["summary"].values():
+            m["test_accuracy_best_val"] = {"mean": float(rng.uniform(0.6, 0.9)), "std": float(rng.uniform(0, 0.05))}
+            m["n"] = int(rng.integers(1, 6))
+    path.write_text(json.dumps(sweep))
+    figures = []
+    real_figure = report._figure
+    monkeypatch.setattr(report, "_figure", lambda **kw: figures.append(real_figure(**kw)) or figures[-1])
+    report.build_report([tmp_path / "wd"], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text().splitlines()
+
+    checked = 0
+    for p in sweep["points"]:
+        s_, beta = p["overrides"]["lelp.num_subclasses"], p["overrides"]["lelp.beta"]
+        row = [ln for ln in md if ln.startswith(f"| {s_} | {beta} | ")]
+        assert len(row) == 1, row
+        cells = [c.strip() for c in row[0].strip("|").split("|")]
+        for cell, m in zip(cells[2:4], ("kd", "lelp")):
+            want = p["summary"][m]
+            nums = [float(x) for x in re.findall(r"\d+\.\d+", cell)]
+            np.testing.assert_allclose(nums, [100 * want["test_accuracy_best_val"]["mean"],
+                                              100 * want["test_accuracy_best_val"]["std"]], atol=0.006)
+            assert cell.endswith(f"(n={want['n']})")
+            checked += 1
+        assert cells[4] == "done"
+    assert checked == 2 * len(sweep["points"]) == 12
+
+    axes = [ax for fig in figures for ax in fig.axes]
+    by_xlabel = {}
+    for ax in axes:
+        by_xlabel.setdefault(ax.get_xlabel(), []).append(ax)
+    # sweep against S: one errorbar line per (method, beta), y = 100 * mean, error = 100 * std
+    (ax,) = by_xlabel["lelp.num_subclasses"]
+    seen = 0
+    for cont in ax.containers:
+        method, beta = cont.get_label().split(", beta=")
+        pts = sorted((p["overrides"]["lelp.num_subclasses"], p["summary"][method]["test_accuracy_best_val"])
+                     for p in sweep["points"] if p["overrides"]["lelp.beta"] == float(beta))
+        xs, ys = cont.lines[0].get_data()
+        np.testing.assert_allclose(np.asarray(xs, float), [x for x, _ in pts])
+        ys = np.asarray(ys, float)
+        np.testing.assert_allclose(ys, [100 * v["mean"] for _, v in pts], rtol=1e-12)
+        seg = cont.lines[2][0].get_segments()  # the error bars: from y - err to y + err
+        np.testing.assert_allclose([s[1, 1] - s[0, 1] for s in seg], [200 * v["std"] for _, v in pts], rtol=1e-9)
+        seen += 1
+    assert seen == 2  # lelp at beta 0.5 and 1.0 (kd, not swept on this key, is a reference band: tested above)
+    # learning curves: per method, the mean over seeds of each step's validation accuracy and train loss
+    curves = by_xlabel["step"]
+    assert len(curves) == 2
+    for ax in curves:
+        key = "val_accuracy" if ax.get_ylabel() == "validation accuracy" else "train_loss"
+        lines = {ln.get_label(): ln for ln in ax.get_lines()}
+        assert sorted(lines) == sorted(accs)
+        for ln in lines.values():
+            xs, ys = (np.asarray(v, float) for v in ln.get_data())
+            np.testing.assert_allclose(xs, [10, 20])
+            want = [0.5 + 0.01 * s for s in (10, 20)] if key == "val_accuracy" else [1.0 / s for s in (10, 20)]
+            np.testing.assert_allclose(ys, want, rtol=1e-12)
+    # spectrum: each class's eigenvalues, descending
+    (ax,) = by_xlabel["eigenvalue index"]
+    ev = np.load(tmp_path / "wd" / "projections.npz")["eigenvalues"]
+    lines = ax.get_lines()
+    assert len(lines) == 2
+    for c, ln in enumerate(lines):
+        np.testing.assert_allclose(np.asarray(ln.get_ydata(), float), np.sort(ev[c])[::-1], rtol=1e-12)

@@ -81,10 +81,13 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, reference):
     last, previous = STEPS, STEPS - EVERY
     assert _committed_steps(wd) == [previous, last]
     latest = os.path.join(wd, "checkpoints", str(last), "state")
+    corrupted = 0
     for root, _, files in os.walk(latest):
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
+            corrupted += 1
+    assert corrupted  # the latest checkpoint really was damaged
     with open(os.path.join(wd, "metrics.jsonl"), "a") as f:
         f.write('{"step": 3, "train_lo')  # a line cut by a kill mid-write
     with pytest.warns(RuntimeWarning, match=f"step {last} .* unreadable"):

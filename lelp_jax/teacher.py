@@ -29,6 +29,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from lelp_jax import sharding as shd
 from lelp_jax.atomic import save_npz
+from lelp_jax.progress import Progress
 from lelp_jax.statistics import ClassMoments, all_reduce_moments, batch_moments, init_moments, merge_moments
 
 __all__ = [
@@ -119,8 +120,11 @@ def _default_make_iterator():
 
 
 def _eval_batches(source, *, batch_size: int, mesh: Mesh, process_index: Optional[int],
-                  process_count: Optional[int], make_iterator: Optional[Callable]):
-    """Host-local padded batches over the whole split, once, in order (numeric entries only)."""
+                  process_count: Optional[int], make_iterator: Optional[Callable], desc: Optional[str] = None):
+    """Host-local padded batches over the whole split, once, in order (numeric entries only).
+
+    ``desc``: process 0 shows progress under this label (a bar on a terminal, else a line
+    with step, examples/s and ETA every 30 s: :class:`lelp_jax.progress.Progress`)."""
     if batch_size % mesh.devices.size:
         raise ValueError(f"batch_size={batch_size} is not divisible by the {mesh.devices.size} mesh devices; "
                          f"use a multiple of {mesh.devices.size}.")
@@ -129,8 +133,13 @@ def _eval_batches(source, *, batch_size: int, mesh: Mesh, process_index: Optiona
                        process_index=jax.process_index() if process_index is None else process_index,
                        process_count=jax.process_count() if process_count is None else process_count,
                        drop_remainder=False)
-    for batch in it:
+    shown = Progress(-(-len(source) // batch_size), desc=desc) if desc and jax.process_index() == 0 else None
+    for step, batch in enumerate(it, 1):
         yield {k: v for k, v in batch.items() if np.asarray(v).dtype.kind in _NUMERIC}
+        if shown is not None:
+            shown.update(step, batch_size)
+    if shown is not None:
+        shown.close()
 
 
 def cache_teacher_outputs(apply_fn: Callable, variables: Any, source: Any, *, mesh: Mesh, batch_size: int,
@@ -150,7 +159,8 @@ def cache_teacher_outputs(apply_fn: Callable, variables: Any, source: Any, *, me
     emb_out = logit_out = None
     seen = np.zeros(n, bool)
     for host_batch in _eval_batches(source, batch_size=batch_size, mesh=mesh, process_index=process_index,
-                                    process_count=process_count, make_iterator=make_iterator):
+                                    process_count=process_count, make_iterator=make_iterator,
+                                    desc="teacher outputs"):
         if "index" not in host_batch:
             raise ValueError("cache_teacher_outputs: batches need an 'index' column (the example's position).")
         g = shd.shard_batch(host_batch, mesh)
@@ -207,7 +217,7 @@ def accumulate_moments(apply_fn: Optional[Callable], variables: Any, source: Any
                      in_shardings=(rep, bat, bat, bat, bat), out_shardings=rep)
     moments = None
     for host_batch in _eval_batches(source, batch_size=batch_size, mesh=mesh, process_index=process_index,
-                                    process_count=process_count, make_iterator=make_iterator):
+                                    process_count=process_count, make_iterator=make_iterator, desc="statistics"):
         if cache is not None:
             emb, logits = cache.lookup(host_batch["index"])
             host_batch = {**host_batch, "teacher_embedding": emb, "teacher_logits": logits}

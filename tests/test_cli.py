@@ -177,3 +177,22 @@ def test_local_data_without_files_and_unavailable_method_stop_early(tmp_path, ca
     rc, _, err = run_cli(["run", "--config", "configs/digits_binary.py", "--workdir", str(wd), "--methods", "ce,kd"],
                          capsys)
     assert rc == 2 and "unknown method 'kd'" in err and not wd.exists()  # checked against the registry
+
+
+def test_text_csv_with_string_labels_and_no_class_names_runs(tmp_path, capsys):
+    """configs/text_csv.py on CSV files labelled negative/positive, data.class_names unset: the labels
+    map to ids in sorted order of the training file (printed once) and the whole run finishes.
+    The MiniLM teacher is swapped for a one-layer transformer to keep the test seconds-long."""
+    data = os.path.join(os.path.dirname(__file__), "data")
+    wd = tmp_path / "w"
+    rc, out, err = run_cli(
+        ["run", "--config", "configs/text_csv.py", "--workdir", str(wd), "--config.smoke=true", "--methods", "lelp",
+         f"--config.data.files.train={data}/reviews_train.csv", f"--config.data.files.test={data}/reviews_test.csv",
+         "--config.teacher.model=text_transformer", "--config.teacher.pretrained=none",
+         "--config.teacher.model_kwargs.d_model=16", "--config.teacher.model_kwargs.num_layers=1",
+         "--config.teacher.model_kwargs.num_heads=2", "--config.teacher.train.num_steps=4",
+         "--config.train.num_steps=4", "--config.lelp.num_subclasses=2"], capsys)
+    assert rc == 0, err
+    assert out.count("classes: negative=0, positive=1\n") == 1
+    results = json.loads((wd / "results.json").read_text())
+    assert [r["method"] for r in results["runs"]] == ["lelp"] and results["runs"][0]["steps"] == 4

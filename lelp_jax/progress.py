@@ -6,12 +6,15 @@ prints a line at most every ``every_s`` seconds (checked at each update):
     teacher: step 120/500 (24%), 310 examples/s, ETA 2m03s
 
 examples/s is measured since the previous line; the ETA extrapolates the steps per
-second since the loop (re)started. The clock and the writer are arguments, so a
-test drives it with a fake clock.
+second since the loop (re)started. A step can take minutes (the first one compiles):
+a daemon thread calls ``tick`` every second, so a line still comes every ``every_s``.
+The clock, the writer and the thread are arguments, so a test drives it with a fake
+clock and calls ``tick`` itself.
 """
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Optional
@@ -39,33 +42,49 @@ class Progress:
     ``update(step, examples)``: step ``step`` (absolute) is done and ``examples`` more
     examples were processed. On a terminal (``bar=None`` asks ``sys.stderr.isatty()``) a
     tqdm bar is drawn; otherwise a line is written when ``every_s`` seconds have passed
-    since the last line (or the start). ``postfix`` adds e.g. the loss to the bar.
+    since the last line (or the start), checked at each update and, with ``heartbeat``,
+    every second by a daemon thread. ``postfix`` adds e.g. the loss to the bar; ``close``
+    stops the thread.
     """
 
     def __init__(self, total: int, *, desc: str, initial: int = 0, every_s: float = 30.0,
                  bar: Optional[bool] = None, clock: Callable[[], float] = time.monotonic,
-                 write: Callable[[str], None] = _print_line):
+                 write: Callable[[str], None] = _print_line, heartbeat: bool = True):
         self.total, self.desc, self.every_s = int(total), desc, float(every_s)
         self._clock, self._write = clock, write
         self._start_step = self._step = int(initial)
         self._t_start = self._t_line = clock()
         self._examples = 0
         self._bar: Any = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         if sys.stderr.isatty() if bar is None else bar:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.total, initial=self._step, desc=desc, dynamic_ncols=True)
+        elif heartbeat:
+            threading.Thread(target=self._beat, daemon=True, name=f"progress {desc}").start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(1.0):
+            self.tick()
 
     def update(self, step: int, examples: int = 0) -> None:
         """Step ``step`` is done; ``examples`` examples since the previous update."""
-        if self._bar is not None:
-            self._bar.update(int(step) - self._step)
-        self._step = int(step)
-        self._examples += int(examples)
-        now = self._clock()
-        if self._bar is None and now - self._t_line >= self.every_s:
-            self._write(self.line(now))
-            self._t_line, self._examples = now, 0
+        with self._lock:
+            if self._bar is not None:
+                self._bar.update(int(step) - self._step)
+            self._step = int(step)
+            self._examples += int(examples)
+        self.tick()
+
+    def tick(self) -> None:
+        """Write a line if ``every_s`` seconds have passed since the last one (line mode)."""
+        with self._lock:
+            now = self._clock()
+            if self._bar is None and not self._stop.is_set() and now - self._t_line >= self.every_s:
+                self._write(self.line(now))
+                self._t_line, self._examples = now, 0
 
     def line(self, now: float) -> str:
         """The log line at time ``now``: step, percent, examples/s since the last line, ETA."""
@@ -82,5 +101,6 @@ class Progress:
             self._bar.set_postfix(**values)
 
     def close(self) -> None:
+        self._stop.set()
         if self._bar is not None:
             self._bar.close()

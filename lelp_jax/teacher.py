@@ -134,12 +134,14 @@ def _eval_batches(source, *, batch_size: int, mesh: Mesh, process_index: Optiona
                        process_count=jax.process_count() if process_count is None else process_count,
                        drop_remainder=False)
     shown = Progress(-(-len(source) // batch_size), desc=desc) if desc and jax.process_index() == 0 else None
-    for step, batch in enumerate(it, 1):
-        yield {k: v for k, v in batch.items() if np.asarray(v).dtype.kind in _NUMERIC}
+    try:
+        for step, batch in enumerate(it, 1):
+            yield {k: v for k, v in batch.items() if np.asarray(v).dtype.kind in _NUMERIC}
+            if shown is not None:
+                shown.update(step, batch_size)
+    finally:
         if shown is not None:
-            shown.update(step, batch_size)
-    if shown is not None:
-        shown.close()
+            shown.close()
 
 
 def cache_teacher_outputs(apply_fn: Callable, variables: Any, source: Any, *, mesh: Mesh, batch_size: int,

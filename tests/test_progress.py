@@ -22,7 +22,7 @@ def _drive(progress, clock, steps, seconds_per_step, examples_per_step):
 
 def _progress(total, clock, **kw):
     lines = []
-    p = Progress(total, desc="teacher", bar=False, clock=lambda: clock[0], write=lines.append, **kw)
+    p = Progress(total, desc="teacher", bar=False, clock=lambda: clock[0], write=lines.append, heartbeat=False, **kw)
     p.lines = lines
     return p
 
@@ -48,6 +48,23 @@ def test_resumed_progress_counts_from_the_restored_step():
     p = _progress(100, clock, initial=40)
     _drive(p, clock, 10, lambda s: 3.0, 64)  # 10 steps of 3 s: one line at 30 s
     assert p.lines == ["teacher: step 50/100 (50%), 21 examples/s, ETA 2m30s"]  # 50 left at 3 s each
+
+
+def test_a_long_first_step_still_gets_lines():
+    """While one step runs for minutes (compilation), ``tick`` (the heartbeat thread's call) writes
+    a line every 30 s; after ``close`` it writes nothing."""
+    clock = [0.0]
+    p = _progress(30, clock)
+    for t in range(1, 95):  # 94 s inside the first step, ticking each second
+        clock[0] = float(t)
+        p.tick()
+    assert p.lines == ["teacher: step 0/30 (0%), 0 examples/s, ETA ?"] * 3  # at 30, 60 and 90 s
+    p.update(1, 32)
+    assert len(p.lines) == 3  # 4 s since the last line
+    clock[0] = 200.0
+    p.close()
+    p.tick()
+    assert len(p.lines) == 3
 
 
 def test_format_duration():

@@ -96,8 +96,7 @@ def _aux(method, cfg, t_model, t_vars, data):
     if method.fit == "agglomerative":
         return fit_agglomerative_centroids(emb, labels, num_classes=NUM_CLASSES, num_subclasses=S)
     if method.fit == "oracle":
-        return oracle_slots(labels, data["fine_label"], num_classes=NUM_CLASSES, num_fine=2 * NUM_CLASSES,
-                            num_subclasses=S)
+        return oracle_slots(labels, data["fine_label"], num_classes=NUM_CLASSES, num_fine=2 * NUM_CLASSES)
     if method.fit == "subspace_kmeans":
         moments = jax.jit(update_moments)(init_moments(NUM_CLASSES, emb.shape[1]), emb, labels)
         w = np.asarray(t_vars["params"]["head"]["kernel"]).T
@@ -121,7 +120,7 @@ def test_train_step_of_every_method(rng, name):
     t_model = build_model("mlp", num_outputs=NUM_CLASSES, hidden=(32,))
     t_vars = jax.jit(lambda k: t_model.init(k, {"features": data["features"][:1]}))(jax.random.PRNGKey(3))
     aux = _aux(method, cfg, t_model, t_vars, data)
-    student = build_model("mlp", num_outputs=method.head_outputs(NUM_CLASSES, cfg), hidden=(8,))
+    student = build_model("mlp", num_outputs=method.student_outputs(NUM_CLASSES, cfg, aux), hidden=(8,))
     opt = train.make_optimizer(cfg.train, num_steps=10)
     state0 = train.init_train_state(model=student, method=method, optimizer=opt,
                                     sample_batch={"features": data["features"][:1]}, seed=1, method_cfg=cfg,

@@ -3,23 +3,26 @@ r"""Fashion-MNIST regrouped 5 + 5 with few images per fine class: hidden structu
 The ten Fashion-MNIST classes are regrouped into two classes of five
 (data.class_one_fine, lelp_jax/data/regroup.py) and the training set keeps only the
 first n images of each fine class (data.train_per_fine_class); validation (5,000) and
-test (10,000 images) stay whole. The grouping, n and the student were chosen *only* by
-the gap oracle - ce they leave (ce and oracle students, one seed, validation accuracy;
-never LELP or KD): the search and its table are in docs/RESULTS.md. The teacher (CNN
+test (10,000 images) stay whole. The grouping and n were chosen *only* by the gap
+oracle - ce they leave (ce and oracle students, one seed, validation accuracy; never LELP
+or KD); one student (CNN conv 4/8 + dense 16) was tried, no student search for lack of
+CPU time. The search and its table are in docs/RESULTS.md. The teacher (CNN
 conv 32/64 + dense 128) is trained on the binary labels of the same small training set
 only; the fine labels reach only the `oracle` method.
 
-Search (one teacher per point, since the data change):
-  lelp sweep --config configs/fashion_mnist_hidden.py --workdir /tmp/fm_search \
-      --grid data.class_one_fine=[5,6,7,8,9],[2,3,4,6,7],[0,1,4,7,8] --grid data.train_per_fine_class=50,500 \
-      --methods ce,oracle --seeds 0
+Search (ce and oracle only, seed 0, one teacher per point; the largest *validation* gap
+wins; table in docs/RESULTS.md section 4): groupings 0-4 vs 5-9 and the seeded random
+5 + 5 splits {2,3,4,6,7} and {0,1,4,7,8}, 50 and 500 training images per fine class:
+  lelp run --config configs/fashion_mnist_hidden.py --workdir /tmp/fm_g01478 \
+      --config.data.class_one_fine=[0,1,4,7,8] --config.data.train_per_fine_class=50 --methods ce,oracle --seeds 0
+(one such run per point). The kept setting, {0,1,4,7,8} with 50 images per fine class, left
+oracle - ce = +1.76 on validation (+2.49 on test); the teacher is at 84.5 % there.
 
 Command:
   lelp run --config configs/fashion_mnist_hidden.py --workdir /tmp/lelp_fashion_hidden
 
-Runtime: the smoke run (--config.smoke=true --methods ce,oracle) took 333 s of wall time
-and 27 s of CPU on 2 cores at load average 15-19; the full search and comparison were not
-run here (docs/RESULTS.md says why).
+Runtime (measured, load average 7-10 on 2 cores): a search point (teacher 800 steps + ce +
+oracle) 1-5 minutes of wall time; a student run 20-25 s.
 """
 from lelp_jax.config import base_config
 
@@ -28,7 +31,7 @@ def get_config():
     c = base_config()
     c.name = "fashion_mnist_hidden"
     c.data.name = "fashion_mnist_binary"
-    c.data.class_one_fine = (2, 3, 4, 6, 7)
+    c.data.class_one_fine = (0, 1, 4, 7, 8)  # t-shirt, trouser, coat, sneaker, bag vs the rest
     c.data.train_per_fine_class = 50
     c.data.eval_batch_size = 1000
 

@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", required=True)
     p.add_argument("--seeds", required=True)
     p.add_argument("--diagnostics", default=None, help="a splitting method whose split diagnostics to add")
+    p.add_argument("--json-out", default=None, help="also write {label: {method: {seed: accuracy}}} here")
     a = p.parse_args(argv)
     methods = a.methods.split(",")
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -50,10 +51,12 @@ def main(argv=None) -> int:
         head += [f"{a.diagnostics} entropy", "top share", "NMI"]
     lines = [f"Test accuracy at the best-validation step, mean over seeds {seeds}.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    dump = {}
     for spec in a.points:
         label, wd = spec.split("=", 1) if "=" in spec else (spec, spec)
         wd = Path(wd)
         acc = {m: _acc(wd, m, seeds) for m in methods}
+        dump[label] = acc
         teacher = json.loads((wd / "teacher" / "teacher.json").read_text()) if (wd / "teacher" / "teacher.json").exists() \
             else json.loads((Path(json.loads((wd / "config.json").read_text())["teacher"]["checkpoint"]) / "teacher"
                              / "teacher.json").read_text())
@@ -79,6 +82,8 @@ def main(argv=None) -> int:
                       "–" if d.get("split_nmi") is None else f"{d['split_nmi']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(dump, indent=1, sort_keys=True))
     return 0
 
 

@@ -1,7 +1,7 @@
 """The summary table of docs/RESULTS.md, computed from the generated per-seed accuracies.
 
-Reads docs/results/synthetic/selection.json (select_fresh.py) and docs/results/digits_kfold/kfold.json
-(`lelp kfold`), writes docs/results/summary.md: per benchmark the mean test accuracy of ce, kd,
+Reads docs/results/synthetic/selection.json (select_fresh.py), docs/results/digits_kfold/kfold.json
+(`lelp kfold`) and docs/results/fashion_hidden/comparison.json (points_table.py --json-out), writes docs/results/summary.md: per benchmark the mean test accuracy of ce, kd,
 lelp, lelp_kmeans and oracle, the paired differences to KD with their 95 % intervals and what
 they say, and the share of the oracle's room of lelp, lelp_kmeans and kmeans; and
 docs/results/synthetic/per_seed.md (every test seed's accuracy). Run: `python docs/results/summary.py`.
@@ -68,6 +68,11 @@ def main() -> None:
             acc.setdefault(r["method"], {})[int(r["seed"])] = r["test_accuracy"]
         lines += _bench(f"digits_binary, {pooled['num_folds']}-fold (config settings)", f"{sum(pooled['n_test']):,}",
                         acc)
+    fh = HERE / "fashion_hidden" / "comparison.json"
+    if fh.exists():
+        for label, acc in json.loads(fh.read_text()).items():
+            acc = {m: {int(s): v for s, v in d.items()} for m, d in acc.items() if d}
+            lines += _bench(f"fashion_mnist_hidden ({label}; config settings)", "10,000", acc)
     (HERE / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

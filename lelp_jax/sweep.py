@@ -181,14 +181,15 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def _fmt(v: Any) -> str:
+    # Lists as 0+1+4: tensorstore (under Orbax) cannot reopen a checkpoint whose path holds '['.
     if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_fmt(x) for x in v) + "]"
+        return "+".join(_fmt(x) for x in v)
     return str(v)
 
 
 def point_name(overrides: Mapping[str, Any]) -> str:
     """``{"lelp.num_subclasses": 4, "lelp.beta": 0.5}`` -> ``lelp.num_subclasses=4,lelp.beta=0.5``
-    (``defaults`` for no overrides)."""
+    (``defaults`` for no overrides; a list value ``[0, 1, 4]`` -> ``0+1+4``)."""
     name = ",".join(f"{k}={_fmt(v)}" for k, v in overrides.items())
     return name.replace("/", "_").replace(" ", "") or _DEFAULTS_POINT
 

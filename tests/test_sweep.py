@@ -1,6 +1,7 @@
 """`lelp sweep`: grid parsing, one sub-workdir per point, summary, resume after a kill."""
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ def test_parse_grid_and_points():
     pts = sweep.grid_points(grid)
     assert len(pts) == 12 and pts[0] == {"lelp.num_subclasses": "1", "lelp.beta": "0.5", "student.model_kwargs.hidden": "[16]"}
     assert sweep.point_name({"lelp.num_subclasses": 4, "lelp.beta": 0.5}) == "lelp.num_subclasses=4,lelp.beta=0.5"
+    assert sweep.point_name({"data.class_one_fine": [0, 1, 4], "lelp.beta": 0.5}) == "data.class_one_fine=0+1+4,lelp.beta=0.5"
     for bad, msg in ((["lelp.beta"], "no values"), (["lelp.beta=1", "lelp.beta=2"], "twice"), (["lelp.beta=1,1"], "repeats")):
         with pytest.raises(ConfigError, match=msg):
             sweep.parse_grid(bad)
@@ -308,3 +310,19 @@ def test_tiny_select_on_validation_end_to_end(tmp_path, capsys):
                      "--grid", "kd:kd.tau=1,4", "--grid", "lelp:lelp.beta=0.5,2", "--seeds", "0",
                      "--test-seeds", "0,2", "--quiet", *steps]) == 2  # overlap refused
     assert "also selection seeds" in capsys.readouterr().err
+
+
+def test_point_folder_of_a_list_value_holds_a_restorable_checkpoint(tmp_path, rng):
+    """A point's folder name must be a path Orbax can reopen (tensorstore fails on '[' in a path)."""
+    from lelp_jax import train
+
+    folder = tmp_path / sweep.point_name({"data.class_one_fine": [0, 1, 4], "lelp.seed": 3}) / "checkpoints"
+    x = rng.normal(size=(3, 2)).astype(np.float32)
+    ckpt = train._Checkpoints(str(folder))
+    ckpt.save(1, {"x": x}, {"note": "point"})
+    ckpt.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an unreadable step is a warning + deletion, not a silent pass
+        step, state, meta = train._Checkpoints(str(folder)).restore_latest({"x": np.zeros_like(x)})
+    assert step == 1 and meta == {"note": "point"}
+    np.testing.assert_array_equal(np.asarray(state["x"]), x)

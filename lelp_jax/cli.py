@@ -102,12 +102,7 @@ def quiet_library_warnings(verbose: bool) -> None:
 
 
 def _load(args: argparse.Namespace, overrides: list[str]):
-    extra = list(overrides)
-    if args.methods is not None:
-        extra.append(f"--config.methods={args.methods}")
-    if args.seeds is not None:
-        extra.append(f"--config.seeds={args.seeds}")
-    return load_config(args.config, extra)
+    return load_config(args.config, overrides, methods=args.methods, seeds=args.seeds)
 
 
 def _override_dict(config, overrides: Sequence[str]) -> dict[str, Any]:

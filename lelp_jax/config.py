@@ -308,17 +308,25 @@ def config_from_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
     return config
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *, methods: str | None = None,
+                seeds: str | None = None) -> ml_collections.ConfigDict:
     """Load ``get_config()`` from a config file, apply overrides and smoke, validate, lock.
 
     Args:
       path: a Python config file, or a bare config name in this repository's configs/.
       overrides: strings ``--config.a.b=value`` (or ``a.b=value``); later ones win.
+      methods, seeds: the commands' ``--methods`` / ``--seeds`` (comma-separated); when given
+        they replace ``config.methods`` / ``config.seeds`` after every other override.
 
     Order: file -> overrides -> (if ``smoke``) ``apply_smoke`` -> overrides again, so an
     explicit override always beats the smoke defaults. Raises ``ConfigError``.
     """
     config = config_from_file(path)
+    overrides = list(overrides)
+    if methods is not None:
+        overrides.append(f"--config.methods={methods}")
+    if seeds is not None:
+        overrides.append(f"--config.seeds={seeds}")
     pairs = parse_overrides(overrides)
     apply_overrides(config, pairs)
     if config.get("smoke", False):

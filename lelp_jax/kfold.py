@@ -169,12 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--pool-only", action="store_true", help="only pool the folds already finished")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(rest)
-    extra = list(overrides)
-    if args.methods is not None:
-        extra.append(f"--config.methods={args.methods}")
-    if args.seeds is not None:
-        extra.append(f"--config.seeds={args.seeds}")
-    config = load_config(args.config, extra)
+    config = load_config(args.config, overrides, methods=args.methods, seeds=args.seeds)
     grid = parse_grid(args.grid) if args.grid else {}
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     pooled = pool_folds(config, args.workdir, grid) if args.pool_only else run_kfold(config, args.workdir, grid, log=log)

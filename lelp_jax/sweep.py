@@ -428,12 +428,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-share-teacher", action="store_true", help="train a teacher in every point")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(rest)
-    extra = list(overrides)
-    if args.methods is not None:
-        extra.append(f"--config.methods={args.methods}")
-    if args.seeds is not None:
-        extra.append(f"--config.seeds={args.seeds}")
-    config = load_config(args.config, extra)
+    config = load_config(args.config, overrides, methods=args.methods, seeds=args.seeds)
     shared, own = parse_grids(args.grid)
     if args.default_grids:
         own = {**{m: g for m, g in default_grids(config, config.methods).items() if m not in own}, **own}

@@ -162,3 +162,11 @@ def test_every_shipped_config_loads_and_validates():
         assert doc and "lelp run" in doc, f"{path.name}: docstring must give the command"
         smoke = cfg.load_config(path, ["--config.smoke=true"])
         assert smoke.train.num_steps <= 30
+
+
+def test_load_config_methods_and_seeds_replace_the_configs_after_other_overrides():
+    """``--methods`` / ``--seeds`` of every command (run, sweep, kfold) go through load_config's keywords."""
+    c = cfg.load_config("digits_binary", ["--config.methods=ce", "--config.seeds=7"], methods="kd,lelp", seeds="3,4")
+    assert tuple(c.methods) == ("kd", "lelp") and tuple(c.seeds) == (3, 4)
+    c = cfg.load_config("digits_binary", ["--config.methods=ce"])
+    assert tuple(c.methods) == ("ce",)

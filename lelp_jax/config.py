@@ -204,15 +204,17 @@ def base_config() -> ml_collections.ConfigDict:
     # Per-method grids for `lelp sweep --default-grids` (docs/PROTOCOL.md): space-separated axes
     # KEY=V1,V2; every non-empty grid has the same size (12), so each method gets as many tries.
     # A method with an empty grid runs once at the config's settings (ce: nothing to tune).
+    # Every method that splits a class gets the same axes (sharpness, S, alpha).
+    split_grid = "lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5"
     c.selection = ml_collections.ConfigDict(dict(grids=ml_collections.ConfigDict(dict(
         ce="",
         kd="kd.tau=1,2,4 kd.alpha=0,0.5 kd.student_tau=none,1",
-        lelp="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
-        random="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
-        pca="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
-        kmeans="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
-        agglomerative="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
-        lelp_kmeans="lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5",
+        lelp=split_grid,
+        random=split_grid,
+        pca=split_grid,
+        kmeans=split_grid,
+        agglomerative=split_grid,
+        lelp_kmeans=split_grid,
         oracle="lelp.tau=0.5,1,2,4,8,16 lelp.alpha=0,0.5",
         fitnet="fitnet.weight=0.1,1,10 kd.tau=1,4 kd.alpha=0,0.5",
         rkd="kd.tau=1,2,4 rkd.distance_weight=5,25 rkd.angle_weight=10,50",

@@ -151,8 +151,15 @@ def test_oracle_gets_one_slot_per_fine_label_whatever_lelp_s(rng):
         t[i, other, : (7 if other == 0 else 2)] = p[i, other] / (7 if other == 0 else 2)
     np.testing.assert_allclose(t.sum(-1), p, atol=1e-12)
     np.testing.assert_allclose(float(got), _np_lelp_loss(r, t.reshape(b, -1), y, m, 0.25, c), rtol=1e-4)
-    # unused slots (class 1, slots 2..6) have target 0: their gradient is positive (descent lowers them)
-    unused = np.asarray(grad).reshape(b, c, 7)[m > 0, 1, 2:]
+    # float64 gradient: (1-a) w (q - t) + a w (q - q [slot in class y] / Q_y), w = m / sum(m)
+    q = np.exp(_np_log_softmax(r)).reshape(b, c, 7)
+    in_y = np.eye(c)[y][:, :, None]
+    w = (m / m.sum())[:, None, None]
+    q_y = (q * in_y).sum((1, 2))[:, None, None]
+    ref = 0.75 * w * (q - t) + 0.25 * w * (q - q * in_y / q_y)
+    np.testing.assert_allclose(np.asarray(grad).reshape(b, c, 7), ref, atol=1e-6)
+    # unused slots (class 1, slots 2..6) have target 0: where class 1 is not the label, descent lowers them
+    unused = np.asarray(grad).reshape(b, c, 7)[(m > 0) & (y == 0), 1, 2:]
     assert unused.size and np.all(unused > 0)
 
 

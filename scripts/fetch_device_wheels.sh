@@ -20,7 +20,7 @@ mkdir -p "$DIR"
 WHEELS=(
   tensorflow-datasets==4.9.10   # lelp_jax.data: the offline builders (digits), array_record format
   array-record==0.8.6           # tfds's file format, read without TensorFlow
-  grain==0.2.18                 # lelp_jax.data.pipeline: the input iterator
+  grain==0.2.18                 # lelp_jax.data.iterator: the input iterator
   ml-collections==1.1.0         # lelp_jax.config
   tensorboardX==2.6.5           # lelp_jax.train: TensorBoard events
   importlib_resources==7.1.0    # tfds builders inside a package

@@ -31,7 +31,7 @@ How to add a dataset:
 Tests for every dataset go in tests/test_data*.py (counts, balance, fine labels).
 """
 from lelp_jax.data.loaders import DATASETS, default_data_config, load_split, resolve_data_dir
-from lelp_jax.data.pipeline import BatchIterator, make_iterator
+from lelp_jax.data.iterator import BatchIterator, make_iterator
 from lelp_jax.data.sources import DatasetInfo
 
 __all__ = [

@@ -1,4 +1,8 @@
-"""Paired comparisons over seeds: Student-t intervals of per-seed differences, the oracle's room.
+"""Statistics over seeds: per-method mean ± std, Student-t intervals of per-seed differences, the oracle's room.
+
+Per method, over its seeds, every report table and sweep summary gives the mean and the
+population std (numpy's default, ddof = 0: 0 for one seed) of each metric (:func:`method_table`,
+:func:`method_summary`).
 
 Methods of one comparison share, per seed, the data order and (where the shapes agree) the
 student's initialisation (``train.init_train_state`` and the data iterator are keyed by the seed
@@ -16,10 +20,75 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from typing import Optional
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
 
-__all__ = ["t_cdf", "t_quantile", "PairedDifference", "paired_difference", "room_fraction", "paired_table"]
+import numpy as np
+
+__all__ = ["mean_std", "fmt_mean_std", "by_method", "method_table", "method_summary", "per_seed", "t_cdf", "t_quantile", "t_half_width",
+           "PairedDifference", "paired_difference", "room_fraction", "paired_table"]
+
+METRICS = ("test_accuracy_last", "test_accuracy_best_val")
+# What a splitting method taught (lelp_jax.pipeline.split_diagnostics), the same for every seed of a fit.
+SPLIT_KEYS = ("split_entropy", "split_top_share", "split_nmi")
+
+
+def mean_std(values: Iterable[Optional[float]]) -> tuple[float, float]:
+    """(mean, population std) of ``values``, None and NaN left out; (nan, nan) when none is left."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(float(x))], np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std())
+
+
+def fmt_mean_std(ms: tuple[float, float]) -> str:
+    """``(mean, std)`` of accuracies as ``"mm.mm ± s.ss"`` percent (``"n/a"`` for a nan mean)."""
+    m, s = ms
+    return "n/a" if math.isnan(m) else f"{100 * m:.2f} ± {100 * s:.2f}"
+
+
+def by_method(runs: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Result records grouped by ``method``, methods in first-seen order."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for r in runs:
+        out.setdefault(str(r["method"]), []).append(r)
+    return out
+
+
+def method_table(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method (in first-seen order): mean/std over seeds of both test accuracies and of
+    the best validation accuracy, student parameters (a range if seeds differ), seeds, and the mean
+    of what its split taught (``split_entropy``, ``split_top_share``, ``split_nmi``; NaN for methods
+    that do not split)."""
+    rows = []
+    for method, rs in by_method(runs).items():
+        row: dict[str, Any] = {"method": method, "n": len(rs), "seeds": sorted(int(r.get("seed", 0)) for r in rs)}
+        for key in (*METRICS, "best_val_accuracy"):
+            row[key] = mean_std(r.get(key) for r in rs)
+        for key in SPLIT_KEYS:
+            row[key] = mean_std(r.get(key) for r in rs)[0]
+        row["student_params"] = sorted({int(r["student_params"]) for r in rs if r.get("student_params") is not None})
+        rows.append(row)
+    return rows
+
+
+def method_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A sweep point's summary: method -> ``{metric: {"mean", "std"}, "n"}`` for both test accuracies and
+    the best validation accuracy (:func:`method_table`); a metric no run has is left out."""
+    return {row["method"]: {**{k: {"mean": row[k][0], "std": row[k][1]}
+                               for k in (*METRICS, "best_val_accuracy") if not math.isnan(row[k][0])},
+                            "n": row["n"]}
+            for row in method_table(runs)}
+
+
+def per_seed(runs: Sequence[Mapping[str, Any]], metric: str = "test_accuracy_best_val") -> dict[str, dict[int, float]]:
+    """method -> {seed: ``metric``} (methods in first-seen order; runs without the metric left out)."""
+    out: dict[str, dict[int, float]] = {}
+    for r in runs:
+        v = r.get(metric)
+        if v is not None and not math.isnan(float(v)):
+            out.setdefault(str(r["method"]), {})[int(r.get("seed", 0))] = float(v)
+    return out
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -78,6 +147,14 @@ def t_quantile(p: float, df: float) -> float:
     return 0.5 * (lo + hi)
 
 
+def t_half_width(sample_sd: float, n: int, *, level: float = 0.95) -> float:
+    """Half-width of the ``level`` Student-t interval of a mean over ``n`` values:
+    t_{(1+level)/2, n-1} * sample_sd / sqrt(n) (nan for n < 2)."""
+    if n < 2:
+        return float("nan")
+    return t_quantile(0.5 + level / 2, n - 1) * sample_sd / math.sqrt(n)
+
+
 @dataclasses.dataclass(frozen=True)
 class PairedDifference:
     """mean of d_s = a(s) - b(s) over ``seeds`` and its ``level`` t-interval [low, high] (nan for one seed)."""
@@ -127,7 +204,7 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], *, level: 
     if n == 1:
         return PairedDifference(seeds, mean, float("nan"), level)
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
-    return PairedDifference(seeds, mean, t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n), level)
+    return PairedDifference(seeds, mean, t_half_width(sd, n, level=level), level)
 
 
 def room_fraction(method: Mapping[int, float], ce: Mapping[int, float], oracle: Mapping[int, float]

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lelp_jax.paired import fmt_mean_std, mean_std, method_summary
+
 __all__ = ["Choice", "choose", "point_runs", "selection_section"]
 
 
@@ -80,8 +82,6 @@ def selection_section(root: Path, sweep: Mapping[str, Any]) -> tuple[list[str], 
     Recomputes every point's validation means from its runs (never from test accuracy).
     Raises ValueError when the sweep has no test seeds or they overlap the selection seeds.
     """
-    from lelp_jax.report import method_table
-
     seeds = [int(s) for s in sweep.get("seeds", [])]
     test = [int(s) for s in sweep.get("test_seeds") or []]
     overlap = sorted(set(seeds) & set(test))
@@ -97,8 +97,7 @@ def selection_section(root: Path, sweep: Mapping[str, Any]) -> tuple[list[str], 
         runs = point_runs(root, p)
         runs_of[p["name"]] = runs
         sel = [r for r in runs if int(r["seed"]) in seeds]
-        summ = {row["method"]: {"best_val_accuracy": {"mean": row["best_val_accuracy"][0]}, "n": row["n"]}
-                for row in method_table(sel)}
+        summ = method_summary(sel)
         points.append({**p, "status": "done" if summ else p.get("status"), "summary": summ})
     methods = list(sweep.get("methods") or dict.fromkeys(m for p in points for m in p["summary"]))
     sizes = sweep.get("grid_sizes") or {}
@@ -112,13 +111,7 @@ def selection_section(root: Path, sweep: Mapping[str, Any]) -> tuple[list[str], 
         per = {int(r["seed"]): float(r["test_accuracy_best_val"]) for r in runs_of[c.point]
                if r["method"] == m and int(r["seed"]) in test}
         acc[m] = per
-        vals = list(per.values())
-        if vals:
-            mean = sum(vals) / len(vals)
-            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
-            test_s = f"{100 * mean:.2f} ± {100 * std:.2f}"
-        else:
-            test_s = "not run"
+        test_s = fmt_mean_std(mean_std(per.values())) if per else "not run"
         missing = sorted(set(test) - set(per))
         seeds_s = f"{len(per)}" + (f" (missing {missing})" if missing else "")
         lines.append(f"| {m} | {sizes.get(m, c.candidates)} | {_fmt_overrides(c.overrides)} | "

@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -221,19 +220,10 @@ def point_config(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
 
 def _summarize(results: Mapping[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
     """Per method, over the runs of ``seeds``: mean/std of both test accuracies and of the validation accuracy."""
-    from lelp_jax.report import method_table
+    from lelp_jax.paired import method_summary
 
     keep = {int(s) for s in seeds}
-    runs = [r for r in results.get("runs", []) if int(r["seed"]) in keep]
-    out = {}
-    for row in method_table(runs):
-        out[row["method"]] = {
-            **{k: {"mean": row[k][0], "std": row[k][1]}
-               for k in ("test_accuracy_last", "test_accuracy_best_val", "best_val_accuracy")
-               if not math.isnan(row[k][0])},  # runs that lack a metric: it is left out
-            "n": row["n"],
-        }
-    return out
+    return method_summary([r for r in results.get("runs", []) if int(r["seed"]) in keep])
 
 
 def _finished(workdir: Path, methods: Sequence[str], seeds: Sequence[int]) -> Optional[dict]:

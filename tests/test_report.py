@@ -157,13 +157,13 @@ def test_sweep_plot_reference_bands_and_axes(tmp_path):
     points += [{"name": f"e={e}", "overrides": {"lelp.target_entropy": e}, "status": "done",
                 "summary": {"lelp": st(0.9, 0.01, 0.8)}} for e in (0.5, 0.9)]
     sweep = {"grid": {"kd.tau": [1.0, 2.0, 4.0], "lelp.target_entropy": [0.5, 0.9]}, "points": points}
-    mean, half, n = report._reference_band(sweep, "kd", "test_accuracy_best_val")  # noqa: SLF001
+    mean, half, n = report.plots._reference_band(sweep, "kd", "test_accuracy_best_val")  # noqa: SLF001
     sd = 0.02 * np.sqrt(3 / 2)  # population std 0.02 at tau=2 (chosen on validation) -> sample sd
     assert (mean, n) == (0.92, 3)
     np.testing.assert_allclose(half, 4.302652729911275 * sd / np.sqrt(3), rtol=1e-9)  # t_{0.975, 2}
-    mean, half, n = report._reference_band(sweep, "ce", "test_accuracy_best_val")  # noqa: SLF001
+    mean, half, n = report.plots._reference_band(sweep, "ce", "test_accuracy_best_val")  # noqa: SLF001
     np.testing.assert_allclose(half, 3.182446305284263 * 0.02 * np.sqrt(4 / 3) / 2, rtol=1e-9)
-    assert report._reference_band(sweep, "oracle", "test_accuracy_best_val") is None  # noqa: SLF001
+    assert report.plots._reference_band(sweep, "oracle", "test_accuracy_best_val") is None  # noqa: SLF001
     for key in ("kd.tau", "lelp.target_entropy"):
         p = report.plot_sweep(sweep, key, tmp_path / f"{key}.png", title="a title " * 30)
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -180,8 +180,8 @@ def test_report_sweep_cells_and_plots_show_their_inputs(tmp_path, rng, monkeypat
             m["n"] = int(rng.integers(1, 6))
     path.write_text(json.dumps(sweep))
     figures = []
-    real_figure = report._figure
-    monkeypatch.setattr(report, "_figure", lambda **kw: figures.append(real_figure(**kw)) or figures[-1])
+    real_figure = report.plots._figure
+    monkeypatch.setattr(report.plots, "_figure", lambda **kw: figures.append(real_figure(**kw)) or figures[-1])
     report.build_report([tmp_path / "wd"], tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text().splitlines()
 

@@ -158,7 +158,7 @@ def _valid(name, i, record):
 @pytest.mark.parametrize("name,n_classes", [("sentiment140", 2), ("amazon_us_reviews", 5),
                                             ("cifar100_binary", 2)])
 def test_paper_datasets_schema_and_pipeline_mocked(tmp_path, name, n_classes):
-    _metadata_only_copy(catalogue.tfds_full_name(name), str(tmp_path))
+    _metadata_only_copy(catalogue.tfds_full_name(catalogue.CATALOGUE[name]), str(tmp_path))
     num = 30
     requested = []
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from lelp_jax.data import DATASETS, default_data_config, load_split, make_iterator
+from lelp_jax.data import DATASETS, DatasetInfo, default_data_config, load_split, make_iterator, register_dataset
 from lelp_jax.data.sources import ArraySource, TextSource
 from lelp_jax.data.tokenizer import bucket_lengths
 
@@ -33,7 +33,34 @@ def _indices(it, k):
 
 def test_registry_names():
     assert {"digits_binary", "fashion_mnist_binary", "rotten_tomatoes", "sentiment140",
-            "amazon_us_reviews", "cifar100_binary", "local"} <= set(DATASETS)
+            "amazon_us_reviews", "cifar100_binary", "local", "synthetic_subclasses"} <= set(DATASETS)
+
+
+def test_register_dataset_is_the_one_way_in(rng, monkeypatch):
+    """A registered loader answers load_split for its name; a taken name or a non-function is refused."""
+    monkeypatch.setattr("lelp_jax.data.loaders.DATASETS", dict(DATASETS))  # leave the real registry as it was
+    from lelp_jax.data import loaders
+
+    x = rng.normal(size=(7, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 7).astype(np.int32)
+
+    def loader(name, data_config, split):
+        info = DatasetInfo(name=name, num_classes=2, num_fine_classes=None, input_kind="features",
+                           class_names=("a", "b"), split_sizes={split: 7}, input_shape=(3,))
+        return ArraySource({"features": x, "label": y}), info
+
+    assert loaders.register_dataset("toy_registered", loader) is loader
+    src, info = load_split({"name": "toy_registered"}, "train")
+    assert info.name == "toy_registered" and len(src) == 7
+    np.testing.assert_array_equal(np.stack([src[i]["features"] for i in range(7)]), x)
+    np.testing.assert_array_equal([src[i]["label"] for i in range(7)], y)
+    with pytest.raises(ValueError, match="'toy_registered' is already registered"):
+        loaders.register_dataset("toy_registered", loader)
+    with pytest.raises(ValueError, match="must be a function"):
+        loaders.register_dataset("toy_other", "not a loader")
+    with pytest.raises(ValueError, match="Unknown dataset 'toy_other'"):
+        load_split({"name": "toy_other"}, "train")
+    assert "toy_registered" not in DATASETS  # the real registry is untouched
 
 
 def test_digits_binary_counts_balance_fine_labels(digits_dir):

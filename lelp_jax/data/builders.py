@@ -271,13 +271,6 @@ class RottenTomatoes(CappedBuilder):
             yield int(r), {"text": texts[r], "label": int(labels[r])}
 
 
-BUILDERS = {
-    "digits_binary": DigitsBinary,
-    "fashion_mnist_binary": FashionMnistBinary,
-    "rotten_tomatoes": RottenTomatoes,
-}
-
-
 @contextlib.contextmanager
 def _quiet_unless_absl_warns():
     """Hide tfds's preparation chatter (its stdout lines, e.g. "Downloading and preparing dataset
@@ -298,11 +291,11 @@ def _quiet_unless_absl_warns():
 
 
 def prepared_builder(
-    name: str, *, data_dir: str, max_examples_per_split: int | None = None
+    builder_cls: type[CappedBuilder], *, data_dir: str, max_examples_per_split: int | None = None
 ) -> tfds.core.DatasetBuilder:
-    """The builder for `name`, prepared (array_record) in `data_dir` if not already."""
+    """A `builder_cls` builder, prepared (array_record) in `data_dir` if not already."""
     config = cap_config(max_examples_per_split)
-    builder = BUILDERS[name](
+    builder = builder_cls(
         config="full" if config.name == "full" else config,
         data_dir=data_dir,
         file_format="array_record",

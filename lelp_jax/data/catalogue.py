@@ -23,52 +23,27 @@ holds a prepared copy and raises at once otherwise: nothing here downloads.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from lelp_jax.data.sources import read_records
 
-CATALOGUE: dict[str, dict[str, Any]] = {
-    "sentiment140": {
-        "tfds_name": "sentiment140",
-        "splits": {"train": "train[:95%]", "validation": "train[95%:]", "test": "test"},
-        "class_names": ("negative", "positive"),
-        "input_kind": "text",
-    },
-    "amazon_us_reviews": {
-        "tfds_name": "amazon_us_reviews",
-        "default_config": "Books_v1_02",
-        "splits": {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"},
-        "class_names": ("1 star", "2 stars", "3 stars", "4 stars", "5 stars"),
-        "input_kind": "text",
-    },
-    "cifar100_binary": {
-        "tfds_name": "cifar100",
-        "splits": {"train": "train[:45000]", "validation": "train[45000:]", "test": "test"},
-        "class_names": ("even_fine_class", "odd_fine_class"),
-        "input_kind": "image",
-        "num_fine_classes": 100,
-        "input_shape": (32, 32, 3),
-    },
-}
 
-
-def tfds_full_name(name: str, tfds_config: str | None = None) -> str:
+def tfds_full_name(entry: Mapping[str, Any], tfds_config: str | None = None) -> str:
     """`tfds_name[/config]` for a catalogue entry."""
-    entry = CATALOGUE[name]
     config = tfds_config or entry.get("default_config")
     return entry["tfds_name"] + (f"/{config}" if config else "")
 
 
-def catalogue_builder(name: str, *, data_dir: str, tfds_config: str | None = None):
+def catalogue_builder(name: str, entry: Mapping[str, Any], *, data_dir: str, tfds_config: str | None = None):
     """The tfds builder of a prepared copy in `data_dir`, or a FileNotFoundError at once.
 
     Builder construction reads no data and opens no connection; `is_prepared`
     only looks for `dataset_info.json` in the version folder.
     """
-    full = tfds_full_name(name, tfds_config)
+    full = tfds_full_name(entry, tfds_config)
     builder = tfds.builder(full, data_dir=data_dir)
     if not builder.is_prepared():
         raise FileNotFoundError(
@@ -120,22 +95,49 @@ def cifar100_record(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
     }
 
 
-TEXT_RECORDS = {"sentiment140": sentiment140_record, "amazon_us_reviews": amazon_record}
+# The paper's datasets, each registered by lelp_jax.data.loaders (tfds_catalogue_loader). `record` maps a raw
+# tfds record to (text, label) (None: dropped) for text, to {image, label, fine_label} for images.
+CATALOGUE: dict[str, dict[str, Any]] = {
+    "sentiment140": {
+        "tfds_name": "sentiment140",
+        "splits": {"train": "train[:95%]", "validation": "train[95%:]", "test": "test"},
+        "class_names": ("negative", "positive"),
+        "input_kind": "text",
+        "record": sentiment140_record,
+    },
+    "amazon_us_reviews": {
+        "tfds_name": "amazon_us_reviews",
+        "default_config": "Books_v1_02",
+        "splits": {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"},
+        "class_names": ("1 star", "2 stars", "3 stars", "4 stars", "5 stars"),
+        "input_kind": "text",
+        "record": amazon_record,
+    },
+    "cifar100_binary": {
+        "tfds_name": "cifar100",
+        "splits": {"train": "train[:45000]", "validation": "train[45000:]", "test": "test"},
+        "class_names": ("even_fine_class", "odd_fine_class"),
+        "input_kind": "image",
+        "num_fine_classes": 100,
+        "input_shape": (32, 32, 3),
+        "record": cifar100_record,
+    },
+}
 
 
 def read_text_split(
-    name: str, raw: Any, *, limit: int | None = None, chunk: int = 4096
+    record: Callable[[Mapping[str, Any]], tuple[str, int] | None], raw: Any, *, limit: int | None = None,
+    chunk: int = 4096,
 ) -> tuple[list[str], np.ndarray]:
-    """(text, label) pairs of a raw tfds source in order, filtered rows dropped,
-    stopping after `limit` kept pairs (None: all)."""
-    fn = TEXT_RECORDS[name]
+    """`record(r)` of every record of a raw tfds source in order, the rows it maps to None dropped,
+    stopping after `limit` kept (text, label) pairs (None: all)."""
     texts: list[str] = []
     labels: list[int] = []
     for start in range(0, len(raw), chunk):
         if limit is not None and len(texts) >= limit:
             break
         for rec in read_records(raw, range(start, min(start + chunk, len(raw)))):
-            out = fn(rec)
+            out = record(rec)
             if out is not None:
                 texts.append(out[0])
                 labels.append(out[1])

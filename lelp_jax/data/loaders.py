@@ -115,9 +115,9 @@ def _image_fn(kind: str, scale: float, fine: bool) -> Callable[[Mapping[str, Any
     return fn
 
 
-def _load_builder(name: str, config: Any, split: str):
+def _load_builder(builder_cls: type, name: str, config: Any, split: str):
     b = builders.prepared_builder(
-        name, data_dir=resolve_data_dir(config),
+        builder_cls, data_dir=resolve_data_dir(config),
         max_examples_per_split=_get(config, "max_examples_per_split"),
     )
     _check_split(name, split, b.info.splits)
@@ -153,10 +153,9 @@ def _flattened(fn: Callable[[Any], dict], kind: str, record: Any) -> dict:
     return out
 
 
-def _load_catalogue(name: str, config: Any, split: str):
-    entry = catalogue.CATALOGUE[name]
+def _load_catalogue(entry: Mapping[str, Any], name: str, config: Any, split: str):
     _check_split(name, split, entry["splits"])
-    b = catalogue.catalogue_builder(name, data_dir=resolve_data_dir(config),
+    b = catalogue.catalogue_builder(name, entry, data_dir=resolve_data_dir(config),
                                     tfds_config=_get(config, "tfds_config"))
     raw = b.as_data_source(split=entry["splits"][split])
     common = dict(name=name, num_classes=len(entry["class_names"]), class_names=entry["class_names"],
@@ -164,13 +163,13 @@ def _load_catalogue(name: str, config: Any, split: str):
     cap = _get(config, "max_examples_per_split")
     if entry["input_kind"] == "text":
         _text_view(_get(config, "input_kind"))
-        texts, labels = catalogue.read_text_split(name, raw, limit=cap)
+        texts, labels = catalogue.read_text_split(entry["record"], raw, limit=cap)
         src, max_length, vocab = text_source(texts, labels, None, config)
         return src, DatasetInfo(input_kind="text", input_shape=(max_length,), vocab_size=vocab,
                                 split_sizes={split: len(src)}, **common)
     kind, in_shape = _image_view(_get(config, "input_kind"), entry["input_shape"])
     rows = None if cap is None else np.arange(min(int(cap), len(raw)))
-    src = _source(raw, functools.partial(_flattened, catalogue.cifar100_record, kind), config, rows)
+    src = _source(raw, functools.partial(_flattened, entry["record"], kind), config, rows)
     return src, DatasetInfo(input_kind=kind, input_shape=in_shape, split_sizes={split: len(src)},
                             fine_class_names=None, **common)
 
@@ -244,12 +243,48 @@ def _load_local(name: str, config: Any, split: str):
         input_shape=tuple(int(s) for s in shape), vocab_size=vocab)
 
 
-DATASETS: dict[str, Callable[[str, Any, str], tuple[Any, DatasetInfo]]] = {
-    **{n: _load_builder for n in builders.BUILDERS},
-    **{n: _load_catalogue for n in catalogue.CATALOGUE},
-    "local": _load_local,
-    "synthetic_subclasses": load_synthetic,
-}
+Loader = Callable[[str, Any, str], tuple[Any, DatasetInfo]]
+DATASETS: dict[str, Loader] = {}  # data.name -> loader; filled by register_dataset only
+
+
+def register_dataset(name: str, loader: Loader) -> Loader:
+    """Make ``data.name = name`` load with ``loader(name, data_config, split) -> (source, DatasetInfo)``.
+
+    The one way to add a dataset (a name can be registered once). For a tfds dataset the loader
+    is :func:`tfds_builder_loader` (a builder class that generates its data offline) or
+    :func:`tfds_catalogue_loader` (a prepared copy of a tfds catalogue dataset).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_dataset: the name must be a non-empty string, got {name!r}.")
+    if name in DATASETS:
+        raise ValueError(f"register_dataset: {name!r} is already registered; pick another name.")
+    if not callable(loader):
+        raise ValueError(f"register_dataset: the loader of {name!r} must be a function "
+                         f"(name, data_config, split) -> (source, DatasetInfo), got {loader!r}.")
+    DATASETS[name] = loader
+    return loader
+
+
+def tfds_builder_loader(builder_cls: type) -> Loader:
+    """The loader of an offline tfds builder (a ``builders.CappedBuilder`` subclass), prepared
+    into the data_dir on first use; uint8 images are scaled by 1/255, text is tokenised."""
+    return functools.partial(_load_builder, builder_cls)
+
+
+def tfds_catalogue_loader(entry: Mapping[str, Any]) -> Loader:
+    """The loader of a tfds catalogue dataset read from a prepared copy (never downloaded); ``entry``
+    has the keys of a ``catalogue.CATALOGUE`` value (tfds name, split strings, class names,
+    input kind, record function)."""
+    return functools.partial(_load_catalogue, entry)
+
+
+register_dataset("digits_binary", tfds_builder_loader(builders.DigitsBinary))
+register_dataset("fashion_mnist_binary", tfds_builder_loader(builders.FashionMnistBinary))
+register_dataset("rotten_tomatoes", tfds_builder_loader(builders.RottenTomatoes))
+for _name, _entry in catalogue.CATALOGUE.items():
+    register_dataset(_name, tfds_catalogue_loader(_entry))
+register_dataset("local", _load_local)
+register_dataset("synthetic_subclasses", load_synthetic)
 
 
 def load_split(data_config: Any, split: str) -> tuple[Any, DatasetInfo]:

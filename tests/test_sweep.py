@@ -318,11 +318,11 @@ def test_point_folder_of_a_list_value_holds_a_restorable_checkpoint(tmp_path, rn
 
     folder = tmp_path / sweep.point_name({"data.class_one_fine": [0, 1, 4], "lelp.seed": 3}) / "checkpoints"
     x = rng.normal(size=(3, 2)).astype(np.float32)
-    ckpt = train._Checkpoints(str(folder))
+    ckpt = train.checkpoints.Checkpoints(str(folder))
     ckpt.save(1, {"x": x}, {"note": "point"})
     ckpt.close()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an unreadable step is a warning + deletion, not a silent pass
-        step, state, meta = train._Checkpoints(str(folder)).restore_latest({"x": np.zeros_like(x)})
+        step, state, meta = train.checkpoints.Checkpoints(str(folder)).restore_latest({"x": np.zeros_like(x)})
     assert step == 1 and meta == {"note": "point"}
     np.testing.assert_array_equal(np.asarray(state["x"]), x)

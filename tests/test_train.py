@@ -166,8 +166,8 @@ def test_saved_variables_restore_bit_exactly(tmp_path, rng):
     state = state.replace(batch_stats=jax.tree_util.tree_map(
         lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), state.batch_stats))
     best = {"params": jax.tree_util.tree_map(lambda x: x + 1, state.params), "batch_stats": state.batch_stats}
-    ck = train._Checkpoints(str(tmp_path / "checkpoints"))
-    ck.save(7, train._ckpt_tree(state, best), {"data": {}})
+    ck = train.checkpoints.Checkpoints(str(tmp_path / "checkpoints"))
+    ck.save(7, train.checkpoints.checkpoint_tree(state, best), {"data": {}})
     ck.close()
     for which, want in (("last", state.variables()), ("best", best)):
         got = train.load_variables(str(tmp_path), which=which)
@@ -260,3 +260,52 @@ def test_init_variables_start_from_given_params_and_reject_mismatch(rng):
         train.init_train_state(model=model, method=method, optimizer=opt,
                                sample_batch={"features": np.zeros((1, 6), np.float32)}, seed=0,
                                method_cfg=cfg, init_variables={"params": wrong})
+
+
+def test_train_defaults_come_from_base_config(tmp_path, monkeypatch, rng):
+    """A key the train section leaves out takes base_config()'s default: patching base_config changes
+    the intervals of a run, and the learning rate of the optimizer (SGD, no momentum: update = -lr)."""
+    import ml_collections
+
+    from lelp_jax import config
+
+    base = config.base_config
+
+    def patched():
+        c = base()
+        c.train.update(eval_every=3, checkpoint_every=2, learning_rate=0.25, optimizer="sgd", momentum=0.0,
+                       schedule="constant")
+        return c
+
+    assert train.train_config(None) == base().train.to_dict()
+    monkeypatch.setattr(config, "base_config", patched)
+    assert train.train_config({"eval_every": None, "batch_size": 8}) == {**patched().train.to_dict(), "batch_size": 8}
+    params = {"w": jnp.zeros(())}
+    opt = train.make_optimizer({}, num_steps=5)
+    updates, _ = opt.update({"w": jnp.ones(())}, opt.init(params), params)
+    assert float(updates["w"]) == pytest.approx(-0.25, abs=1e-7)
+
+    cfg = ml_collections.ConfigDict({"train": {"batch_size": 16, "num_steps": 6}})  # no intervals given
+    wd = str(tmp_path / "run")
+    rec = train.train_and_evaluate(model=mlp(), method=methods.get_method("ce"), cfg=cfg,
+                                   train_source=source(64, int(rng.integers(1 << 30))), val_source=source(32, 1),
+                                   test_source=source(32, 2), mesh=sharding.make_mesh(), workdir=wd, seed=0,
+                                   num_classes=NUM_CLASSES, progress=False)
+    assert [h["step"] for h in rec["history"]] == [3, 6]
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["4", "6"]  # every 2 steps, 2 kept
+
+
+def test_batch_format_mask_and_model_inputs():
+    """The one reading of a batch: mask (or ones) in float32; model inputs without teacher outputs,
+    float inputs cast to the compute dtype, the mask and integer entries left as they are."""
+    batch = {"features": jnp.ones((3, 2), jnp.float32), "label": jnp.array([0, 1, 1], jnp.int32),
+             "mask": jnp.array([1.0, 1.0, 0.0], jnp.float32), "teacher_embedding": jnp.ones((3, 4)),
+             "teacher_logits": jnp.ones((3, 2))}
+    np.testing.assert_array_equal(train.batch_mask(batch), [1.0, 1.0, 0.0])
+    no_mask = {k: v for k, v in batch.items() if k != "mask"}
+    assert train.batch_mask(no_mask).dtype == jnp.float32
+    np.testing.assert_array_equal(train.batch_mask(no_mask), [1.0, 1.0, 1.0])
+    cast = train.model_inputs(batch, jnp.bfloat16)
+    assert sorted(cast) == ["features", "label", "mask"]
+    assert (cast["features"].dtype, cast["label"].dtype, cast["mask"].dtype) == (jnp.bfloat16, jnp.int32, jnp.float32)
+    assert train.model_inputs(batch)["features"].dtype == jnp.float32

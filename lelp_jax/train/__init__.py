@@ -1,3 +1,37 @@
-"""Training: optimizer, train state and compiled steps, checkpoints, the loop (see :mod:`lelp_jax.train.loop`)."""
-from lelp_jax.train.loop import *  # noqa: F401,F403
-from lelp_jax.train.loop import __all__, _Checkpoints, _ckpt_tree  # noqa: F401
+"""Training, one module per concern.
+
+- :mod:`~lelp_jax.train.optim`: the train section's settings (defaults from ``base_config()``),
+  the optimizer and its learning-rate schedule;
+- :mod:`~lelp_jax.train.step`: the train state, the one compiled train step for every method,
+  the eval step, and the batch format (mask, model inputs);
+- :mod:`~lelp_jax.train.checkpoints`: Orbax checkpoints, resume, ``load_variables``;
+- :mod:`~lelp_jax.train.loop`: ``train_and_evaluate``.
+
+The names below are importable from ``lelp_jax.train`` as before the split.
+"""
+from lelp_jax.train.checkpoints import load_variables
+from lelp_jax.train.loop import train_and_evaluate
+from lelp_jax.train.optim import make_optimizer, train_config
+from lelp_jax.train.step import (
+    TrainState,
+    batch_mask,
+    evaluate,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+    model_inputs,
+)
+
+__all__ = [
+    "TrainState",
+    "train_config",
+    "make_optimizer",
+    "make_train_step",
+    "make_eval_step",
+    "init_train_state",
+    "evaluate",
+    "train_and_evaluate",
+    "load_variables",
+    "batch_mask",
+    "model_inputs",
+]

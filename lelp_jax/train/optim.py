@@ -1,0 +1,85 @@
+"""Optimisation settings, the optimizer and its learning-rate schedule, the number of steps.
+
+Every default comes from ``lelp_jax.config.base_config().train`` (the one place a
+default is written); a caller's train section (ConfigDict, Mapping or None) overrides
+the keys it sets to a value other than None.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import optax
+
+from lelp_jax import config as _config
+
+__all__ = ["train_config", "make_optimizer", "num_train_steps"]
+
+
+def train_config(train_cfg: Any) -> dict[str, Any]:
+    """``base_config().train`` overridden by the entries of ``train_cfg`` that are not None, validated."""
+    out = _config.base_config().train.to_dict()
+    if train_cfg is not None:
+        items = train_cfg.items() if hasattr(train_cfg, "items") else vars(train_cfg).items()
+        for k, v in items:
+            if v is not None:
+                out[k] = v
+    if out["optimizer"] not in ("adam", "adamw", "sgd"):
+        raise ValueError(f"train.optimizer={out['optimizer']!r}; choose 'adam', 'adamw' or 'sgd'.")
+    if out["schedule"] not in ("cosine", "constant"):
+        raise ValueError(f"train.schedule={out['schedule']!r}; choose 'cosine' or 'constant'.")
+    if out["compute_dtype"] not in ("float32", "bfloat16"):
+        raise ValueError(f"train.compute_dtype={out['compute_dtype']!r}; choose 'float32' or 'bfloat16'.")
+    if int(out["batch_size"]) < 1:
+        raise ValueError(f"train.batch_size={out['batch_size']} must be >= 1.")
+    return out
+
+
+def make_optimizer(train_cfg: Any, *, num_steps: int) -> optax.GradientTransformation:
+    """optax AdamW or SGD(momentum) with linear warmup then cosine decay (or constant).
+
+    lr(t) = lr0 * t / warmup for t < warmup, then lr0 * (1 + cos(pi * u)) / 2 with
+    u the fraction of the remaining steps (cosine) or lr0 (constant).
+    Weight decay is decoupled (AdamW) / added to the gradient (Adam, SGD).
+    """
+    c = train_config(train_cfg)
+    lr0 = float(c["learning_rate"])
+    warmup = int(c["warmup_steps"])
+    if num_steps < 1:
+        raise ValueError(f"make_optimizer: num_steps={num_steps} must be >= 1.")
+    if c["schedule"] == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if warmup else lr0, peak_value=lr0, warmup_steps=warmup,
+            decay_steps=max(num_steps, warmup + 1), end_value=0.0,
+        )
+    elif warmup:
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, lr0, warmup), optax.constant_schedule(lr0)], [warmup]
+        )
+    else:
+        schedule = optax.constant_schedule(lr0)
+    wd = float(c["weight_decay"])
+    if c["optimizer"] == "adam":  # L2 added to the gradient (coupled), as torch's Adam
+        opt = optax.chain(optax.add_decayed_weights(wd) if wd else optax.identity(), optax.adam(schedule))
+    elif c["optimizer"] == "adamw":
+        opt = optax.adamw(schedule, weight_decay=wd)
+    else:
+        opt = optax.chain(
+            optax.add_decayed_weights(wd) if wd else optax.identity(),
+            optax.sgd(schedule, momentum=float(c["momentum"]) or None, nesterov=bool(c["nesterov"])),
+        )
+    if c["grad_clip_norm"]:
+        opt = optax.chain(optax.clip_by_global_norm(float(c["grad_clip_norm"])), opt)
+    return opt
+
+
+def num_train_steps(c: Mapping[str, Any], num_train: int) -> int:
+    """``ceil(num_epochs * num_train / batch_size)`` when ``num_epochs`` is set, else ``num_steps``."""
+    if c["num_epochs"] is not None:
+        steps = math.ceil(float(c["num_epochs"]) * num_train / int(c["batch_size"]))
+    else:
+        steps = int(c["num_steps"])
+    if steps < 1:
+        raise ValueError(f"train: {steps} steps; set train.num_steps > 0 or train.num_epochs > 0.")
+    return steps

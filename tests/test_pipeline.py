@@ -355,13 +355,13 @@ def test_workdirs_loading_one_teacher_share_its_derived_artifacts(finished_run, 
     content-addressed links; a fit key (S) gets its own projections; other data re-evaluates the teacher."""
     src = finished_run["workdir"]
     evaluated = []
-    real = pipeline._evaluate_split  # noqa: SLF001
+    real = pipeline.stages._evaluate_split  # noqa: SLF001
 
     def counting(*a, **k):
         evaluated.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(pipeline, "_evaluate_split", counting)
+    monkeypatch.setattr(pipeline.stages, "_evaluate_split", counting)
 
     def fit(name, *extra):
         wd = tmp_path / name

@@ -31,9 +31,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import ml_collections
+import numpy as np
 
-from lelp_jax import atomic
+from lelp_jax import atomic, pipeline, sweep
 from lelp_jax.config import ConfigError, apply_overrides, load_config, validate_config
+from lelp_jax.data import load_split
+from lelp_jax.data.splits import data_config
+from lelp_jax.paired import paired_table
+from lelp_jax.pipeline import read_json
 
 __all__ = ["fold_config", "run_kfold", "pool_folds", "main"]
 
@@ -51,25 +56,18 @@ def _point_dirs(fold_dir: Path, grid: Mapping[str, Sequence[Any]]) -> list[tuple
     """(setting, workdir) of every grid point of one fold (one point, the fold's own workdir, without a grid)."""
     if not grid:
         return [({}, fold_dir)]
-    from lelp_jax.pipeline import read_json
-
     summary = read_json(fold_dir / "sweep" / "summary.json")
     return [(dict(p["overrides"]), Path(p["workdir"])) for p in summary["points"]]
 
 
 def _split_sizes(config: ml_collections.ConfigDict) -> tuple[int, int]:
-    from lelp_jax.data import load_split
-    from lelp_jax.pipeline import _data_config
-
-    _, info = load_split(_data_config(config.data), "test")
+    _, info = load_split(data_config(config.data), "test")
     return int(info.split_sizes["test"]), int(info.split_sizes["validation"])
 
 
 def pool_folds(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                grid: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
     """Pool finished folds into ``WORKDIR/kfold.json`` (rows for settings/methods/seeds done in every fold)."""
-    from lelp_jax.pipeline import read_json
-
     root = Path(workdir)
     k = int(config.data.num_folds)
     grid = dict(grid or {})
@@ -106,8 +104,6 @@ def run_kfold(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
               grid: Mapping[str, Sequence[Any]] | None = None, *,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (resumably) every fold, then pool them (:func:`pool_folds`)."""
-    from lelp_jax import pipeline, sweep
-
     if int(config.data.num_folds) < 2:
         raise ConfigError("lelp kfold needs data.num_folds >= 2 (e.g. --config.data.num_folds=10).")
     if config.teacher.model == "precomputed":
@@ -130,8 +126,6 @@ def run_kfold(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 def table(pooled: Mapping[str, Any]) -> str:
     """Markdown: per setting and method, the pooled test (and validation) accuracy, mean ± std over seeds;
     with one setting, the methods' paired differences to kd and ce (lelp_jax.paired)."""
-    import numpy as np
-
     groups: dict[tuple, list[dict]] = {}
     for r in pooled["rows"]:
         groups.setdefault((json.dumps(r["setting"], sort_keys=True), r["method"]), []).append(r)
@@ -145,8 +139,6 @@ def table(pooled: Mapping[str, Any]) -> str:
         lines.append(f"| {s} | {method} | {t.mean():.2f} ± {t.std():.2f} | {v.mean():.2f} ± {v.std():.2f} | {len(rs)} |")
     settings = {setting for setting, _ in groups}
     if len(settings) == 1:  # one setting per method: pair the methods by seed on the pooled accuracies
-        from lelp_jax.paired import paired_table
-
         acc = {m: {int(r["seed"]): float(r["test_accuracy"]) for r in rs} for (_, m), rs in groups.items()}
         paired = paired_table(acc)
         if paired:
@@ -156,8 +148,7 @@ def table(pooled: Mapping[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``lelp kfold --config FILE --workdir DIR [--grid KEY=V1,V2] [--methods] [--seeds] [--pool-only]``."""
-    from lelp_jax.cli import split_overrides
-    from lelp_jax.sweep import parse_grid
+    from lelp_jax.cli import split_overrides  # late: cli loads this module for `lelp kfold`
 
     rest, overrides = split_overrides(list(argv) if argv is not None else [])
     p = argparse.ArgumentParser(prog="lelp kfold", description="Run every fold of a k-fold config and pool them.")
@@ -170,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(rest)
     config = load_config(args.config, overrides, methods=args.methods, seeds=args.seeds)
-    grid = parse_grid(args.grid) if args.grid else {}
+    grid = sweep.parse_grid(args.grid) if args.grid else {}
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     pooled = pool_folds(config, args.workdir, grid) if args.pool_only else run_kfold(config, args.workdir, grid, log=log)
     print(table(pooled))

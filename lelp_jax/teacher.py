@@ -114,7 +114,8 @@ def load_teacher_cache(path: str) -> TeacherCache:
 
 
 def _default_make_iterator():
-    from lelp_jax.data import make_iterator  # late import: teacher sits above data
+    # Late: lelp_jax.data loads tensorflow_datasets, which a caller passing its own make_iterator never needs.
+    from lelp_jax.data import make_iterator
 
     return make_iterator
 

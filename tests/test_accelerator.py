@@ -15,13 +15,12 @@ from _multihost_worker import NUM_CLASSES, synthetic_arrays
 from jax.sharding import Mesh
 
 from lelp_jax import methods, sharding, teacher, train
-from lelp_jax.clustering import fit_agglomerative_centroids, fit_class_kmeans, oracle_slots
 from lelp_jax.config import base_config
 from lelp_jax.data.sources import ArraySource
 from lelp_jax.models import build_model
+from lelp_jax.pipeline import FitInputs, build_fit
 from lelp_jax.projections import fit_projections, null_space_projector
 from lelp_jax.statistics import init_moments, update_moments
-from lelp_jax.subspace_kmeans import fit_subspace_kmeans
 
 pytestmark = pytest.mark.accelerator
 
@@ -81,32 +80,18 @@ def test_sharded_teacher_step_matches_float64(rng, dtype, bound):
 
 
 def _aux(method, cfg, t_model, t_vars, data):
-    """The artifact each method's step reads (what ``pipeline.method_aux`` builds), from the teacher's outputs."""
-    if method.fit is None:
-        return None
+    """The artifact each method's step reads, built as the pipeline builds it (the fit registered for its
+    kind, ``lelp_jax.pipeline.build_fit``) from the teacher's outputs on ``data``; the subclass teacher is
+    freshly initialised instead of trained."""
     emb, logits = (np.asarray(a) for a in t_model.apply(t_vars, {"features": data["features"]}))
     labels = data["label"]
-    if method.fit == "projections":
-        moments = jax.jit(update_moments)(init_moments(NUM_CLASSES, emb.shape[1]), emb, labels)
-        w = np.asarray(t_vars["params"]["head"]["kernel"]).T
-        return fit_projections(moments, classifier_weights=w, **dict(method.fit_options(cfg)))
-    if method.fit == "kmeans":
-        return fit_class_kmeans(jax.random.PRNGKey(0), emb, labels, num_classes=NUM_CLASSES, num_subclasses=S,
-                                num_iters=5)
-    if method.fit == "agglomerative":
-        return fit_agglomerative_centroids(emb, labels, num_classes=NUM_CLASSES, num_subclasses=S)
-    if method.fit == "oracle":
-        return oracle_slots(labels, data["fine_label"], num_classes=NUM_CLASSES, num_fine=2 * NUM_CLASSES)
-    if method.fit == "subspace_kmeans":
-        moments = jax.jit(update_moments)(init_moments(NUM_CLASSES, emb.shape[1]), emb, labels)
-        w = np.asarray(t_vars["params"]["head"]["kernel"]).T
-        subspace = fit_projections(moments, classifier_weights=w, num_subclasses=int(cfg.lelp_kmeans.subspace_dim),
-                                   key=0, rotate=False)
-        return fit_subspace_kmeans(jax.random.PRNGKey(0), subspace, emb, labels, num_subclasses=S, num_iters=5)
-    if method.fit == "subclass_teacher":
-        sub = methods.subclass_teacher_model(cfg, NUM_CLASSES)
-        return sub.init(jax.random.PRNGKey(5), {"features": data["features"][:1]})
-    raise AssertionError(f"no aux builder for fit {method.fit!r}: add one here (as pipeline.method_aux builds it)")
+    inputs = FitInputs(
+        config=cfg, num_classes=NUM_CLASSES, num_fine_classes=2 * NUM_CLASSES, outputs=lambda: (emb, logits),
+        labels=lambda: (labels, data["fine_label"]),
+        head_weights=lambda: np.asarray(t_vars["params"]["head"]["kernel"]).T,
+        moments=lambda: jax.jit(update_moments)(init_moments(NUM_CLASSES, emb.shape[1]), emb, labels),
+        trained_teacher=lambda name, model, m: model.init(jax.random.PRNGKey(5), {"features": data["features"][:1]}))
+    return build_fit(method, inputs)
 
 
 @pytest.mark.parametrize("name", methods.method_names())

@@ -79,7 +79,7 @@ def test_extending_examples_run_as_written(tmp_path):
 
     (tmp_path / "api_example.py").write_text(scripts[0])
     out = _run([sys.executable, "api_example.py"], tmp_path)
-    for method in ("ce", "kd", "lelp", "random", "lelp_kd"):
+    for method in ("ce", "kd", "lelp", "random", "lelp_kd", "mean_kd"):
         assert re.search(rf"^{method}\s+\d+\.\d% \(best-val test accuracy, 1 seed\)$", out, re.M), out
     assert (workdir / "projections_lelp_kd.npz").is_file()
     # The earlier runs were reused, not retrained: their results are unchanged.

@@ -90,7 +90,7 @@ def test_every_split_records_what_it_taught(finished_run):
     by = {r["method"]: r for r in json.loads((wd / "results.json").read_text())["runs"]}
     config = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")])
     env = pipeline.Env(config)
-    emb = np.asarray(pipeline._all_train_outputs(config, wd, env)[0], np.float64)
+    emb = np.asarray(pipeline.train_outputs(config, wd, env)[0], np.float64)
     source, _ = env.split("train")
     y = np.asarray([source[i]["label"] for i in range(len(source))])
     fine = np.asarray([source[i]["fine_label"] for i in range(len(source))])
@@ -328,7 +328,7 @@ def test_target_entropy_calibrates_every_splitting_fit_on_the_train_split(finish
     config = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")]
                          + ["--config.lelp.target_entropy=0.6"])
     env = pipeline.Env(config)
-    emb, _ = pipeline._all_train_outputs(config, wd, env)
+    emb, _ = pipeline.train_outputs(config, wd, env)
     source, _ = env.split("train")
     labels = np.asarray([source[i]["label"] for i in range(len(source))])
     lelp = get_method("lelp")
@@ -345,9 +345,9 @@ def test_fill_missing_only_adds_new_keys_at_their_defaults():
     defaults = {"kd": {"tau": 2.0, "student_tau": None}, "teacher": {"model_kwargs": {"hidden": [256]}}}
     stored = {"kd": {"tau": 2.0}, "teacher": {"model_kwargs": {"num_layers": 6}}}
     same = {"kd": {"tau": 2.0, "student_tau": None}, "teacher": {"model_kwargs": {"num_layers": 6}}}
-    assert pipeline._fill_missing(stored, same, defaults) == same  # new key at its default: filled
+    assert pipeline.workdir._fill_missing(stored, same, defaults) == same  # new key at its default: filled
     changed = {"kd": {"tau": 2.0, "student_tau": 1.0}, "teacher": {"model_kwargs": {"num_layers": 6}}}
-    assert pipeline._fill_missing(stored, changed, defaults) == stored  # set otherwise: stays missing
+    assert pipeline.workdir._fill_missing(stored, changed, defaults) == stored  # set otherwise: stays missing
 
 
 def test_workdirs_loading_one_teacher_share_its_derived_artifacts(finished_run, tmp_path, env_dirs, monkeypatch):
@@ -355,13 +355,13 @@ def test_workdirs_loading_one_teacher_share_its_derived_artifacts(finished_run, 
     content-addressed links; a fit key (S) gets its own projections; other data re-evaluates the teacher."""
     src = finished_run["workdir"]
     evaluated = []
-    real = pipeline.stages._evaluate_split  # noqa: SLF001
+    real = pipeline.stages.evaluate_split
 
     def counting(*a, **k):
         evaluated.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(pipeline.stages, "_evaluate_split", counting)
+    monkeypatch.setattr(pipeline.stages, "evaluate_split", counting)
 
     def fit(name, *extra):
         wd = tmp_path / name
@@ -387,3 +387,51 @@ def test_workdirs_loading_one_teacher_share_its_derived_artifacts(finished_run, 
     other = fit("other_data", "--config.data.max_examples_per_split=128")
     assert len(evaluated) == 2  # test and validation: another data section is measured again
     assert not os.path.samefile(other / "statistics.npz", a / "statistics.npz")
+
+
+def test_workdir_layout_names_every_path_and_force_deletes_its_top_level(tmp_path):
+    """Every path ``Workdir`` gives lies in a row of ``Workdir.layout()`` (the rows the docs show), each row says
+    what it holds, and ``--force`` deletes exactly the layout's top-level entries."""
+    import fnmatch
+    import re
+
+    wd = pipeline.Workdir(tmp_path)
+    rows = [re.sub(r"[A-Z]+(-[A-Z]+)?", "*", path).rstrip("/") for path, _ in pipeline.Workdir.layout()]
+    assert all(what for _, what in pipeline.Workdir.layout())
+    for path in (wd.config_json, wd.teacher_dir, wd.teacher_json, wd.teacher_outputs("train"), wd.statistics,
+                 wd.projections(), wd.projections("pca"), wd.run_dir("kd", 0), wd.run_result("kd", 0), wd.results):
+        rel = path.relative_to(tmp_path).as_posix()
+        assert any(fnmatch.fnmatch(rel, r) or fnmatch.fnmatch(rel, r + "/*") for r in rows), rel
+    assert set(pipeline.Workdir.artifact_globs()) == {
+        "config.json", "teacher", "teacher_outputs", "statistics.npz", "projections.npz", "projections_*.npz",
+        "runs", "results.json", "subclass_teacher"}
+
+
+def test_register_fit_makes_a_new_kind_one_registration(rng):
+    """A kind registered with ``register_fit`` is what ``build_fit`` gives a method of that kind (here class means of
+    the teacher embeddings vs float64 NumPy); a kind is registered once; an unknown kind names the fix."""
+    from lelp_jax.config import base_config
+    from lelp_jax.methods import Method
+
+    emb = rng.normal(size=(60, 5)).astype(np.float32)
+    labels = rng.integers(0, 3, size=60)
+    inputs = pipeline.FitInputs(config=base_config(), num_classes=3, num_fine_classes=None,
+                                outputs=lambda: (emb, None), labels=lambda: (labels, None),
+                                head_weights=None, moments=None, trained_teacher=None)
+
+    def means(method, inputs):
+        e, _ = inputs.outputs()
+        return np.stack([e[inputs.labels()[0] == c].mean(0) for c in range(inputs.num_classes)])
+
+    method = Method(name="means", needs_teacher=True, loss=lambda **_: 0.0, head_outputs=lambda c, _: c,
+                    class_log_probs=lambda r, c, _: r, fit="test_class_means")
+    with pytest.raises(ValueError, match=r"register_fit\('test_class_means', fn\)"):
+        pipeline.build_fit(method, inputs)
+    pipeline.register_fit("test_class_means", means)
+    try:
+        ref = np.stack([emb[labels == c].astype(np.float64).mean(0) for c in range(3)])
+        np.testing.assert_allclose(pipeline.build_fit(method, inputs), ref, rtol=1e-6, atol=1e-6)
+        with pytest.raises(ValueError, match="already registered"):
+            pipeline.register_fit("test_class_means", means)
+    finally:
+        del pipeline.FITS["test_class_means"]

@@ -1,7 +1,9 @@
 """lelp_jax: few-class knowledge distillation in JAX, built around LELP.
 
 The core (statistics, projections, targets, losses) is pure and jittable and
-imports only jax, numpy and flax.struct.
+imports only jax and numpy (and flax.struct). Its public functions are compiled
+with their options static, so they run as given inside ``jax.jit``, ``vmap`` and
+``shard_map``; :func:`checked` makes their value checks hold under jit too.
 """
 from lelp_jax.statistics import (
     ClassMoments,
@@ -19,8 +21,9 @@ from lelp_jax.projections import (
     null_space_projector,
     save_projections,
 )
-from lelp_jax.targets import class_log_probs, split_targets, subclass_targets
+from lelp_jax.targets import class_log_probs, projection_scores, split_targets, subclass_targets
 from lelp_jax.losses import cross_entropy, kd_loss, lelp_loss, soft_cross_entropy
+from lelp_jax.validation import checked
 
 __version__ = "0.1.0"
 
@@ -39,10 +42,12 @@ __all__ = [
     "save_projections",
     "load_projections",
     "subclass_targets",
+    "projection_scores",
     "split_targets",
     "class_log_probs",
     "soft_cross_entropy",
     "cross_entropy",
     "kd_loss",
     "lelp_loss",
+    "checked",
 ]

@@ -249,6 +249,7 @@ def score_scale(x: jax.Array, weights: jax.Array, centroids: jax.Array) -> jax.A
 KMEANS_SCALES = ("standardized", "gmm", "raw")
 
 
+@functools.partial(jax.jit, static_argnames=("scale",))
 def kmeans_scores(embedding: jax.Array, fit: KMeansFit, *, scale: str = "standardized") -> jax.Array:
     """Subclass scores ``z (B, C, S)`` of embeddings ``(B, D)`` against every class's centroids.
 

@@ -14,6 +14,8 @@ from typing import Mapping, Optional
 import jax
 import jax.numpy as jnp
 
+from lelp_jax.validation import check, host_value
+
 __all__ = [
     "fitnet_loss",
     "huber",
@@ -179,15 +181,19 @@ def subclass_aux_loss(
     """
     if subclass_logits.ndim != 2:
         raise ValueError(f"subclass_aux_loss: subclass_logits must be (B, C*S), got {subclass_logits.shape}.")
-    if not float(temperature) > 0:
+    t = host_value(temperature)
+    if t is not None and not float(t) > 0:
         raise ValueError(f"subclass_aux_loss: temperature must be > 0, got {temperature!r} (the paper's code uses 1).")
+    check(temperature, lambda: temperature > 0,
+          "subclass_aux_loss: temperature must be > 0, got {t} (the paper's code uses 1).", t=temperature)
+    temperature = float(t) if t is not None else temperature
     m = _mask(mask, subclass_logits.shape[0])
     z = subclass_logits.astype(jnp.float32)
     k = z.shape[-1]
     u = (z - jnp.mean(z, axis=-1, keepdims=True)) * jax.lax.rsqrt(jnp.var(z, axis=-1, keepdims=True) + eps)
-    v = u / jnp.sqrt(float(temperature) * k)
+    v = u / jnp.sqrt(temperature * k)
     g = jnp.matmul(v, v.T, precision=_HIGHEST)
     g = jnp.where(m[None, :] > 0, g, -1e30)  # padding columns drop out of the softmax
     lse = jnp.where(m > 0, jax.nn.logsumexp(g, axis=-1), 0.0)
     n = jnp.maximum(jnp.sum(m), 1.0)
-    return jnp.sum(m * lse) / n - 1.0 / float(temperature) - jnp.log(n)
+    return jnp.sum(m * lse) / n - 1.0 / temperature - jnp.log(n)

@@ -1,69 +1,135 @@
-"""Distillation losses: pure, jittable, differentiable; mean over the batch.
+"""Distillation losses: pure, jittable, differentiable.
 
-Every loss takes an optional ``mask (B,)`` of row weights (1 real row, 0 padding);
-the batch mean is ``sum_b m_b loss_b / sum_b m_b`` (0 when the mask is all zero).
+Every loss takes an optional ``mask (B,)`` of row weights (1 real row, 0 padding)
+and a ``reduction`` of the per-example losses l_b:
+
+- ``'mean'`` (default): ``sum_b m_b l_b / sum_b m_b`` (0 when the mask is all zero);
+- ``'sum'``: ``sum_b m_b l_b``: under ``shard_map`` with uneven padding, ``psum`` the
+  shards' sums and divide by the ``psum`` of their masks for the global mean (a
+  ``pmean`` of shard means weighs a half-empty shard like a full one);
+- ``'none'``: the ``(B,)`` vector ``m_b l_b``, whose sum is ``'sum'``.
+
+Array arguments may be traced; ``reduction``, ``num_classes`` and
+``scale_by_tau_squared`` are static. Temperatures and ``alpha`` may be traced (no
+recompilation per value), except that an ``alpha`` that may be > 0 needs ``labels``:
+that is checked while tracing, so a traced ``alpha`` without labels raises.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from lelp_jax.statistics import _host_value
 from lelp_jax.targets import class_log_probs
+from lelp_jax.validation import check, host_value, require_rank
 
-__all__ = ["soft_cross_entropy", "cross_entropy", "kd_loss", "lelp_loss"]
+__all__ = ["REDUCTIONS", "soft_cross_entropy", "cross_entropy", "kd_loss", "lelp_loss"]
+
+REDUCTIONS = ("mean", "sum", "none")
 
 
-def _masked_mean(per_example: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+def _reduce(per_example: jax.Array, mask: Optional[jax.Array], reduction: str) -> jax.Array:
     if mask is None:
-        return jnp.mean(per_example)
-    if mask.shape != per_example.shape:
-        raise ValueError(f"mask must be {per_example.shape} (one weight per row), got {mask.shape}.")
+        return {"mean": jnp.mean, "sum": jnp.sum, "none": lambda x: x}[reduction](per_example)
     mask = mask.astype(per_example.dtype)
+    weighted = mask * per_example
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return jnp.sum(weighted)
     total = jnp.sum(mask)
-    return jnp.sum(mask * per_example) / jnp.where(total > 0, total, 1.0)
+    return jnp.sum(weighted) / jnp.where(total > 0, total, 1.0)
+
+
+def _check_options(fn: str, rows: int, mask, reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+    if mask is not None and np.shape(mask) != (rows,):
+        raise ValueError(f"{fn}: mask must be ({rows},) (one weight per row), got {np.shape(mask)}.")
 
 
 def _check_alpha(alpha, labels, fn: str) -> None:
-    if isinstance(alpha, jax.core.Tracer):
+    """alpha in [0, 1]; an alpha that may be > 0 (a positive or a traced one) needs labels."""
+    a = host_value(alpha)
+    if a is None:
+        if labels is None:
+            raise ValueError(f"{fn}: alpha is traced, so it may be > 0, and the hard-label term needs labels; "
+                             "pass labels=..., or pass alpha as a Python number (alpha=0 needs no labels).")
+        check(alpha, lambda: (alpha >= 0) & (alpha <= 1),
+              f"{fn}: alpha must be in [0, 1] (weight of the hard-label term), got {{alpha}}.", alpha=alpha)
         return
-    if not 0.0 <= float(alpha) <= 1.0:
+    if not 0.0 <= float(a) <= 1.0:
         raise ValueError(f"{fn}: alpha must be in [0, 1] (weight of the hard-label term), got {alpha!r}.")
-    if float(alpha) > 0 and labels is None:
+    if float(a) > 0 and labels is None:
         raise ValueError(f"{fn}: alpha={alpha} > 0 needs labels; pass labels=batch['label'] or alpha=0.")
 
 
+def _hard_term(alpha, labels) -> bool:
+    """Whether the hard-label term is computed: labels given and alpha not a concrete 0."""
+    a = host_value(alpha)
+    return labels is not None and (a is None or float(a) != 0.0)
+
+
+def _check_temperature(name: str, value, fn: str) -> None:
+    v = host_value(value)
+    if v is not None and not float(v) > 0:
+        raise ValueError(f"{fn}: {name} must be > 0, got {value!r}; it is the softmax temperature (try 1.0).")
+    check(value, lambda: value > 0, f"{fn}: {name} must be > 0, got {{value}}; it is the softmax temperature.",
+          value=value)
+
+
 def soft_cross_entropy(logits: jax.Array, target_probs: jax.Array, *,
-                       mask: Optional[jax.Array] = None) -> jax.Array:
-    """``mean_b [ -sum_k t_{b,k} log softmax(r_b)_k ]`` for logits r and target probabilities t (B, K).
+                       mask: Optional[jax.Array] = None, reduction: str = "mean") -> jax.Array:
+    """``-sum_k t_{b,k} log softmax(r_b)_k`` for logits r and target probabilities t (B, K), reduced.
 
     Equals KL(t || softmax(r)) + H(t); H(t) does not depend on r, so the gradient is the KL's.
     """
+    fn = "soft_cross_entropy"
+    require_rank(logits, 2, fn, "logits", "(B, K)")
     if logits.shape != target_probs.shape:
-        raise ValueError(f"soft_cross_entropy: logits {logits.shape} and target_probs {target_probs.shape} "
+        raise ValueError(f"{fn}: logits {logits.shape} and target_probs {target_probs.shape} "
                          "must have the same shape (B, K).")
+    _check_options(fn, logits.shape[0], mask, reduction)
+    return _soft_ce(logits, target_probs, mask, reduction=reduction)
+
+
+@functools.partial(jax.jit, static_argnames=("reduction",))
+def _soft_ce(logits, target_probs, mask, *, reduction):
     per = -jnp.sum(target_probs * jax.nn.log_softmax(logits, axis=-1), axis=-1)
-    return _masked_mean(per, mask)
+    return _reduce(per, mask, reduction)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
-    """Hard-label cross-entropy ``mean_b [ -log softmax(r_b)_{y_b} ]`` for logits (B, K), int labels (B,).
+def cross_entropy(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None,
+                  reduction: str = "mean") -> jax.Array:
+    """Hard-label cross-entropy ``-log softmax(r_b)_{y_b}`` for logits (B, K), int labels (B,), reduced.
 
-    Labels outside ``[0, K)`` raise for concrete inputs; under jit they give NaN (never a silent 0).
+    Labels outside ``[0, K)`` raise for concrete inputs and under :func:`lelp_jax.checked`;
+    under plain jit they give NaN (never a silent 0).
     """
+    fn = "cross_entropy"
+    require_rank(logits, 2, fn, "logits", "(B, K)")
     k = logits.shape[-1]
     if labels.shape != logits.shape[:1]:
-        raise ValueError(f"cross_entropy: labels must be ({logits.shape[0]},), got {labels.shape}.")
-    lab = _host_value(labels)
+        raise ValueError(f"{fn}: labels must be ({logits.shape[0]},), got {labels.shape}.")
+    _check_options(fn, logits.shape[0], mask, reduction)
+    lab = host_value(labels)
     if lab is not None:
         if lab.size and (lab.min() < 0 or lab.max() >= k):
-            raise ValueError(f"cross_entropy: labels must lie in [0, {k}), got range [{lab.min()}, "
+            raise ValueError(f"{fn}: labels must lie in [0, {k}), got range [{lab.min()}, "
                              f"{lab.max()}]; check the label column or the number of logits.")
+    check(labels, lambda: (labels >= 0) & (labels < k),
+          f"{fn}: labels must lie in [0, {k}); check the label column or the number of logits.")
+    return _hard_ce(logits, labels, mask, reduction=reduction)
+
+
+@functools.partial(jax.jit, static_argnames=("reduction",))
+def _hard_ce(logits, labels, mask, *, reduction):
     logp = jax.nn.log_softmax(logits, axis=-1)
     per = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
-    return _masked_mean(per, mask)
+    return _reduce(per, mask, reduction)
 
 
 def kd_loss(
@@ -76,6 +142,7 @@ def kd_loss(
     mask: Optional[jax.Array] = None,
     student_tau=None,
     scale_by_tau_squared: bool = True,
+    reduction: str = "mean",
 ) -> jax.Array:
     """Hinton knowledge distillation (Hinton, Vinyals, Dean 2015, arXiv 1503.02531).
 
@@ -88,22 +155,22 @@ def kd_loss(
     student has no temperature: ``kd_loss(r, l, tau=tau, student_tau=1,
     scale_by_tau_squared=False)`` is exactly ``lelp_loss`` with S = 1.
     """
-    _check_alpha(alpha, labels, "kd_loss")
-    if not isinstance(tau, jax.core.Tracer) and not float(tau) > 0:
-        raise ValueError(f"kd_loss: tau must be > 0, got {tau!r}; it is the softmax temperature (try 1.0).")
+    fn = "kd_loss"
+    _check_alpha(alpha, labels, fn)
+    _check_temperature("tau", tau, fn)
     student_tau = tau if student_tau is None else student_tau
-    if not isinstance(student_tau, jax.core.Tracer) and not float(student_tau) > 0:
-        raise ValueError(f"kd_loss: student_tau must be > 0, got {student_tau!r}.")
+    _check_temperature("student_tau", student_tau, fn)
+    require_rank(student_logits, 2, fn, "student_logits", "(B, C)")
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"kd_loss: student_logits {student_logits.shape} and teacher_logits "
+        raise ValueError(f"{fn}: student_logits {student_logits.shape} and teacher_logits "
                          f"{teacher_logits.shape} must both be (B, C).")
     teacher_probs = jax.nn.softmax(teacher_logits / tau, axis=-1)
-    soft = soft_cross_entropy(student_logits / student_tau, teacher_probs, mask=mask)
+    soft = soft_cross_entropy(student_logits / student_tau, teacher_probs, mask=mask, reduction=reduction)
     if scale_by_tau_squared:
         soft = soft * tau ** 2
-    if labels is None or (not isinstance(alpha, jax.core.Tracer) and float(alpha) == 0.0):
+    if not _hard_term(alpha, labels):
         return (1.0 - alpha) * soft
-    return (1.0 - alpha) * soft + alpha * cross_entropy(student_logits, labels, mask=mask)
+    return (1.0 - alpha) * soft + alpha * cross_entropy(student_logits, labels, mask=mask, reduction=reduction)
 
 
 def lelp_loss(
@@ -114,6 +181,7 @@ def lelp_loss(
     alpha=0.0,
     num_classes: Optional[int] = None,
     mask: Optional[jax.Array] = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """LELP loss (Loo et al. 2024, arXiv 2409.20449) on a C*S-way student head.
 
@@ -122,15 +190,17 @@ def lelp_loss(
 
     ``alpha = 0`` (default) is the paper's loss; ``alpha = 0.5`` is a half-and-half
     mix of soft targets and hard labels (the mix is convex, like ``kd_loss``).
-    The hard term needs ``labels`` and ``num_classes``. No student temperature.
+    The hard term needs ``labels`` and ``num_classes``; a traced ``alpha`` needs them
+    too (it may be > 0). No student temperature.
     Also the loss of every pseudo-subclass method (k-means, oracle) given its targets.
     """
     _check_alpha(alpha, labels, "lelp_loss")
-    soft = soft_cross_entropy(student_logits, targets, mask=mask)
-    if labels is None or (not isinstance(alpha, jax.core.Tracer) and float(alpha) == 0.0):
+    soft = soft_cross_entropy(student_logits, targets, mask=mask, reduction=reduction)
+    if not _hard_term(alpha, labels):
         return (1.0 - alpha) * soft
     if num_classes is None:
         raise ValueError("lelp_loss: labels given, so num_classes is needed to aggregate the C*S logits "
                          "into classes; pass num_classes=C.")
-    hard = cross_entropy(class_log_probs(student_logits, num_classes=num_classes), labels, mask=mask)
+    hard = cross_entropy(class_log_probs(student_logits, num_classes=num_classes), labels, mask=mask,
+                         reduction=reduction)
     return (1.0 - alpha) * soft + alpha * hard

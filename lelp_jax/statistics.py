@@ -18,12 +18,14 @@ examples per class.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
+
+from lelp_jax.validation import check, host_value, require_rank
 
 __all__ = [
     "ClassMoments",
@@ -59,13 +61,17 @@ class ClassMoments:
         return self.mean.shape[1]
 
 
-def init_moments(num_classes: int, dim: int, dtype=jnp.float32) -> ClassMoments:
-    """Empty moments (all zeros) for ``num_classes`` classes of ``dim``-dim embeddings."""
+def init_moments(num_classes: int, dim: int, *, dtype=None) -> ClassMoments:
+    """Empty moments (all zeros) for ``num_classes`` classes of ``dim``-dim embeddings.
+
+    ``dtype`` defaults to JAX's default float: float32, float64 under ``jax_enable_x64``.
+    """
     if num_classes < 1 or dim < 1:
         raise ValueError(
             f"init_moments needs num_classes >= 1 and dim >= 1, got num_classes={num_classes}, "
             f"dim={dim}; pass the number of classes C and the embedding width D."
         )
+    dtype = jnp.zeros((), dtype).dtype  # None -> the default float (float64 under x64)
     return ClassMoments(
         count=jnp.zeros((num_classes,), dtype),
         mean=jnp.zeros((num_classes, dim), dtype),
@@ -73,24 +79,12 @@ def init_moments(num_classes: int, dim: int, dtype=jnp.float32) -> ClassMoments:
     )
 
 
-def _host_value(x) -> Optional[np.ndarray]:
-    """``x`` as a NumPy array when its values can be checked here, else None.
-
-    None for tracers (inside jit: only shape checks apply) and for arrays spanning
-    other hosts' devices (multi-host: fetching them would fail).
-    """
-    if isinstance(x, jax.core.Tracer):
-        return None
-    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
-        return None
-    return np.asarray(x)
-
-
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
     """num / den where den > 0, else 0 (empty classes stay at zero)."""
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0)
 
 
+@jax.jit
 def merge_moments(a: ClassMoments, b: ClassMoments) -> ClassMoments:
     """Chan et al. parallel merge of two sets of centred moments, per class.
 
@@ -135,6 +129,7 @@ def _class_blocks(y: jax.Array, valid: jax.Array, num_classes: int, block_rows: 
     return dest, ends, num_blocks
 
 
+@functools.partial(jax.jit, static_argnames=("num_classes", "block_rows"))
 def batch_moments(
     embeddings: jax.Array, labels: jax.Array, *, num_classes: int, mask: Optional[jax.Array] = None,
     block_rows: int = 256,
@@ -149,7 +144,9 @@ def batch_moments(
     block in a loop that stops at the last used block: at most (B + C·R)·D²
     multiply-adds and O(C D²) extra memory. Jittable; no value checks (see
     :func:`update_moments`): rows with an out-of-range label or weight <= 0 are ignored.
+    Compiled once per shape and (``num_classes``, ``block_rows``), both static.
     """
+    _check_batch("batch_moments", embeddings, labels, mask)
     dtype = embeddings.dtype
     w = jnp.ones(labels.shape, dtype) if mask is None else mask.astype(dtype)
     valid = (labels >= 0) & (labels < num_classes) & (w > 0)  # out-of-range labels contribute nothing
@@ -182,6 +179,7 @@ def update_moments(
     moments: ClassMoments,
     embeddings: jax.Array,
     labels: jax.Array,
+    *,
     mask: Optional[jax.Array] = None,
 ) -> ClassMoments:
     """Add a batch: per-class batch moments (class-pure blocks, B·D² work), then ``merge_moments``.
@@ -194,35 +192,40 @@ def update_moments(
 
     Jittable. For a batch sharded over a mesh, compute each device's batch moments
     inside ``shard_map`` and combine them with :func:`all_reduce_moments` (as
-    ``lelp_jax.teacher.accumulate_moments`` does). Labels out of ``[0, C)`` are
-    rejected for concrete inputs; inside jit they contribute nothing.
+    ``lelp_jax.teacher.accumulate_moments`` does). Labels of weighted rows out of
+    ``[0, C)`` raise ``ValueError`` for concrete inputs and under
+    :func:`lelp_jax.checked`; inside plain jit they contribute nothing.
     """
+    fn = "update_moments"
     c, d = moments.mean.shape
-    if embeddings.ndim != 2 or embeddings.shape[1] != d:
-        raise ValueError(
-            f"update_moments: embeddings must be (B, {d}), got {embeddings.shape}; the moments were "
-            f"initialised with dim={d}."
-        )
-    if labels.shape != embeddings.shape[:1]:
-        raise ValueError(
-            f"update_moments: labels must be ({embeddings.shape[0]},), got {labels.shape}; pass one "
-            "int label per embedding row."
-        )
-    if mask is not None and mask.shape != labels.shape:
-        raise ValueError(
-            f"update_moments: mask must be ({labels.shape[0]},), got {mask.shape}; pass one weight per row."
-        )
-    lab = _host_value(labels)
+    _check_batch(fn, embeddings, labels, mask)
+    if embeddings.shape[1] != d:
+        raise ValueError(f"{fn}: embeddings must be (B, {d}), got {embeddings.shape}; the moments were "
+                         f"initialised with dim={d}.")
+    lab = host_value(labels)
     if lab is not None:
-        weights = None if mask is None else _host_value(mask)
+        weights = None if mask is None else host_value(mask)
         valid = lab if weights is None else lab[weights != 0]
         if valid.size and (valid.min() < 0 or valid.max() >= c):
             raise ValueError(
-                f"update_moments: labels must lie in [0, {c}), got range [{valid.min()}, {valid.max()}]; "
+                f"{fn}: labels must lie in [0, {c}), got range [{valid.min()}, {valid.max()}]; "
                 "fix the labels or init_moments(num_classes=...)."
             )
+    weighted = (lambda: labels) if mask is None else (lambda: jnp.where(mask != 0, labels, 0))
+    check((labels, mask), lambda: (weighted() >= 0) & (weighted() < c),
+          f"{fn}: labels must lie in [0, {c}); fix the labels or init_moments(num_classes=...).")
     batch = batch_moments(embeddings.astype(moments.mean.dtype), labels, num_classes=c, mask=mask)
     return merge_moments(moments, batch)
+
+
+def _check_batch(fn: str, embeddings, labels, mask) -> None:
+    """Ranks and matching lengths of a batch: ``embeddings (B, D)``, ``labels (B,)``, ``mask (B,)``."""
+    require_rank(embeddings, 2, fn, "embeddings", "(B, D)")
+    if labels.shape != embeddings.shape[:1]:
+        raise ValueError(f"{fn}: labels must be ({embeddings.shape[0]},), got {labels.shape}; pass one "
+                         "int label per embedding row.")
+    if mask is not None and mask.shape != labels.shape:
+        raise ValueError(f"{fn}: mask must be ({labels.shape[0]},), got {mask.shape}; pass one weight per row.")
 
 
 def all_reduce_moments(moments: ClassMoments, axis_name) -> ClassMoments:
@@ -241,7 +244,8 @@ def all_reduce_moments(moments: ClassMoments, axis_name) -> ClassMoments:
     return ClassMoments(count=n, mean=mean, m2=jax.lax.psum(local, axis_name))
 
 
-def covariance(moments: ClassMoments, ddof: int = 0) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("ddof",))
+def covariance(moments: ClassMoments, *, ddof: int = 0) -> jax.Array:
     """Per-class covariance ``Sigma_c = M2_c / (n_c - ddof)``, shape ``(C, D, D)``.
 
     ``ddof=0`` is the population covariance (maximum likelihood), ``ddof=1`` the

@@ -97,6 +97,7 @@ def _fit(key, coords, labels, num_classes, num_subclasses, num_iters) -> KMeansF
     return KMeansFit(centroids=centroids, scale=scale, inertia=inertia, count=count, score_std=score_std)
 
 
+@functools.partial(jax.jit, static_argnames=("standardize",))
 def subspace_kmeans_scores(embeddings: jax.Array, fit: SubspaceKMeans, *, standardize: bool = True) -> jax.Array:
     """Subclass scores ``z (B, C, S)``: ``2 y_c(h).m_{c,s} - ||m_{c,s}||^2``, over sigma_c when ``standardize``
     (module docstring); the softmax over s equals that of ``-||y_c(h) - m_{c,s}||^2 / sigma_c``."""

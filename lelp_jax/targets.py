@@ -15,12 +15,14 @@ prediction is log q_c = logsumexp_s log q_{c,s}.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lelp_jax.projections import Projections
-from lelp_jax.statistics import _host_value
+from lelp_jax.validation import check, host_value, require_rank
 
 __all__ = ["subclass_targets", "projection_scores", "split_targets", "class_log_probs"]
 
@@ -28,15 +30,19 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _check_positive(name: str, value, fn: str) -> None:
-    v = _host_value(value)
+    v = host_value(value)
     if v is not None and not np.all(np.asarray(v, np.float64) > 0):
         raise ValueError(f"{fn}: {name} must be > 0, got {value!r}; it is a temperature (try 1.0).")
+    check(value, lambda: jnp.asarray(value) > 0,
+          f"{fn}: {name} must be > 0, got {{value}}; it is a temperature (try 1.0).", value=value)
 
 
 def _check_finite(name: str, x, fn: str) -> None:
-    v = _host_value(x)
+    message = f"{fn}: {name} contains NaN or inf; check the teacher outputs for this batch."
+    v = host_value(x)
     if v is not None and not np.all(np.isfinite(v)):
-        raise ValueError(f"{fn}: {name} contains NaN or inf; check the teacher outputs for this batch.")
+        raise ValueError(message)
+    check(x, lambda: jnp.isfinite(x), message)
 
 
 def split_targets(class_probs: jax.Array, subclass_scores: jax.Array, *, beta) -> jax.Array:
@@ -52,6 +58,7 @@ def split_targets(class_probs: jax.Array, subclass_scores: jax.Array, *, beta) -
       ``(B, C*S)`` targets, class-major (index c*S + s); rows sum to sum_c p_c.
     """
     _check_positive("beta", beta, "split_targets")
+    require_rank(class_probs, 2, "split_targets", "class_probs", "(B, C)")
     if subclass_scores.ndim != 3 or subclass_scores.shape[:2] != class_probs.shape:
         raise ValueError(
             f"split_targets: subclass_scores must be (B, C, S) with (B, C) = {class_probs.shape}, got "
@@ -65,6 +72,12 @@ def split_targets(class_probs: jax.Array, subclass_scores: jax.Array, *, beta) -
         beta = beta[None, :, None]
     elif beta.ndim != 0:
         raise ValueError(f"split_targets: beta must be a scalar or (C,), got shape {beta.shape}.")
+    return _split(class_probs, subclass_scores, beta)
+
+
+@jax.jit
+def _split(class_probs, subclass_scores, beta):
+    b, c, s = subclass_scores.shape
     split = jax.nn.softmax(subclass_scores / beta, axis=-1)
     return (class_probs[:, :, None] * split).reshape(b, c * s)
 
@@ -80,11 +93,17 @@ def projection_scores(projections: Projections, embeddings: jax.Array, *, standa
     float32 (bf16 embeddings are upcast: centring cancels the large class means).
     """
     fn = "projection_scores"
+    require_rank(projections.directions, 3, fn, "projections.directions", "(C, D, S) (vmap over stacked fits)")
     c, d, s = projections.directions.shape
     if embeddings.ndim != 2 or embeddings.shape[1] != d:
         raise ValueError(f"{fn}: embeddings must be (B, {d}) to match the projections (D={d}), got "
                          f"{embeddings.shape}; pass the teacher embeddings the projections were fitted on.")
     _check_finite("embeddings", embeddings, fn)
+    return _scores(projections, embeddings, standardize=bool(standardize))
+
+
+@functools.partial(jax.jit, static_argnames=("standardize",))
+def _scores(projections: Projections, embeddings: jax.Array, *, standardize: bool) -> jax.Array:
     dtype = jnp.promote_types(jnp.promote_types(embeddings.dtype, jnp.float32), projections.directions.dtype)
     centred = embeddings.astype(dtype)[:, None, :] - projections.means.astype(dtype)[None]  # (B, C, D)
     z = jnp.einsum("bcd,cds->bcs", centred, projections.directions.astype(dtype), precision=_HIGHEST)
@@ -108,13 +127,15 @@ def subclass_targets(
     z from :func:`projection_scores` (``standardize`` divides by each direction's std,
     which makes ``beta`` comparable across teachers); ``beta`` is a scalar or ``(C,)``
     (``projections.betas`` when calibrated to a target entropy).
-    Shapes are checked always; values (beta, tau > 0, finite embeddings) only for
-    concrete inputs, not under jit.
+    Shapes are checked always; values (beta, tau > 0, finite embeddings and logits) for
+    concrete inputs, and under jit when checkified (:func:`lelp_jax.checked`).
+    ``standardize`` is static; the rest may be traced (beta and tau without recompiling).
     """
     fn = "subclass_targets"
     _check_positive("beta", beta, fn)
     _check_positive("tau", tau, fn)
-    c = projections.directions.shape[0]
+    c = projections.num_classes
+    require_rank(embeddings, 2, fn, "embeddings", "(B, D)")
     if teacher_logits.shape != (embeddings.shape[0], c):
         raise ValueError(f"{fn}: teacher_logits must be ({embeddings.shape[0]}, {c}) to match the embeddings "
                          f"and the projections (C={c}), got {teacher_logits.shape}.")
@@ -125,11 +146,13 @@ def subclass_targets(
     return split_targets(probs, z.astype(dtype), beta=beta)
 
 
+@functools.partial(jax.jit, static_argnames=("num_classes",))
 def class_log_probs(student_logits: jax.Array, *, num_classes: int) -> jax.Array:
     """Class log-probabilities of a C*S-way student: ``log q_c = logsumexp_s log_softmax(r)_{c,s}``.
 
-    ``student_logits`` is ``(B, C*S)`` class-major; returns ``(B, C)``.
+    ``student_logits`` is ``(B, C*S)`` class-major; returns ``(B, C)``. ``num_classes`` is static.
     """
+    require_rank(student_logits, 2, "class_log_probs", "student_logits", "(B, C*S)")
     b, k = student_logits.shape
     if num_classes < 1 or k % num_classes:
         raise ValueError(f"class_log_probs: {k} student logits are not a multiple of num_classes="

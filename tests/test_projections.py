@@ -161,7 +161,7 @@ def test_save_load_round_trip(tmp_path, rng):
     assert (back.num_subclasses, back.null_space, back.rotate, back.seed, back.directions_kind) == (
         2, True, True, 5, "pca")
     assert back.settings == {"beta": 1.0, "tau": 2.0, "fit_labels": "true", "teacher": "mlp"}
-    # Same pytree structure: usable where the original was (jit cache key includes the metadata).
+    # Same pytree structure: usable where the original was.
     assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(proj)
     bad = proj.replace(settings={"fn": object()})
     with pytest.raises(ValueError, match="JSON-serialisable"):
@@ -178,7 +178,8 @@ def test_projections_is_a_jittable_pytree(rng):
     np.testing.assert_allclose(out, ref, atol=1e-4)
     same = jax.tree_util.tree_map(lambda a: a, proj)
     assert same.settings == {"beta": 1.0} and f(same, h[:4]).shape == (4, 2, 2)
-    assert len(jax.tree_util.tree_leaves(proj)) == 5
+    # The arrays and the seed are the leaves; the provenance (flags, settings) is not.
+    assert len(jax.tree_util.tree_leaves(proj)) == 6 and int(proj.seed) == 0
 
 
 def test_validation_errors(rng):

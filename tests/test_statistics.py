@@ -41,7 +41,7 @@ def stream(h, y, c, batch, mask_last=True):
         mask = np.concatenate([np.ones(len(hb)), np.zeros(pad)]).astype(np.float32)
         hb = np.concatenate([hb, np.full((pad, h.shape[1]), 1e6, np.float32)])  # garbage in padding
         yb = np.concatenate([yb, np.zeros(pad, np.int32)])
-        m = step(m, hb, yb, mask)
+        m = step(m, hb, yb, mask=mask)
     return m
 
 
@@ -83,7 +83,7 @@ def test_empty_class_is_zero_and_mask_drops_rows(rng):
     y = np.zeros(20, np.int32)
     mask = (rng.random(20) < 0.5).astype(np.float32)
     mask[0] = 1.0
-    m = lj.update_moments(lj.init_moments(2, 4), h, y, mask)
+    m = lj.update_moments(lj.init_moments(2, 4), h, y, mask=mask)
     keep = mask > 0
     assert float(m.count[1]) == 0.0
     np.testing.assert_array_equal(np.asarray(lj.covariance(m, ddof=1)[1]), 0.0)
@@ -116,13 +116,13 @@ def test_shard_map_all_reduce_gives_single_device_result(rng):
     mask = (rng.random(len(h)) < 0.9).astype(np.float32)
 
     def local(hb, yb, mb):
-        part = lj.update_moments(lj.init_moments(3, 5), hb, yb, mb)
+        part = lj.update_moments(lj.init_moments(3, 5), hb, yb, mask=mb)
         return lj.all_reduce_moments(part, "data")
 
     f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data"), P("data")),
                               out_specs=P()))
     reduced = f(h, y, mask)
-    single = lj.update_moments(lj.init_moments(3, 5), h, y, mask)
+    single = lj.update_moments(lj.init_moments(3, 5), h, y, mask=mask)
     np.testing.assert_array_equal(np.asarray(reduced.count), np.asarray(single.count))
     assert rel(reduced.mean, single.mean) <= 1e-6
     assert rel(reduced.m2, single.m2) <= 1e-4

@@ -122,7 +122,8 @@ class Projections:
         if values is None:
             raise AttributeError(
                 f"Projections.{name} is provenance, kept beside the pytree so that it never splits a jit "
-                "cache; it is not available inside jit/vmap/shard_map: read it outside the transformation.")
+                "cache; it is not available inside jit/vmap/shard_map (nor on projections a transformation "
+                "returns): read it outside, from the projections passed in.")
         return values[name]
 
     directions = property(lambda self: self._directions)

@@ -58,6 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from lelp_jax.validation import require_host
+
 __all__ = [
     "KMeansFit",
     "squared_distances",
@@ -308,6 +310,7 @@ def oracle_slots(labels: np.ndarray, fine_labels: np.ndarray, *, num_classes: in
     take no share of the class at prediction. Fine labels never seen map to slot 0 with
     ``class_of_fine = -1``.
     """
+    require_host("oracle_slots", labels, fine_labels)
     labels = np.asarray(labels).astype(np.int64).ravel()
     fine = np.asarray(fine_labels).astype(np.int64).ravel()
     if labels.shape != fine.shape:
@@ -379,6 +382,7 @@ def fit_agglomerative_centroids(
     """
     from sklearn.cluster import AgglomerativeClustering
 
+    require_host("fit_agglomerative_centroids", embeddings, labels)
     x = np.asarray(embeddings, np.float64)
     y = np.asarray(labels).ravel()
     rng = np.random.default_rng(seed)

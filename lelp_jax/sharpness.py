@@ -23,6 +23,8 @@ from typing import Optional
 
 import numpy as np
 
+from lelp_jax.validation import require_host
+
 __all__ = ["normalized_entropy", "calibrate_betas", "split_diagnostics", "normalized_mutual_info"]
 
 _BISECTION_STEPS = 60
@@ -36,6 +38,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 def normalized_entropy(split: np.ndarray) -> np.ndarray:
     """``H(p) / log S`` of each row of ``split (..., S)`` (probabilities over S); 0 when S = 1."""
+    require_host("normalized_entropy", split)
     p = np.asarray(split, np.float64)
     s = p.shape[-1]
     if s == 1:
@@ -63,6 +66,7 @@ def calibrate_betas(scores: np.ndarray, labels: np.ndarray, *, target_entropy: f
     Raises ValueError for a target outside (0, 1), a class without rows, or a class whose
     scores cannot reach the target (all scores of a row tied, e.g. duplicate centroids).
     """
+    require_host("calibrate_betas", scores, labels)
     z = np.asarray(scores, np.float64)
     y = np.asarray(labels).ravel()
     if z.ndim != 3 or y.shape != z.shape[:1]:
@@ -105,6 +109,7 @@ def calibrate_betas(scores: np.ndarray, labels: np.ndarray, *, target_entropy: f
 def normalized_mutual_info(a: np.ndarray, b: np.ndarray) -> float:
     """NMI of two labelings, ``I(a; b) / mean(H(a), H(b))`` (scikit-learn's default 'arithmetic');
     1.0 when both are constant, 0.0 when only one is."""
+    require_host("normalized_mutual_info", a, b)
     a = np.unique(np.asarray(a).ravel(), return_inverse=True)[1]
     b = np.unique(np.asarray(b).ravel(), return_inverse=True)[1]
     if a.shape != b.shape:
@@ -135,6 +140,7 @@ def split_diagnostics(split: np.ndarray, labels: np.ndarray, fine_labels: Option
     ``H(split_{y,.}) / log S`` and ``max_s split_{y,s}``, and the NMI between
     ``y * S + argmax_s split_{y,s}`` and the fine label (None without fine labels).
     """
+    require_host("split_diagnostics", split, labels, fine_labels)
     q = np.asarray(split, np.float64)
     y = np.asarray(labels).ravel().astype(np.int64)
     if q.ndim != 3 or y.shape != q.shape[:1]:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-__all__ = ["host_value", "is_traced", "check", "checked", "require_rank"]
+__all__ = ["host_value", "is_traced", "check", "checked", "require_rank", "require_host"]
 
 
 def is_traced(x) -> bool:
@@ -62,6 +62,13 @@ def require_rank(x, ndim: int, fn: str, name: str, shape: str) -> None:
     if np.ndim(x) != ndim:
         raise ValueError(f"{fn}: {name} must be {ndim}-D {shape}, got shape {tuple(np.shape(x))}; "
                          f"pass one row per example (reshape or vmap over extra axes).")
+
+
+def require_host(fn: str, *arrays: Any) -> None:
+    """Raise ``ValueError`` when a host-side (NumPy) function gets traced arrays."""
+    if any(is_traced(leaf) for leaf in jax.tree.leaves(arrays)):
+        raise ValueError(f"{fn} runs on the host (NumPy, float64) and needs concrete arrays; call it "
+                         "outside jit/vmap/shard_map (e.g. on the fit set's scores once, before training).")
 
 
 def checked(fn: Callable, *, errors=checkify.user_checks) -> Callable:

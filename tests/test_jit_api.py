@@ -307,3 +307,23 @@ def test_api_md_python_blocks_run():
     assert blocks, "docs/API.md lost its python examples"
     for block in blocks:
         exec(compile(block, str(doc), "exec"), {})
+
+
+def test_host_side_functions_refuse_tracers_clearly(rng):
+    from lelp_jax import sharpness
+
+    z = rng.standard_normal((20, 2, 3)).astype(np.float32)
+    y = (np.arange(20) % 2).astype(np.int32)
+    with pytest.raises(ValueError, match="calibrate_betas runs on the host"):
+        jax.jit(lambda s: jnp.asarray(sharpness.calibrate_betas(s, y, target_entropy=0.5)))(z)
+    with pytest.raises(ValueError, match="split_diagnostics runs on the host"):
+        jax.jit(lambda s: sharpness.split_diagnostics(s, y)["split_entropy"])(z)
+    with pytest.raises(ValueError, match="oracle_slots runs on the host"):
+        jax.jit(lambda f: clustering.oracle_slots(y, f, num_classes=2, num_fine=4).slot_mask)(y)
+    # Eagerly the same call works: betas reach the target entropy (float64 reference).
+    betas = sharpness.calibrate_betas(z, y, target_entropy=0.5)
+    for c in range(2):
+        zc = z[y == c, c].astype(np.float64)
+        split = np.exp(_np_log_softmax(zc / betas[c]))
+        ent = -(split * np.log(split)).sum(-1).mean() / np.log(3)
+        np.testing.assert_allclose(ent, 0.5, atol=2e-4)

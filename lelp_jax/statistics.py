@@ -211,9 +211,12 @@ def update_moments(
                 f"{fn}: labels must lie in [0, {c}), got range [{valid.min()}, {valid.max()}]; "
                 "fix the labels or init_moments(num_classes=...)."
             )
-    weighted = (lambda: labels) if mask is None else (lambda: jnp.where(mask != 0, labels, 0))
-    check((labels, mask), lambda: (weighted() >= 0) & (weighted() < c),
-          f"{fn}: labels must lie in [0, {c}); fix the labels or init_moments(num_classes=...).")
+    def in_range():  # the labels of weighted rows
+        lab = labels if mask is None else jnp.where(mask != 0, labels, 0)
+        return (lab >= 0) & (lab < c)
+
+    check((labels, mask), in_range, f"{fn}: labels must lie in [0, {c}); fix the labels or "
+          "init_moments(num_classes=...).")
     batch = batch_moments(embeddings.astype(moments.mean.dtype), labels, num_classes=c, mask=mask)
     return merge_moments(moments, batch)
 

@@ -5,7 +5,8 @@ padding rows of a last partial batch) and averages over real rows (or real pairs
 triplets) only. Pure jax.numpy, jittable, no parameters of its own: trainable
 adapters are passed in as arrays. Batch-relational losses (RKD, the Subclass-
 Distillation auxiliary loss) are written on the global batch; under ``jit`` with a
-sharded batch XLA inserts the cross-device communication.
+sharded batch XLA inserts the cross-device communication. The per-example FitNet loss
+also takes ``reduction`` ('mean', 'sum', 'none'), as in :mod:`lelp_jax.losses`.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Mapping, Optional
 import jax
 import jax.numpy as jnp
 
+from lelp_jax.losses import REDUCTIONS
 from lelp_jax.validation import check, host_value
 
 __all__ = [
@@ -47,6 +49,7 @@ def fitnet_loss(
     adapter: Mapping[str, jax.Array],
     *,
     mask: Optional[jax.Array] = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """FitNet hint loss through a trainable linear adapter (regressor).
 
@@ -67,9 +70,15 @@ def fitnet_loss(
             f"fitnet_loss: adapter kernel must be ({student_embedding.shape[1]}, {teacher_embedding.shape[1]}) "
             f"and bias ({teacher_embedding.shape[1]},), got {kernel.shape} and {bias.shape}."
         )
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"fitnet_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}.")
     m = _mask(mask, student_embedding.shape[0])
     pred = jnp.matmul(student_embedding.astype(jnp.float32), kernel, precision=_HIGHEST) + bias
     err = jnp.mean((pred - jax.lax.stop_gradient(teacher_embedding.astype(jnp.float32))) ** 2, axis=-1)
+    if reduction == "none":
+        return m * err
+    if reduction == "sum":
+        return jnp.sum(m * err)
     return jnp.sum(m * err) / jnp.maximum(jnp.sum(m), 1.0)
 
 

@@ -94,7 +94,7 @@ def test_traced_alpha_without_labels_raises(rng):
     np.testing.assert_allclose(float(jax.jit(lj.lelp_loss)(r, t)), soft, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["soft", "ce", "kd", "lelp"])
+@pytest.mark.parametrize("name", ["soft", "ce", "kd", "lelp", "fitnet"])
 def test_reduction_sum_under_shard_map_equals_global_sum(rng, name):
     mesh = Mesh(np.array(jax.devices()), ("data",))
     k, per, c, s = len(jax.devices()), 3, 2, 2
@@ -105,6 +105,8 @@ def test_reduction_sum_under_shard_map_equals_global_sum(rng, name):
     mask = (rng.random(b) < 0.6).astype(np.float32)
     mask[-per:] = 0.0  # one shard all padding, others uneven: a pmean of means would be wrong
     mask[0] = 1.0
+    adapter = {"kernel": rng.standard_normal((c * s, c * s)).astype(np.float32),
+               "bias": rng.standard_normal(c * s).astype(np.float32)}
 
     def loss(rb, tb, yb, mb, reduction):
         if name == "soft":
@@ -113,6 +115,8 @@ def test_reduction_sum_under_shard_map_equals_global_sum(rng, name):
             return lj.cross_entropy(rb, yb * s, mask=mb, reduction=reduction)
         if name == "kd":
             return lj.kd_loss(rb, tb * 3.0, tau=2.0, labels=yb, alpha=0.25, mask=mb, reduction=reduction)
+        if name == "fitnet":
+            return feature_losses.fitnet_loss(rb, tb, adapter, mask=mb, reduction=reduction)
         return lj.lelp_loss(rb, tb, labels=yb, alpha=0.25, num_classes=c, mask=mb, reduction=reduction)
 
     def local(rb, tb, yb, mb):
@@ -126,6 +130,9 @@ def test_reduction_sum_under_shard_map_equals_global_sum(rng, name):
         per_ex = -(t * logq).sum(-1)
     elif name == "ce":
         per_ex = -logq[np.arange(b), y * s]
+    elif name == "fitnet":
+        pred = r.astype(np.float64) @ adapter["kernel"].astype(np.float64) + adapter["bias"]
+        per_ex = ((pred - t) ** 2).mean(-1)
     elif name == "kd":
         pt = np.exp(_np_log_softmax(np.asarray(t, np.float64) * 3.0 / 2.0))
         per_ex = 0.75 * 4.0 * -(pt * _np_log_softmax(r / 2.0)).sum(-1) + 0.25 * -logq[np.arange(b), y]

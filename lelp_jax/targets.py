@@ -57,27 +57,31 @@ def split_targets(class_probs: jax.Array, subclass_scores: jax.Array, *, beta) -
     Returns:
       ``(B, C*S)`` targets, class-major (index c*S + s); rows sum to sum_c p_c.
     """
-    _check_positive("beta", beta, "split_targets")
-    require_rank(class_probs, 2, "split_targets", "class_probs", "(B, C)")
+    fn = "split_targets"
+    require_rank(class_probs, 2, fn, "class_probs", "(B, C)")
     if subclass_scores.ndim != 3 or subclass_scores.shape[:2] != class_probs.shape:
         raise ValueError(
-            f"split_targets: subclass_scores must be (B, C, S) with (B, C) = {class_probs.shape}, got "
+            f"{fn}: subclass_scores must be (B, C, S) with (B, C) = {class_probs.shape}, got "
             f"{subclass_scores.shape}; compute one score per class and subclass."
         )
-    b, c, s = subclass_scores.shape
-    beta = jnp.asarray(beta, subclass_scores.dtype)
-    if beta.ndim == 1:
-        if beta.shape != (c,):
-            raise ValueError(f"split_targets: per-class beta must be ({c},) for C={c} classes, got {beta.shape}.")
-        beta = beta[None, :, None]
-    elif beta.ndim != 0:
-        raise ValueError(f"split_targets: beta must be a scalar or (C,), got shape {beta.shape}.")
+    _check_beta(beta, class_probs.shape[1], fn)
     return _split(class_probs, subclass_scores, beta)
+
+
+def _check_beta(beta, c: int, fn: str) -> None:
+    _check_positive("beta", beta, fn)
+    if np.ndim(beta) == 1 and np.shape(beta) != (c,):
+        raise ValueError(f"{fn}: per-class beta must be ({c},) for C={c} classes, got {np.shape(beta)}.")
+    if np.ndim(beta) > 1:
+        raise ValueError(f"{fn}: beta must be a scalar or (C,), got shape {np.shape(beta)}.")
 
 
 @jax.jit
 def _split(class_probs, subclass_scores, beta):
     b, c, s = subclass_scores.shape
+    beta = jnp.asarray(beta, subclass_scores.dtype)
+    if beta.ndim == 1:
+        beta = beta[None, :, None]
     split = jax.nn.softmax(subclass_scores / beta, axis=-1)
     return (class_probs[:, :, None] * split).reshape(b, c * s)
 
@@ -92,14 +96,18 @@ def projection_scores(projections: Projections, embeddings: jax.Array, *, standa
     direction on every teacher (scales of 0 are left undivided). Computed in at least
     float32 (bf16 embeddings are upcast: centring cancels the large class means).
     """
-    fn = "projection_scores"
+    _check_embeddings(projections, embeddings, "projection_scores")
+    return _scores(projections, embeddings, standardize=bool(standardize))
+
+
+def _check_embeddings(projections: Projections, embeddings, fn: str) -> None:
     require_rank(projections.directions, 3, fn, "projections.directions", "(C, D, S) (vmap over stacked fits)")
-    c, d, s = projections.directions.shape
-    if embeddings.ndim != 2 or embeddings.shape[1] != d:
+    require_rank(embeddings, 2, fn, "embeddings", "(B, D)")
+    d = projections.dim
+    if embeddings.shape[1] != d:
         raise ValueError(f"{fn}: embeddings must be (B, {d}) to match the projections (D={d}), got "
                          f"{embeddings.shape}; pass the teacher embeddings the projections were fitted on.")
     _check_finite("embeddings", embeddings, fn)
-    return _scores(projections, embeddings, standardize=bool(standardize))
 
 
 @functools.partial(jax.jit, static_argnames=("standardize",))
@@ -132,18 +140,23 @@ def subclass_targets(
     ``standardize`` is static; the rest may be traced (beta and tau without recompiling).
     """
     fn = "subclass_targets"
-    _check_positive("beta", beta, fn)
-    _check_positive("tau", tau, fn)
     c = projections.num_classes
-    require_rank(embeddings, 2, fn, "embeddings", "(B, D)")
+    _check_beta(beta, c, fn)
+    _check_positive("tau", tau, fn)
+    _check_embeddings(projections, embeddings, fn)
     if teacher_logits.shape != (embeddings.shape[0], c):
         raise ValueError(f"{fn}: teacher_logits must be ({embeddings.shape[0]}, {c}) to match the embeddings "
                          f"and the projections (C={c}), got {teacher_logits.shape}.")
     _check_finite("teacher_logits", teacher_logits, fn)
-    z = projection_scores(projections, embeddings, standardize=standardize)
+    return _targets(projections, embeddings, teacher_logits, beta, tau, standardize=bool(standardize))
+
+
+@functools.partial(jax.jit, static_argnames=("standardize",))
+def _targets(projections, embeddings, teacher_logits, beta, tau, *, standardize):
+    z = _scores(projections, embeddings, standardize=standardize)
     dtype = jnp.promote_types(z.dtype, teacher_logits.dtype)
     probs = jax.nn.softmax(teacher_logits.astype(dtype) / tau, axis=-1)
-    return split_targets(probs, z.astype(dtype), beta=beta)
+    return _split(probs, z.astype(dtype), beta)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))

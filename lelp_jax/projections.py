@@ -86,7 +86,7 @@ class Projections:
     free ``settings`` dict (beta, tau, label source, teacher identity, ...) filled by the
     caller (JSON-serialisable values keep ``save_projections`` working). It rides beside
     the pytree: projections of different seeds or settings share one jit compilation and
-    stack with ``jax.tree.map(jnp.stack, a, b)`` (the result keeps ``a``'s provenance and
+    stack with ``jax.tree.map(lambda *xs: jnp.stack(xs), a, b)`` (keeping ``a``'s provenance and
     both seeds); inside a transformation it is not available (reading it raises).
     """
 

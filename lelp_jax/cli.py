@@ -17,16 +17,19 @@ traceback (``--debug`` shows it).
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from lelp_jax.config import ConfigError, load_config
+from lelp_jax import kfold, pipeline, report, sharding, sweep
+from lelp_jax.config import config_to_dict, load_config
+from lelp_jax.errors import ConfigError
+from lelp_jax.overrides import override_dict, split_overrides
+from lelp_jax.sharding import enable_compilation_cache
 
-__all__ = ["main", "COMMANDS", "STAGE_COMMANDS", "split_overrides", "build_parser"]
+__all__ = ["main", "COMMANDS", "STAGE_COMMANDS", "split_overrides", "build_parser", "enable_compilation_cache"]
 
 # Subcommand -> the pipeline stages it runs, in order (prerequisites included; done ones skip).
 STAGE_COMMANDS: dict[str, tuple[str, ...]] = {
@@ -48,31 +51,6 @@ _STAGE_HELP = {
     "distill": "train students: one run per method x seed under WORKDIR/runs/",
     "eval": "collect finished runs into WORKDIR/results.json",
 }
-
-
-def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate overrides from the other arguments.
-
-    Forms: ``--config.a.b=V``, ``--config.a.b V``, and a bare ``--config.a.b``
-    (followed by another option or nothing) meaning ``true``, as absl does for bools.
-    """
-    rest, overrides = [], []
-    i = 0
-    argv = list(argv)
-    while i < len(argv):
-        token = argv[i]
-        if token.startswith("--config."):
-            if "=" in token:
-                overrides.append(token)
-            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                overrides.append(f"{token}={argv[i + 1]}")
-                i += 1
-            else:
-                overrides.append(f"{token}=true")
-        else:
-            rest.append(token)
-        i += 1
-    return rest, overrides
 
 
 def _stage_parser(name: str) -> argparse.ArgumentParser:
@@ -105,19 +83,6 @@ def _load(args: argparse.Namespace, overrides: list[str]):
     return load_config(args.config, overrides, methods=args.methods, seeds=args.seeds)
 
 
-def _override_dict(config, overrides: Sequence[str]) -> dict[str, Any]:
-    """The user's overrides as {dotted key: resolved value} (recorded in each run's result)."""
-    from lelp_jax.config import parse_overrides
-
-    out = {}
-    for key, _ in parse_overrides(overrides):
-        node = config
-        for part in key.split("."):
-            node = node[part]
-        out[key] = list(node) if isinstance(node, tuple) else node
-    return out
-
-
 def _print(quiet: bool) -> Callable[[str], None]:
     def log(msg: str) -> None:
         if quiet:
@@ -130,41 +95,14 @@ def _print(quiet: bool) -> Callable[[str], None]:
     return log
 
 
-def enable_compilation_cache() -> str | None:
-    """Turn on JAX's persistent compilation cache; returns its folder (None: off).
-
-    Folder: ``$LELP_JAX_CACHE_DIR`` (``off`` or empty disables it), default
-    ``~/.cache/lelp_jax/jax``; a cache configured through JAX's own
-    ``JAX_COMPILATION_CACHE_DIR`` is left alone. Every program is cached (no
-    minimum compile time): a rerun or a resumed run skips compilation, which on a
-    CPU is most of a small experiment's time (the digits smoke run: 46 s -> 12 s).
-    """
-    import jax
-
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return os.environ["JAX_COMPILATION_CACHE_DIR"]
-    folder = os.environ.get("LELP_JAX_CACHE_DIR", os.path.join("~", ".cache", "lelp_jax", "jax"))
-    if not folder or folder.lower() == "off":
-        return None
-    folder = os.path.expanduser(folder)
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return folder
-
-
 def _run_stages(name: str, argv: Sequence[str]) -> int:
     rest, overrides = split_overrides(argv)
     args = _stage_parser(name).parse_args(rest)
     quiet_library_warnings(args.verbose)
     # Everything that can fail on user input is checked before JAX starts or the workdir changes.
     config = _load(args, overrides)
-    from lelp_jax import pipeline
-
     if not args.force:
         pipeline.check_workdir(config, args.workdir)
-    from lelp_jax import sharding
-
     sharding.initialize_distributed(config.distributed)
     env = pipeline.Env(config)  # what preflight loads (data, a precomputed teacher) serves the stages too
     pipeline.preflight(config, args.workdir, force=args.force, env=env)
@@ -176,7 +114,7 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
         args.workdir,
         stages=STAGE_COMMANDS[name],
         force=args.force,
-        overrides=_override_dict(config, overrides),
+        overrides=override_dict(config, overrides),
         log=log,
         env=env,
     )
@@ -188,23 +126,13 @@ def _cmd_config(argv: Sequence[str]) -> int:
     rest, overrides = split_overrides(argv)
     args = _stage_parser("config").parse_args(rest)
     config = _load(args, overrides)
-    import json
-
-    from lelp_jax.config import config_to_dict
-
     print(json.dumps(config_to_dict(config), indent=2))
     return 0
 
 
-def _delegate(module: str, what: str) -> Callable[[Sequence[str]], int]:
+def _main_of(module) -> Callable[[Sequence[str]], int]:
     def run(argv: Sequence[str]) -> int:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            raise ConfigError(f"`lelp {what}` is not available in this installation ({module} is missing).") from None
-        rc = mod.main(list(argv))
+        rc = module.main(list(argv))
         return 0 if rc is None else int(rc)
 
     return run
@@ -213,9 +141,9 @@ def _delegate(module: str, what: str) -> Callable[[Sequence[str]], int]:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     **{name: (lambda argv, _n=name: _run_stages(_n, argv)) for name in STAGE_COMMANDS},
     "config": _cmd_config,
-    "report": _delegate("lelp_jax.report", "report"),
-    "sweep": _delegate("lelp_jax.sweep", "sweep"),
-    "kfold": _delegate("lelp_jax.kfold", "kfold"),
+    "report": _main_of(report),
+    "sweep": _main_of(sweep),
+    "kfold": _main_of(kfold),
 }
 
 _COMMAND_HELP = {

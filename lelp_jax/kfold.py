@@ -34,9 +34,11 @@ import ml_collections
 import numpy as np
 
 from lelp_jax import atomic, pipeline, sweep
-from lelp_jax.config import ConfigError, apply_overrides, load_config, validate_config
+from lelp_jax.config import load_config, validate_config
 from lelp_jax.data import load_split
 from lelp_jax.data.splits import data_config
+from lelp_jax.errors import ConfigError
+from lelp_jax.overrides import apply_overrides, split_overrides
 from lelp_jax.paired import paired_table
 from lelp_jax.pipeline import read_json
 
@@ -148,7 +150,6 @@ def table(pooled: Mapping[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``lelp kfold --config FILE --workdir DIR [--grid KEY=V1,V2] [--methods] [--seeds] [--pool-only]``."""
-    from lelp_jax.cli import split_overrides  # late: cli loads this module for `lelp kfold`
 
     rest, overrides = split_overrides(list(argv) if argv is not None else [])
     p = argparse.ArgumentParser(prog="lelp kfold", description="Run every fold of a k-fold config and pool them.")

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import optax
 
 from lelp_jax import clustering, feature_losses, losses, subclass_distillation, subspace_kmeans, targets
+from lelp_jax.schema import base_config
 
 __all__ = [
     "Method", "METHODS", "register_method", "get_method", "method_names",
@@ -125,8 +126,6 @@ _BASE = object()
 
 @functools.lru_cache(maxsize=1)
 def _base_config():
-    from lelp_jax.config import base_config
-
     return base_config()
 
 

@@ -41,7 +41,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lelp_jax.config import ConfigError
+from lelp_jax.errors import ConfigError
 from lelp_jax.teacher import TeacherCache
 
 __all__ = [

@@ -27,6 +27,7 @@ __all__ = [
     "MODEL_AXIS",
     "MIN_SHARD_SIZE",
     "initialize_distributed",
+    "enable_compilation_cache",
     "make_mesh",
     "model_axis_size",
     "batch_sharding",
@@ -68,6 +69,27 @@ def _cluster_detected() -> bool:
     if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return True
     return False
+
+
+def enable_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache; returns its folder (None: off).
+
+    Folder: ``$LELP_JAX_CACHE_DIR`` (``off`` or empty disables it), default
+    ``~/.cache/lelp_jax/jax``; a cache configured through JAX's own
+    ``JAX_COMPILATION_CACHE_DIR`` is left alone. Every program is cached (no
+    minimum compile time): a rerun or a resumed run skips compilation, which on a
+    CPU is most of a small experiment's time (the digits smoke run: 46 s -> 12 s).
+    """
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    folder = os.environ.get("LELP_JAX_CACHE_DIR", os.path.join("~", ".cache", "lelp_jax", "jax"))
+    if not folder or folder.lower() == "off":
+        return None
+    folder = os.path.expanduser(folder)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
 
 
 def initialize_distributed(cfg: Any = None) -> bool:

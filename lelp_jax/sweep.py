@@ -55,8 +55,12 @@ from typing import Any, Optional
 
 import ml_collections
 
-from lelp_jax import atomic
-from lelp_jax.config import ConfigError, apply_overrides, load_config, validate_config
+from lelp_jax import atomic, pipeline, sharding
+from lelp_jax.config import load_config, validate_config
+from lelp_jax.errors import ConfigError
+from lelp_jax.overrides import apply_overrides, get_value, split_overrides, split_values, strip_prefix
+from lelp_jax.paired import method_summary
+from lelp_jax.selection import choose
 
 __all__ = ["parse_grid", "parse_grids", "default_grids", "method_grids", "grid_points", "point_name",
            "point_config", "run_sweep", "main"]
@@ -70,14 +74,12 @@ def _parse_axis(spec: str, grid: dict[str, list[str]], where: str) -> None:
     if "=" not in spec:
         raise ConfigError(f"grid axis {spec!r}{where} has no values; write lelp.beta=0.5,1,2.")
     key, values = spec.split("=", 1)
-    key = key.strip()
-    for prefix in ("--config.", "config."):
-        key = key[len(prefix):] if key.startswith(prefix) else key
+    key = strip_prefix(key.strip())
     if not key:
         raise ConfigError(f"grid axis {spec!r}{where} has an empty key; write lelp.beta=0.5,1,2.")
     if key in grid:
         raise ConfigError(f"grid key {key!r}{where} is given twice; list all its values in one axis {key}=a,b,c.")
-    vals = _split_values(values)
+    vals = split_values(values)
     if not vals:
         raise ConfigError(f"grid axis {spec!r}{where} has no values; write {key}=a,b,c.")
     if len(set(vals)) != len(vals):
@@ -115,25 +117,6 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
     return shared
 
 
-def _split_values(text: str, sep: str = ",") -> list[str]:
-    """Split on ``sep`` outside brackets: ``1,2`` -> [1, 2]; ``[16],[16,16]`` -> ['[16]', '[16,16]'].
-
-    ``sep=" "`` splits on any whitespace (the axes of a ``selection.grids`` string)."""
-    out, depth, cur = [], 0, ""
-    for ch in text:
-        if ch in "[(":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        if depth == 0 and (ch == sep or (sep == " " and ch.isspace())):
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    out.append(cur.strip())
-    return [v for v in out if v]
-
-
 def default_grids(config: ml_collections.ConfigDict, methods: Sequence[str]) -> dict[str, dict[str, list[str]]]:
     """Each method's own axes from ``config.selection.grids.METHOD`` (absent or empty: no axes)."""
     grids = config.selection.grids
@@ -144,7 +127,7 @@ def default_grids(config: ml_collections.ConfigDict, methods: Sequence[str]) -> 
             raise ConfigError(f"selection.grids.{m} must be a string of KEY=V1,V2 axes separated by spaces, "
                               f"got {text!r}.")
         axes: dict[str, list[str]] = {}
-        for spec in _split_values(text, " "):
+        for spec in split_values(text, " "):
             _parse_axis(spec, axes, f" (selection.grids.{m})")
         out[m] = axes
     return out
@@ -193,13 +176,6 @@ def point_name(overrides: Mapping[str, Any]) -> str:
     return name.replace("/", "_").replace(" ", "") or _DEFAULTS_POINT
 
 
-def _get(config: ml_collections.ConfigDict, key: str) -> Any:
-    node = config
-    for part in key.split("."):
-        node = node[part]
-    return list(node) if isinstance(node, tuple) else node
-
-
 def point_config(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], *,
                  seeds: Optional[Sequence[int]] = None, teacher: Optional[str] = None,
                  methods: Optional[Sequence[str]] = None) -> ml_collections.ConfigDict:
@@ -220,20 +196,16 @@ def point_config(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
 
 def _summarize(results: Mapping[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
     """Per method, over the runs of ``seeds``: mean/std of both test accuracies and of the validation accuracy."""
-    from lelp_jax.paired import method_summary
-
     keep = {int(s) for s in seeds}
     return method_summary([r for r in results.get("runs", []) if int(r["seed"]) in keep])
 
 
 def _finished(workdir: Path, methods: Sequence[str], seeds: Sequence[int]) -> Optional[dict]:
     """The point's results.json if it holds every method x seed, else None."""
-    from lelp_jax.pipeline import read_json
-
     path = workdir / "results.json"
     if not path.exists():
         return None
-    results = read_json(path)
+    results = pipeline.read_json(path)
     have = {(r["method"], int(r["seed"])) for r in results.get("runs", [])}
     return results if all((m, int(s)) in have for m in methods for s in seeds) else None
 
@@ -246,7 +218,7 @@ def _plan(config: ml_collections.ConfigDict, grids: Mapping[str, Mapping[str, Se
         names = []
         for ov in grid_points(grid):
             probe = point_config(config, ov, seeds=seeds, teacher=teacher)
-            typed = {k: _get(probe, k) for k in grid}
+            typed = {k: get_value(probe, k) for k in grid}
             name = point_name(typed)
             names.append(name)
             point = points.setdefault(name, {"name": name, "overrides": typed, "methods": [],
@@ -284,9 +256,6 @@ def run_sweep(
     runs, so a bad value fails fast. An exception (or Ctrl-C) marks the point failed in
     the summary and is re-raised; rerunning the same sweep resumes.
     """
-    from lelp_jax import pipeline
-    from lelp_jax.selection import choose
-
     own_grids = {m: dict(g) for m, g in (own_grids or {}).items()}
     if not grid and not any(own_grids.values()):
         raise ConfigError("lelp sweep needs at least one --grid KEY=V1,V2 axis (or --default-grids).")
@@ -400,8 +369,6 @@ def run_sweep(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``lelp sweep --config FILE --workdir DIR --grid [METHOD:]KEY=V1,V2 ... [--default-grids] [--methods]
     [--seeds] [--test-seeds] [--config.k=v ...]``."""
-    from lelp_jax.cli import split_overrides
-
     rest, overrides = split_overrides(list(argv) if argv is not None else [])
     p = argparse.ArgumentParser(prog="lelp sweep", description="Run a grid of config overrides, one workdir per point.")
     p.add_argument("--config", required=True, help="Python config file or a name in configs/")
@@ -425,14 +392,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     test_seeds = None
     if args.test_seeds is not None:
         try:
-            test_seeds = [int(x) for x in _split_values(args.test_seeds)]
+            test_seeds = [int(x) for x in split_values(args.test_seeds)]
         except ValueError:
             raise ConfigError(f"--test-seeds must be comma-separated ints, got {args.test_seeds!r}.") from None
-    from lelp_jax import sharding
-    from lelp_jax.cli import enable_compilation_cache
-
     sharding.initialize_distributed(config.distributed)
-    enable_compilation_cache()  # every point compiles the same steps: later points hit the cache
+    sharding.enable_compilation_cache()  # every point compiles the same steps: later points hit the cache
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     summary = run_sweep(config, args.workdir, shared, own_grids=own, test_seeds=test_seeds,
                         share_teacher=not args.no_share_teacher, log=log)

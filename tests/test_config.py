@@ -5,7 +5,7 @@ import ml_collections
 import pytest
 
 from lelp_jax import config as cfg
-from lelp_jax.config import ConfigError
+from lelp_jax.errors import ConfigError
 
 
 @pytest.fixture

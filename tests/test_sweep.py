@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lelp_jax import sweep
-from lelp_jax.config import ConfigError, base_config
+from lelp_jax.config import base_config
+from lelp_jax.errors import ConfigError
 
 
 def _config(methods=("kd", "lelp"), seeds=(0, 1)):

@@ -75,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
             name="digits_binary",  # see lelp_jax.data.DATASETS; 'local' = your own files
             data_dir=_p(str),  # tfds data dir; None -> $LELP_DATA_DIR or ~/tensorflow_datasets
             max_examples_per_split=_p(int),  # cap per split of the offline builders (tests, smoke)
+            in_memory=False,  # image datasets: read the split into memory once (lelp_jax.data.loaders)
             input_kind=_p(str),  # None = the dataset's own; 'features' flattens images
             max_length=128,  # text: tokens ([CLS]/[SEP] included)
             bucket_lengths=(16, 32, 64, 128),  # text: pad lengths of batches

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from _multihost_worker import NUM_CLASSES, mlp, small_config, source, synthetic_arrays
 
-from lelp_jax import losses, methods, projections, sharding, statistics, targets, train
+from lelp_jax import feature_losses, losses, methods, projections, schema, sharding, statistics, targets, train
+from lelp_jax.methods import registry
 
 
 def test_registry_names_and_error():
@@ -58,6 +59,66 @@ def _step_loss(mesh, cfg, teacher, t_vars, student, method, opt, state, batch, a
                       None if t_vars is None else sharding.replicate(t_vars, mesh),
                       None if aux is None else sharding.replicate(aux, mesh))
     return float(metrics["loss"]), params
+
+
+@pytest.fixture
+def other_defaults(monkeypatch):
+    """``base_config()`` with other method defaults (the methods cache it: cleared on both sides)."""
+    base = schema.base_config
+
+    def patched():
+        c = base()
+        c.kd.tau = 3.0
+        c.lelp.num_subclasses = 5
+        c.rkd.distance_weight, c.rkd.angle_weight = 7.0, 11.0
+        c.subclass.num_subclasses = 3
+        return c
+
+    registry._base_config.cache_clear()
+    monkeypatch.setattr(schema, "base_config", patched)
+    yield
+    registry._base_config.cache_clear()
+
+
+def test_method_defaults_come_from_base_config(rng, other_defaults):
+    """A key the run's config lacks takes base_config()'s value: change it there, the methods follow."""
+    cfg = {"train": {"label_smoothing": 0.0}}  # no kd, lelp, rkd or subclass section
+    assert methods.get_method("lelp").head_outputs(2, cfg) == 10
+    assert methods.get_method("lelp").fit_options(cfg)["num_subclasses"] == 5
+    assert methods.get_method("subclass").head_outputs(2, cfg) == 6
+    b, c, d = 12, 3, 5
+    r, l = rng.normal(size=(b, c)), rng.normal(size=(b, c))
+    h_s, h_t = rng.normal(size=(b, d)), rng.normal(size=(b, d))
+    m = (rng.random(b) < 0.7).astype(np.float64)
+    m[0] = 1.0
+    batch = {"label": jnp.asarray(rng.integers(0, c, b)), "mask": jnp.asarray(m, jnp.float32)}
+    args = dict(student_logits=jnp.asarray(r, jnp.float32), student_embedding=jnp.asarray(h_s, jnp.float32),
+                batch=batch, teacher_embedding=jnp.asarray(h_t, jnp.float32),
+                teacher_logits=jnp.asarray(l, jnp.float32), aux=None, method_params={}, cfg=cfg)
+
+    def log_softmax(x):
+        x = x - x.max(1, keepdims=True)
+        return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+    tau = 3.0  # float64 reference: tau^2 * masked mean of -sum_c softmax(l/tau)_c log softmax(r/tau)_c
+    per = -(np.exp(log_softmax(l / tau)) * log_softmax(r / tau)).sum(1)
+    want_kd = tau ** 2 * (m * per).sum() / m.sum()
+    got_kd = float(methods.get_method("kd").loss(**args))
+    np.testing.assert_allclose(got_kd, want_kd, rtol=1e-5)
+    # RKD is linear in its weights: the method's extra term = 7 * distance + 11 * angle.
+    parts = [float(feature_losses.rkd_loss(args["student_embedding"], args["teacher_embedding"], distance_weight=dw,
+                                           angle_weight=aw, mask=batch["mask"])) for dw, aw in ((1.0, 0.0), (0.0, 1.0))]
+    got_rkd = float(methods.get_method("rkd").loss(**args)) - got_kd
+    np.testing.assert_allclose(got_rkd, 7.0 * parts[0] + 11.0 * parts[1], rtol=1e-4, atol=1e-6)
+
+
+def test_base_config_defaults_match_the_methods_unpatched():
+    """With the shipped defaults (kd.tau 2, S 4, rkd 25/50), an empty config reads exactly those."""
+    base = schema.base_config()
+    for name, key in (("kd", "tau"), ("lelp", "num_subclasses"), ("rkd", "distance_weight"),
+                      ("rkd", "angle_weight"), ("subclass", "num_subclasses"), ("lelp", "beta")):
+        assert methods.option({}, name, key) == base[name][key]
+    assert methods.get_method("lelp").head_outputs(2, {}) == 2 * base.lelp.num_subclasses
 
 
 def test_ce_and_kd_losses_match_core(rng):

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 import numpy as np
 
+from lelp_jax import schema
 from lelp_jax.data import builders, catalogue, local
 from lelp_jax.data.folds import load_fold_split
 from lelp_jax.data.regroup import regroup
@@ -22,33 +23,9 @@ from lelp_jax.data.sources import ArraySource, DatasetInfo, MappedSource, TextSo
 from lelp_jax.data.tokenizer import bucket_lengths, load_tokenizer, tokenize
 
 def default_data_config() -> ml_collections.ConfigDict:
-    """Every key `load_split` reads, with its default."""
-    return ml_collections.ConfigDict({
-        "name": "digits_binary",
-        "data_dir": None,  # None -> $LELP_DATA_DIR or ~/tensorflow_datasets
-        "max_examples_per_split": None,  # int: keep the first N examples of each split
-        "in_memory": False,  # image datasets: read the split into memory once
-        "input_kind": None,  # None = the dataset's own; 'features' flattens images
-        "max_length": 128,  # text: truncation length (tokens, [CLS]/[SEP] included)
-        "bucket_lengths": (16, 32, 64, 128),  # text: batch pad lengths (capped at max_length)
-        "tokenizer": None,  # text: tokenizer.json path; None -> the MiniLM one
-        "tfds_config": None,  # catalogue: e.g. amazon_us_reviews category
-        "files": {},  # local: split -> .csv / .jsonl / .npz path
-        "dataset_name": None,  # local: the name in DatasetInfo (default 'local')
-        "text_column": "text",
-        "label_column": "label",
-        "fine_label_column": None,
-        "class_names": None,
-        "num_classes": None,
-        "num_fine_classes": None,
-        "num_folds": 0,  # k >= 2: pool the splits, test on fold `fold` (lelp_jax.data.folds)
-        "fold": 0,
-        "val_fraction": 0.1,  # k-fold: share of the training folds held out for validation
-        "split_seed": 0,  # k-fold: seed of the deal into folds and of the validation carve
-        "synthetic": {},  # synthetic_subclasses: knobs over base_config().data.synthetic
-        "class_one_fine": (),  # fine classes relabelled 1, the others 0 (lelp_jax.data.regroup)
-        "train_per_fine_class": 0,  # keep the first n train examples of each fine class (0 = all)
-    })
+    """Every key `load_split` reads, with its default: a copy of `base_config().data` (their one source;
+    the pipeline's own data keys ride along, unused here)."""
+    return ml_collections.ConfigDict(schema.base_config().data.to_dict())
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:

@@ -213,14 +213,16 @@ def _need(cond: bool, msg: str) -> None:
 
 
 def validate_train(section: Any, name: str = "train") -> None:
-    """Reject a training section (``train`` or ``teacher.train``, all keys present) no optimizer can use."""
-    _need(section.num_steps >= 1, f"{name}.num_steps must be >= 1, got {section.num_steps}.")
-    _need(section.batch_size >= 1, f"{name}.batch_size must be >= 1, got {section.batch_size}.")
-    _need(section.learning_rate > 0, f"{name}.learning_rate must be > 0, got {section.learning_rate}.")
-    _need(section.optimizer in OPTIMIZERS, f"{name}.optimizer must be adam, adamw or sgd, got {section.optimizer!r}.")
-    _need(section.schedule in SCHEDULES, f"{name}.schedule must be cosine or constant, got {section.schedule!r}.")
-    _need(section.compute_dtype in COMPUTE_DTYPES,
-          f"{name}.compute_dtype must be float32 or bfloat16, got {section.compute_dtype!r}.")
+    """Reject a training section (``train`` or ``teacher.train``: a ConfigDict or a dict with every key)
+    no optimizer can use."""
+    steps, batch, lr = section["num_steps"], section["batch_size"], section["learning_rate"]
+    optimizer, schedule, dtype = section["optimizer"], section["schedule"], section["compute_dtype"]
+    _need(steps >= 1, f"{name}.num_steps must be >= 1, got {steps}.")
+    _need(batch >= 1, f"{name}.batch_size must be >= 1, got {batch}.")
+    _need(lr > 0, f"{name}.learning_rate must be > 0, got {lr}.")
+    _need(optimizer in OPTIMIZERS, f"{name}.optimizer must be adam, adamw or sgd, got {optimizer!r}.")
+    _need(schedule in SCHEDULES, f"{name}.schedule must be cosine or constant, got {schedule!r}.")
+    _need(dtype in COMPUTE_DTYPES, f"{name}.compute_dtype must be float32 or bfloat16, got {dtype!r}.")
 
 
 def validate_values(config: ml_collections.ConfigDict) -> None:

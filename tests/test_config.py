@@ -105,11 +105,27 @@ def test_typo_names_key_and_suggests_closest(config_file, override, needle):
         ("--config.methods=ce,kdd", "did you mean 'kd'"),
         ("--config.lelp.fit_labels=fine", "'labels' or 'teacher'"),
         ("--config.seeds=1,1", "twice"),
+        ("--config.teacher.train.schedule=step", "teacher.train.schedule must be cosine or constant"),
     ],
 )
 def test_bad_values_raise_config_error(config_file, override, needle):
     with pytest.raises(ConfigError, match=needle):
         cfg.load_config(config_file, [override])
+
+
+def test_train_sections_are_checked_once_for_configs_and_dicts():
+    """One check serves a loaded config's train sections and a plain dict (the training loop's merged section)."""
+    from lelp_jax.schema import base_config, validate_train
+
+    good = base_config().train.to_dict()
+    validate_train(good)
+    validate_train(base_config().teacher.train, "teacher.train")
+    for key, bad, needle in (("optimizer", "lamb", "train.optimizer must be adam, adamw or sgd, got 'lamb'"),
+                             ("schedule", "step", "train.schedule must be cosine or constant"),
+                             ("compute_dtype", "float16", "train.compute_dtype must be float32 or bfloat16"),
+                             ("batch_size", 0, "train.batch_size must be >= 1, got 0")):
+        with pytest.raises(ConfigError, match=needle):
+            validate_train({**good, key: bad})
 
 
 def test_config_is_locked(config_file):

@@ -13,6 +13,7 @@ from typing import Any
 import optax
 
 from lelp_jax import config as _config
+from lelp_jax.schema import validate_train
 
 __all__ = ["train_config", "make_optimizer", "num_train_steps"]
 
@@ -25,14 +26,7 @@ def train_config(train_cfg: Any) -> dict[str, Any]:
         for k, v in items:
             if v is not None:
                 out[k] = v
-    if out["optimizer"] not in ("adam", "adamw", "sgd"):
-        raise ValueError(f"train.optimizer={out['optimizer']!r}; choose 'adam', 'adamw' or 'sgd'.")
-    if out["schedule"] not in ("cosine", "constant"):
-        raise ValueError(f"train.schedule={out['schedule']!r}; choose 'cosine' or 'constant'.")
-    if out["compute_dtype"] not in ("float32", "bfloat16"):
-        raise ValueError(f"train.compute_dtype={out['compute_dtype']!r}; choose 'float32' or 'bfloat16'.")
-    if int(out["batch_size"]) < 1:
-        raise ValueError(f"train.batch_size={out['batch_size']} must be >= 1.")
+    validate_train(out)
     return out
 
 

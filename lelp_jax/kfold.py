@@ -38,6 +38,7 @@ from lelp_jax.config import load_config, validate_config
 from lelp_jax.data import load_split
 from lelp_jax.data.splits import data_config
 from lelp_jax.errors import ConfigError
+from lelp_jax.grids import parse_grid
 from lelp_jax.overrides import apply_overrides, split_overrides
 from lelp_jax.paired import paired_table
 from lelp_jax.pipeline import read_json
@@ -150,7 +151,6 @@ def table(pooled: Mapping[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``lelp kfold --config FILE --workdir DIR [--grid KEY=V1,V2] [--methods] [--seeds] [--pool-only]``."""
-
     rest, overrides = split_overrides(list(argv) if argv is not None else [])
     p = argparse.ArgumentParser(prog="lelp kfold", description="Run every fold of a k-fold config and pool them.")
     p.add_argument("--config", required=True, help="Python config file or a name in configs/")
@@ -162,7 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(rest)
     config = load_config(args.config, overrides, methods=args.methods, seeds=args.seeds)
-    grid = sweep.parse_grid(args.grid) if args.grid else {}
+    grid = parse_grid(args.grid) if args.grid else {}
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     pooled = pool_folds(config, args.workdir, grid) if args.pool_only else run_kfold(config, args.workdir, grid, log=log)
     print(table(pooled))

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from lelp_jax import sweep
+from lelp_jax import grids, sweep
 from lelp_jax.config import base_config
 from lelp_jax.errors import ConfigError
 
@@ -20,26 +20,26 @@ def _config(methods=("kd", "lelp"), seeds=(0, 1)):
 
 
 def test_parse_grid_and_points():
-    grid = sweep.parse_grid(["lelp.num_subclasses=1,2,4", "--config.lelp.beta=0.5, 1", "student.model_kwargs.hidden=[16],[8,8]"])
+    grid = grids.parse_grid(["lelp.num_subclasses=1,2,4", "--config.lelp.beta=0.5, 1", "student.model_kwargs.hidden=[16],[8,8]"])
     assert grid == {"lelp.num_subclasses": ["1", "2", "4"], "lelp.beta": ["0.5", "1"],
                     "student.model_kwargs.hidden": ["[16]", "[8,8]"]}
-    pts = sweep.grid_points(grid)
+    pts = grids.grid_points(grid)
     assert len(pts) == 12 and pts[0] == {"lelp.num_subclasses": "1", "lelp.beta": "0.5", "student.model_kwargs.hidden": "[16]"}
-    assert sweep.point_name({"lelp.num_subclasses": 4, "lelp.beta": 0.5}) == "lelp.num_subclasses=4,lelp.beta=0.5"
-    assert sweep.point_name({"data.class_one_fine": [0, 1, 4], "lelp.beta": 0.5}) == "data.class_one_fine=0+1+4,lelp.beta=0.5"
+    assert grids.point_name({"lelp.num_subclasses": 4, "lelp.beta": 0.5}) == "lelp.num_subclasses=4,lelp.beta=0.5"
+    assert grids.point_name({"data.class_one_fine": [0, 1, 4], "lelp.beta": 0.5}) == "data.class_one_fine=0+1+4,lelp.beta=0.5"
     for bad, msg in ((["lelp.beta"], "no values"), (["lelp.beta=1", "lelp.beta=2"], "twice"), (["lelp.beta=1,1"], "repeats")):
         with pytest.raises(ConfigError, match=msg):
-            sweep.parse_grid(bad)
+            grids.parse_grid(bad)
 
 
 def test_point_config_types_values_and_rejects_bad_keys():
-    cfg = sweep.point_config(_config(), {"lelp.num_subclasses": "8", "lelp.beta": "2", "student.model_kwargs.hidden": "[8,8]"}, seeds=[3])
+    cfg = grids.point_config(_config(), {"lelp.num_subclasses": "8", "lelp.beta": "2", "student.model_kwargs.hidden": "[8,8]"}, seeds=[3])
     assert cfg.lelp.num_subclasses == 8 and cfg.lelp.beta == 2.0 and isinstance(cfg.lelp.beta, float)
     assert tuple(cfg.student.model_kwargs.hidden) == (8, 8) and tuple(cfg.seeds) == (3,)
     with pytest.raises(ConfigError, match="did you mean 'lelp.beta'"):
-        sweep.point_config(_config(), {"lelp.betta": "2"})
+        grids.point_config(_config(), {"lelp.betta": "2"})
     with pytest.raises(ConfigError, match="beta must be > 0"):
-        sweep.point_config(_config(), {"lelp.beta": "-1"})
+        grids.point_config(_config(), {"lelp.beta": "-1"})
 
 
 class _FakePipeline:
@@ -130,7 +130,7 @@ def test_tiny_sweep_resumes_after_kill_and_reports(tmp_path):
             raise KeyboardInterrupt
         return pipeline.run_all(cfg, workdir, log=log)
 
-    grid = sweep.parse_grid(["lelp.num_subclasses=1,3"])
+    grid = grids.parse_grid(["lelp.num_subclasses=1,3"])
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(_tiny_config(), tmp_path, grid, run_fn=killed_on_second, log=lambda m: None)
     first = tmp_path / "sweep" / "lelp.num_subclasses=1"
@@ -203,7 +203,7 @@ class _ValTestPipeline:
 def test_per_method_grids_select_on_validation_and_test_on_fresh_seeds(tmp_path):
     from lelp_jax import report
 
-    shared, own = sweep.parse_grids(["kd:kd.tau=1,2,4", "lelp:lelp.beta=0.5,1,3"])
+    shared, own = grids.parse_grids(["kd:kd.tau=1,2,4", "lelp:lelp.beta=0.5,1,3"])
     assert shared == {} and own == {"kd": {"kd.tau": ["1", "2", "4"]}, "lelp": {"lelp.beta": ["0.5", "1", "3"]}}
     fake = _ValTestPipeline()
     cfg = _config(methods=("ce", "kd", "lelp"), seeds=(0, 1))
@@ -274,17 +274,17 @@ def test_default_grids_have_equal_sizes_and_valid_keys():
     cfg = base_config()
     from lelp_jax.methods import method_names
 
-    grids = sweep.default_grids(cfg, method_names())
-    sizes = {m: len(sweep.grid_points(g)) for m, g in grids.items() if g}
-    assert set(grids) == set(method_names()) and len(set(sizes.values())) == 1 and grids["ce"] == {}
-    sweep.method_grids(list(method_names()), {}, grids)  # the equal-size check passes
-    for m, g in grids.items():  # every value types and validates
-        for ov in sweep.grid_points(g):
-            sweep.point_config(cfg, ov)
+    defaults = grids.default_grids(cfg, method_names())
+    sizes = {m: len(grids.grid_points(g)) for m, g in defaults.items() if g}
+    assert set(defaults) == set(method_names()) and len(set(sizes.values())) == 1 and defaults["ce"] == {}
+    grids.method_grids(list(method_names()), {}, defaults)  # the equal-size check passes
+    for m, g in defaults.items():  # every value types and validates
+        for ov in grids.grid_points(g):
+            grids.point_config(cfg, ov)
     c = base_config()
     c.selection.grids.kd = "kd.tau=1,2 kd.alpha=0,x"
     with pytest.raises(ConfigError, match="kd.alpha"):
-        sweep.point_config(c, sweep.grid_points(sweep.default_grids(c, ["kd"])["kd"])[1])
+        grids.point_config(c, grids.grid_points(grids.default_grids(c, ["kd"])["kd"])[1])
 
 
 def test_tiny_select_on_validation_end_to_end(tmp_path, capsys):
@@ -317,7 +317,7 @@ def test_point_folder_of_a_list_value_holds_a_restorable_checkpoint(tmp_path, rn
     """A point's folder name must be a path Orbax can reopen (tensorstore fails on '[' in a path)."""
     from lelp_jax import train
 
-    folder = tmp_path / sweep.point_name({"data.class_one_fine": [0, 1, 4], "lelp.seed": 3}) / "checkpoints"
+    folder = tmp_path / grids.point_name({"data.class_one_fine": [0, 1, 4], "lelp.seed": 3}) / "checkpoints"
     x = rng.normal(size=(3, 2)).astype(np.float32)
     ckpt = train.checkpoints.Checkpoints(str(folder))
     ckpt.save(1, {"x": x}, {"note": "point"})

@@ -41,7 +41,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lelp_jax.errors import ConfigError
+from lelp_jax.errors import PrecomputedError
 from lelp_jax.teacher import TeacherCache
 
 __all__ = [
@@ -61,10 +61,6 @@ SPLITS = ("train", "validation", "test")
 # A method whose fit needs the teacher network, and why (a precomputed teacher has none).
 _NETWORK_FITS = {"subclass_teacher": "it retrains the teacher network with a C*S head"}
 _CHUNK_ROWS = 4096  # rows per validation pass step: bounded float64 memory on any N
-
-
-class PrecomputedError(ConfigError):
-    """Exported teacher outputs that cannot be used (a user error: the CLI prints it in one line)."""
 
 
 def check_methods(methods: Iterable[str]) -> None:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from lelp_jax import kfold
-from lelp_jax.config import ConfigError, load_config
+from lelp_jax.config import load_config
+from lelp_jax.errors import ConfigError
 
 
 def _tiny(extra=()):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from lelp_jax import methods, sharpness, targets
-from lelp_jax.config import ConfigError, load_config
+from lelp_jax.config import load_config
+from lelp_jax.errors import ConfigError
 from lelp_jax.projections import fit_projections
 from lelp_jax.statistics import batch_moments
 

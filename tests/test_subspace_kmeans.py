@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lelp_jax import methods, sharpness
-from lelp_jax.config import ConfigError, load_config
+from lelp_jax.config import load_config
+from lelp_jax.errors import ConfigError
 from lelp_jax.projections import fit_projections
 from lelp_jax.statistics import batch_moments
 from lelp_jax.subspace_kmeans import fit_subspace_kmeans, subspace_coordinates

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from lelp_jax import sharding, train
-from lelp_jax.config import ConfigError
+from lelp_jax.errors import ConfigError
 from lelp_jax.data import make_iterator
 from lelp_jax.data.splits import load_splits, source_labels
 from lelp_jax.methods import METHODS

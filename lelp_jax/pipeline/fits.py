@@ -27,7 +27,7 @@ import numpy as np
 
 from lelp_jax import train
 from lelp_jax.clustering import fit_agglomerative_centroids, fit_class_kmeans, oracle_slots
-from lelp_jax.config import ConfigError
+from lelp_jax.errors import ConfigError
 from lelp_jax.data.splits import source_labels
 from lelp_jax.methods import SUBCLASS_TEACHER, subclass_teacher_model
 from lelp_jax.pipeline.context import Env, head_weights, train_outputs, train_teacher

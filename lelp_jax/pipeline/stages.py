@@ -24,7 +24,8 @@ import ml_collections
 import numpy as np
 
 from lelp_jax import atomic, sharding, train
-from lelp_jax.config import ConfigError, config_to_dict
+from lelp_jax.config import config_to_dict
+from lelp_jax.errors import ConfigError
 from lelp_jax.data.splits import source_labels
 from lelp_jax.methods import get_method
 from lelp_jax.models import build_model, count_params

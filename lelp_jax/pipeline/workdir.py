@@ -25,7 +25,8 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from lelp_jax import atomic
-from lelp_jax.config import ConfigError, base_config, config_to_dict, identity_dict
+from lelp_jax.config import base_config, config_to_dict, identity_dict
+from lelp_jax.errors import WorkdirError
 from lelp_jax.store import Store
 
 __all__ = ["WorkdirError", "Workdir", "LAYOUT", "check_workdir", "init_workdir", "read_json", "is_main_process",
@@ -46,10 +47,6 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("runs/METHOD/seed_K/", "one student run: checkpoints, metrics.jsonl, TensorBoard events, result.json"),
     ("results.json", '{"dataset", "config_name", "teacher": {...}, "runs": [result, ...]}'),
 )
-
-
-class WorkdirError(ConfigError):
-    """The workdir cannot be used with this config (a user error, printed without a traceback)."""
 
 
 class Workdir:

@@ -267,9 +267,9 @@ def test_train_defaults_come_from_base_config(tmp_path, monkeypatch, rng):
     the intervals of a run, and the learning rate of the optimizer (SGD, no momentum: update = -lr)."""
     import ml_collections
 
-    from lelp_jax import config
+    from lelp_jax import schema
 
-    base = config.base_config
+    base = schema.base_config
 
     def patched():
         c = base()
@@ -278,7 +278,7 @@ def test_train_defaults_come_from_base_config(tmp_path, monkeypatch, rng):
         return c
 
     assert train.train_config(None) == base().train.to_dict()
-    monkeypatch.setattr(config, "base_config", patched)
+    monkeypatch.setattr(schema, "base_config", patched)
     assert train.train_config({"eval_every": None, "batch_size": 8}) == {**patched().train.to_dict(), "batch_size": 8}
     params = {"w": jnp.zeros(())}
     opt = train.make_optimizer({}, num_steps=5)

@@ -43,3 +43,18 @@ def test_provide_computes_once_links_and_keeps_existing_files(tmp_path, rng):
     # no store: written in place
     d = tmp_path / "d.npz"
     assert Store(None).provide(d, "statistics", parts, produce) == "new" and calls[-1] == d
+
+
+def test_artifact_parts_ignore_how_data_is_read(tmp_path):
+    """data.in_memory changes how examples are read, not which: the stored artifacts are shared."""
+    from lelp_jax.config import load_config
+    from lelp_jax.pipeline.workdir import artifact_parts
+
+    a = load_config("configs/digits_binary.py")
+    b = load_config("configs/digits_binary.py")
+    b.data.in_memory = not a.data.in_memory
+    for kind in ("teacher_outputs", "statistics"):
+        assert artifact_key(artifact_parts(a, tmp_path, kind)) == artifact_key(artifact_parts(b, tmp_path, kind))
+    b.data.max_length = a.data.max_length + 1  # a key that does change the examples changes the key
+    assert artifact_key(artifact_parts(a, tmp_path, "teacher_outputs")) != artifact_key(
+        artifact_parts(b, tmp_path, "teacher_outputs"))

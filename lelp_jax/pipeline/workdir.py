@@ -239,20 +239,25 @@ def derived_store(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
     return Store(teacher_source_dir(config, workdir) / "derived")
 
 
+# data keys that say how examples are read, not which: artifacts made either way are the same
+_LOADING_ONLY = ("in_memory",)
+
+
 def artifact_parts(config: ml_collections.ConfigDict, workdir: str | os.PathLike, kind: str,
                    method: Any = None) -> dict[str, Any]:
     """Exactly the config keys a teacher-derived artifact depends on (hashed into its stored name).
 
     ``teacher_outputs``: the teacher (identity = model @ weights folder, model kwargs), the data
-    section, the compute dtype. ``statistics``: those + the fit labels + whether the cached
+    section less its ``_LOADING_ONLY`` keys, the compute dtype. ``statistics``: those + the fit labels + whether the cached
     outputs or the online teacher fed them. ``projections``: the statistics' keys + the method,
     its fit options (S, null space, rotation, directions, seed), ``lelp.standardize`` and
     ``lelp.target_entropy`` (the calibration's scores and target). Student-side keys (beta, tau,
     alpha, kd.*, train.*, student.*) are in none of them.
     """
+    data = {k: v for k, v in config_to_dict(config)["data"].items() if k not in _LOADING_ONLY}
     outputs = {"teacher": teacher_identity(config, workdir),
                "teacher_model_kwargs": config.teacher.model_kwargs.to_dict(),
-               "data": config_to_dict(config)["data"], "compute_dtype": config.train.compute_dtype}
+               "data": data, "compute_dtype": config.train.compute_dtype}
     if kind == "teacher_outputs":
         return outputs
     stats = {**outputs, "fit_labels": config.lelp.fit_labels, "teacher_cache": bool(config.teacher_cache)}

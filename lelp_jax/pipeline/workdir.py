@@ -248,8 +248,8 @@ def artifact_parts(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     """Exactly the config keys a teacher-derived artifact depends on (hashed into its stored name).
 
     ``teacher_outputs``: the teacher (identity = model @ weights folder, model kwargs), the data
-    section less its ``_LOADING_ONLY`` keys, the compute dtype. ``statistics``: those + the fit labels + whether the cached
-    outputs or the online teacher fed them. ``projections``: the statistics' keys + the method,
+    section less its ``_LOADING_ONLY`` keys, the compute dtype. ``statistics``: those + the fit
+    labels + whether the cached outputs or the online teacher fed them. ``projections``: the statistics' keys + the method,
     its fit options (S, null space, rotation, directions, seed), ``lelp.standardize`` and
     ``lelp.target_entropy`` (the calibration's scores and target). Student-side keys (beta, tau,
     alpha, kd.*, train.*, student.*) are in none of them.

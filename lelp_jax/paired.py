@@ -25,8 +25,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["mean_std", "fmt_mean_std", "by_method", "method_table", "method_summary", "per_seed", "t_cdf", "t_quantile", "t_half_width",
-           "PairedDifference", "paired_difference", "room_fraction", "paired_table"]
+__all__ = ["mean_std", "fmt_mean_std", "by_method", "method_table", "method_summary", "per_seed", "t_cdf",
+           "t_quantile", "t_half_width", "PairedDifference", "paired_difference", "room_fraction", "paired_table"]
 
 METRICS = ("test_accuracy_last", "test_accuracy_best_val")
 # What a splitting method taught (lelp_jax.pipeline.split_diagnostics), the same for every seed of a fit.

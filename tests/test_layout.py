@@ -152,10 +152,10 @@ def test_no_importlib_of_package_modules():
 def test_architecture_table_lists_every_module():
     doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
     rows = set(re.findall(r"^\| `(lelp_jax/[\w/]*(?:\.py)?)` \|", doc, re.M))
-    files = {(f"{p.parent.relative_to(ROOT).as_posix()}/" if p.name == "__init__.py" else p.relative_to(ROOT).as_posix())
-             for p in _modules().values()}
-    assert files <= rows, f"modules missing from docs/ARCHITECTURE.md: {sorted(files - rows)}; run " \
-                          "python scripts/gen_architecture.py"
+    files = {f"{p.parent.relative_to(ROOT).as_posix()}/" if p.name == "__init__.py"
+             else p.relative_to(ROOT).as_posix() for p in _modules().values()}
+    assert files <= rows, (f"modules missing from docs/ARCHITECTURE.md: {sorted(files - rows)}; run "
+                           "python scripts/gen_architecture.py")
     assert rows <= files, f"docs/ARCHITECTURE.md lists modules that do not exist: {sorted(rows - files)}"
 
 

@@ -29,6 +29,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from lelp_jax import sharding as shd
 from lelp_jax.atomic import save_npz
+from lelp_jax.batch import cast_floats, model_inputs
 from lelp_jax.progress import Progress
 from lelp_jax.statistics import ClassMoments, all_reduce_moments, batch_moments, init_moments, merge_moments
 
@@ -45,11 +46,6 @@ FIT_LABELS = ("labels", "teacher")
 _NUMERIC = "biuf"
 
 
-def _inputs(batch: Mapping[str, Any], dtype) -> dict[str, Any]:
-    return {k: (v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) and k != "mask" else v)
-            for k, v in batch.items()}
-
-
 def make_teacher_step(apply_fn: Callable, mesh: Mesh, *, gather: bool = False,
                       compute_dtype: str = "float32", variables: Any = None) -> Callable:
     """Jitted ``(variables, batch) -> (embedding, logits)`` in float32, eval mode.
@@ -64,9 +60,7 @@ def make_teacher_step(apply_fn: Callable, mesh: Mesh, *, gather: bool = False,
     dtype = jnp.dtype(compute_dtype)
 
     def step(variables, batch):
-        v = jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                                   variables)
-        emb, logits = apply_fn(v, _inputs(batch, dtype), train=False)
+        emb, logits = apply_fn(cast_floats(variables, dtype), model_inputs(batch, dtype), train=False)
         return emb.astype(jnp.float32), logits.astype(jnp.float32)
 
     rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from lelp_jax import losses, schema, targets
+from lelp_jax.batch import batch_mask
 
 __all__ = [
     "Method", "METHODS", "register_method", "get_method", "method_names",
@@ -103,13 +104,6 @@ def option(cfg: Any, name: str, key: str, default: Any = _BASE) -> Any:
     if value is not None:
         return value
     return _base_config()[name][key] if default is _BASE else default
-
-
-def batch_mask(batch: Mapping[str, jax.Array]) -> jax.Array:
-    """Per-row weights: ``batch['mask']`` or ones."""
-    if "mask" in batch:
-        return batch["mask"].astype(jnp.float32)
-    return jnp.ones(batch["label"].shape, jnp.float32)
 
 
 def plain_class_log_probs(student_logits: jax.Array, num_classes: int, cfg: Any) -> jax.Array:

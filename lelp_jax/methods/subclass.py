@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from lelp_jax import subclass_distillation, targets
+from lelp_jax.batch import model_inputs
 from lelp_jax.methods.registry import Method, batch_mask, mix_hard_labels, option, subclass_class_log_probs
 from lelp_jax.models import build_model
 
@@ -48,8 +49,7 @@ def _subclass_student_loss(*, student_logits, batch, aux, cfg, **_: Any) -> jax.
         raise ValueError("method 'subclass' needs the trained subclass teacher's variables as the step's aux.")
     num_classes = student_logits.shape[-1] // _subclass_count(cfg)
     model = subclass_teacher_model(cfg, num_classes)
-    inputs = {k: v for k, v in batch.items() if k not in ("teacher_embedding", "teacher_logits")}
-    _, t_logits = model.apply(aux, inputs, train=False)
+    _, t_logits = model.apply(aux, model_inputs(batch), train=False)
     soft = subclass_distillation.subclass_student_loss(
         student_logits, jax.lax.stop_gradient(t_logits.astype(jnp.float32)),
         tau=float(option(cfg, "subclass", "tau")), num_classes=num_classes, mask=batch_mask(batch))

@@ -14,7 +14,7 @@ optax applies the update. Params, optimizer state and RNG are replicated over th
 
 A batch is a dict of arrays: the model's inputs, ``label``, optionally ``mask``
 (1 for real rows, 0 for padding) and the cached teacher outputs;
-:func:`batch_mask` and :func:`model_inputs` are the one reading of that format.
+:mod:`lelp_jax.batch` is the one reading of that format.
 """
 from __future__ import annotations
 
@@ -31,12 +31,10 @@ from flax import struct
 from jax.sharding import Mesh
 
 from lelp_jax import sharding as shd
+from lelp_jax.batch import TEACHER_KEYS, batch_mask, cast_floats, model_inputs
 
 __all__ = [
     "TrainState",
-    "TEACHER_KEYS",
-    "batch_mask",
-    "model_inputs",
     "model_variables",
     "strip",
     "make_train_step",
@@ -44,9 +42,6 @@ __all__ = [
     "init_train_state",
     "evaluate",
 ]
-
-# Batch keys holding cached teacher outputs (not model inputs).
-TEACHER_KEYS = ("teacher_embedding", "teacher_logits")
 
 
 @struct.dataclass
@@ -79,41 +74,20 @@ def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
     return out
 
 
-def batch_mask(batch: Mapping[str, jax.Array]) -> jax.Array:
-    """Per-row weights in float32: ``batch['mask']`` (0 on padding rows) or ones."""
-    if "mask" in batch:
-        return batch["mask"].astype(jnp.float32)
-    return jnp.ones(batch["label"].shape, jnp.float32)
-
-
-def model_inputs(batch: Mapping[str, jax.Array], dtype: Any = None) -> dict[str, jax.Array]:
-    """The batch without teacher outputs; with ``dtype``, float inputs (not ``mask``) cast to it."""
-    if dtype is None:
-        return {k: v for k, v in batch.items() if k not in TEACHER_KEYS}
-    return {k: (v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) and k != "mask" else v)
-            for k, v in batch.items() if k not in TEACHER_KEYS}
-
-
 def strip(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Drop non-array entries (strings, e.g. raw text) that cannot be sharded."""
     return {k: v for k, v in batch.items() if np.asarray(v).dtype.kind in "biuf"}
 
 
-def _cast_floats(tree: Any, dtype) -> Any:
-    return jax.tree_util.tree_map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
-    )
-
-
 def _forward(apply_fn: Callable, params: Any, batch_stats: Any, batch: Mapping, *, train: bool,
              rng: Optional[jax.Array], dtype) -> tuple[jax.Array, jax.Array, Any]:
     """(embedding, logits) in float32 and the updated batch_stats (train mode)."""
-    variables = model_variables(_cast_floats(params, dtype), batch_stats)
+    variables = model_variables(cast_floats(params, dtype), batch_stats)
     inputs = model_inputs(batch, dtype)
     kwargs = {"rngs": {"dropout": rng}} if rng is not None else {}
     if train and batch_stats:
         (emb, logits), updates = apply_fn(variables, inputs, train=True, mutable=["batch_stats"], **kwargs)
-        new_stats = _cast_floats(updates["batch_stats"], jnp.float32)
+        new_stats = cast_floats(updates["batch_stats"], jnp.float32)
     else:
         emb, logits = apply_fn(variables, inputs, train=train, **kwargs)
         new_stats = batch_stats
@@ -125,7 +99,7 @@ def _teacher_outputs(teacher_apply: Optional[Callable], teacher_variables: Any, 
     if teacher_variables is not None:
         if teacher_apply is None:
             raise ValueError("teacher_variables were given but make_train_step got no teacher_apply.")
-        emb, logits = teacher_apply(_cast_floats(teacher_variables, dtype), model_inputs(batch, dtype),
+        emb, logits = teacher_apply(cast_floats(teacher_variables, dtype), model_inputs(batch, dtype),
                                     train=False)
         return jax.lax.stop_gradient(emb.astype(jnp.float32)), jax.lax.stop_gradient(logits.astype(jnp.float32))
     if all(k in batch for k in TEACHER_KEYS):

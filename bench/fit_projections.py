@@ -141,7 +141,7 @@ def worker_lelp(a) -> dict[str, Any]:
                     h = np.concatenate([h, np.zeros((bs - rows, d), np.float32)])
                     y = np.concatenate([y, np.zeros(bs - rows, np.int32)])
             t0 = time.perf_counter()
-            moments = update(moments, h, y, mask)
+            moments = update(moments, h, y, mask=mask)
             jax.block_until_ready(moments)
             elapsed += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -150,7 +150,7 @@ def worker_lelp(a) -> dict[str, Any]:
         return elapsed + time.perf_counter() - t0, proj
 
     # Warm-up: compile update (one batch shape) and the fit, outside the measurement.
-    moments = update(init_moments(c, d), *make_batch(a.seed, 0, bs, mean, scale), np.ones(bs, np.float32))
+    moments = update(init_moments(c, d), *make_batch(a.seed, 0, bs, mean, scale), mask=np.ones(bs, np.float32))
     jax.block_until_ready(fit_projections(moments, classifier_weights=w_dev, num_subclasses=s, key=0))
     base = C.peak_rss_reset()
     times = []

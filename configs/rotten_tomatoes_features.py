@@ -27,6 +27,11 @@ the whole command 980 s. The students plateau early: validation accuracy is
 flat (or, for ce, falling) after the first evaluation at step 400 (2.5 epochs),
 so 30 epochs (kept from the prototype) is longer than needed. Teacher fine-tuning and caching its
 outputs as in configs/rotten_tomatoes.py (about 10 + 2 minutes on a quiet machine).
+Measured for docs/RESULTS.md section 3 (same CPU at nice 10, load average 2-11, main at 786a1d0):
+`lelp teacher` 2,495 s (fine-tuning 2,196 s: 319 steps and four validation passes; caching the
+train outputs 297 s); with that teacher and --config.train.num_epochs=4 (638 steps) each student
+run took 3-4 s, and `lelp sweep --default-grids` of ten methods (12-point grids, 3 selection seeds,
+5 test seeds: 377 runs) 2,373 s.
 """
 from lelp_jax.config import base_config, minilm_text_setup
 

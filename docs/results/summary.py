@@ -1,7 +1,8 @@
 """The summary table of docs/RESULTS.md, computed from the generated per-seed accuracies.
 
 Reads docs/results/synthetic/selection.json (select_fresh.py), docs/results/digits_kfold/kfold.json
-(`lelp kfold`) and docs/results/fashion_hidden/comparison.json (points_table.py --json-out), writes docs/results/summary.md: per benchmark the mean test accuracy of ce, kd,
+(`lelp kfold`), docs/results/fashion_hidden/comparison.json (points_table.py --json-out) and
+docs/results/rt_selection/selection.json (sweep_selection.py), writes docs/results/summary.md: per benchmark the mean test accuracy of ce, kd,
 lelp, lelp_kmeans and oracle, the paired differences to KD with their 95 % intervals and what
 they say, and the share of the oracle's room of lelp, lelp_kmeans and kmeans; and
 docs/results/synthetic/per_seed.md (every test seed's accuracy). Run: `python docs/results/summary.py`.
@@ -73,6 +74,11 @@ def main() -> None:
         for label, acc in json.loads(fh.read_text()).items():
             acc = {m: {int(s): v for s, v in d.items()} for m, d in acc.items() if d}
             lines += _bench(f"fashion_mnist_hidden ({label}; config settings)", "10,000", acc)
+    rt = HERE / "rt_selection" / "selection.json"
+    if rt.exists():
+        acc = {m: {int(s): v for s, v in d.items()} for m, d in json.loads(rt.read_text())["accuracy"].items()}
+        lines += _bench("rotten_tomatoes_features (frozen MiniLM, MLP 64; chosen on validation, 12-point grids)",
+                        "1,276", acc)
     (HERE / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

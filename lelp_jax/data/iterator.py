@@ -41,6 +41,9 @@ _TOKEN_KEYS = ("input_ids", "attention_mask")
 class BatchIterator:
     """Host-local batches (dict of NumPy) of a fixed global batch; see the module doc.
 
+    Host batch = global_batch_size // process_count rows. Text sources are padded
+    per global batch to the smallest of `bucket_lengths` (default: the source's
+    `buckets`) that holds the batch's longest row.
     `get_state()` returns a small JSON-serialisable dict; `set_state(state)` makes
     the next batch the one that followed when the state was taken.
     """
@@ -186,29 +189,5 @@ class BatchIterator:
         self._it = None
 
 
-def make_iterator(
-    source: Any,
-    *,
-    global_batch_size: int,
-    seed: int,
-    shuffle: bool = True,
-    num_epochs: int | None = None,
-    process_index: int = 0,
-    process_count: int = 1,
-    drop_remainder: bool = True,
-    bucket_lengths: Sequence[int] | None = None,
-    num_threads: int = 1,
-    prefetch: int = 2,
-) -> BatchIterator:
-    """A `BatchIterator` over `source` (see the module docstring for the rules).
-
-    Host batch = global_batch_size // process_count rows. Text sources are padded
-    per global batch to the smallest of `bucket_lengths` (default: the source's
-    `buckets`) that holds the batch's longest row.
-    """
-    return BatchIterator(
-        source, global_batch_size=global_batch_size, seed=seed, shuffle=shuffle,
-        num_epochs=num_epochs, process_index=process_index, process_count=process_count,
-        drop_remainder=drop_remainder, bucket_lengths=bucket_lengths,
-        num_threads=num_threads, prefetch=prefetch,
-    )
+# The factory name the pipeline, the notebooks and users call.
+make_iterator = BatchIterator

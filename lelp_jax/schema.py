@@ -174,7 +174,8 @@ def base_config() -> ml_collections.ConfigDict:
     split_grid = "lelp.beta=0.3,1,3 lelp.num_subclasses=2,4 lelp.alpha=0,0.5"
     c.selection = ml_collections.ConfigDict(dict(grids=ml_collections.ConfigDict(dict(
         ce="",
-        kd="kd.tau=1,2,4 kd.alpha=0,0.5 kd.student_tau=none,1",
+        # tau from 2: at tau = 1, student_tau none (= tau) and 1 would be one setting twice.
+        kd="kd.tau=2,4,8 kd.alpha=0,0.5 kd.student_tau=none,1",
         lelp=split_grid,
         random=split_grid,
         pca=split_grid,

@@ -281,6 +281,12 @@ def test_default_grids_have_equal_sizes_and_valid_keys():
     for m, g in defaults.items():  # every value types and validates
         for ov in grids.grid_points(g):
             grids.point_config(cfg, ov)
+    # no method gets a setting twice under two names: KD's student_tau=None means student_tau = tau
+    effective = set()
+    for ov in grids.grid_points(defaults["kd"]):
+        kd = grids.point_config(cfg, ov).kd
+        effective.add((kd.tau, kd.alpha, kd.tau if kd.student_tau is None else kd.student_tau))
+    assert len(effective) == sizes["kd"]
     c = base_config()
     c.selection.grids.kd = "kd.tau=1,2 kd.alpha=0,x"
     with pytest.raises(ConfigError, match="kd.alpha"):

@@ -26,6 +26,7 @@ oracle) 1-5 minutes of wall time; the comparison (teacher reused, 30 student run
 341 s.
 """
 from lelp_jax.config import base_config
+from lelp_jax.grids import set_grid_axis
 
 
 def get_config():
@@ -49,6 +50,9 @@ def get_config():
     c.student.model_kwargs = dict(conv_features=(4, 8), hidden=(16,))
 
     c.lelp.num_subclasses = 5
+    # Selection grids (lelp sweep --default-grids) try S = 3 and 5: each side holds five fine classes.
+    set_grid_axis(c, "lelp.num_subclasses", (3, 5))
+    set_grid_axis(c, "subclass.num_subclasses", (3, 5))
     c.lelp.standardize = True
     c.lelp.tau = 2.0
     c.kd.tau = 2.0

@@ -21,6 +21,7 @@ examples (seeds 0-1), oracle - ce = 3.0 points, so it was kept; with the config'
 steps, ce 92.10 and oracle 95.45 (seeds 0-2). Results: docs/RESULTS.md, section 1.
 """
 from lelp_jax.config import base_config
+from lelp_jax.grids import set_grid_axis
 
 
 def get_config():
@@ -41,6 +42,10 @@ def get_config():
     c.student.model_kwargs.hidden = (8,)
 
     c.lelp.num_subclasses = c.data.synthetic.modes_per_class
+    # Selection grids (lelp sweep --default-grids) try S = K/2 and K, where the data has K subclasses.
+    k = c.data.synthetic.modes_per_class
+    set_grid_axis(c, "lelp.num_subclasses", (k // 2, k))
+    set_grid_axis(c, "subclass.num_subclasses", (k // 2, k))
     c.lelp.standardize = True
     c.lelp.tau = 2.0
     c.kd.tau = 2.0

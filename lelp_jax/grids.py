@@ -18,8 +18,8 @@ from lelp_jax.config import validate_config
 from lelp_jax.errors import ConfigError
 from lelp_jax.overrides import apply_overrides, split_values, strip_prefix
 
-__all__ = ["parse_grid", "parse_grids", "default_grids", "method_grids", "grid_points", "point_name",
-           "point_config"]
+__all__ = ["parse_grid", "parse_grids", "default_grids", "set_grid_axis", "method_grids", "grid_points",
+           "point_name", "point_config"]
 
 _DEFAULTS_POINT = "defaults"  # the folder of the point without overrides
 
@@ -86,6 +86,31 @@ def default_grids(config: ml_collections.ConfigDict, methods: Sequence[str]) -> 
             _parse_axis(spec, axes, f" (selection.grids.{m})")
         out[m] = axes
     return out
+
+
+def set_grid_axis(config: ml_collections.ConfigDict, key: str, values: Sequence[Any]) -> list[str]:
+    """Give axis ``key`` the ``values`` in every ``config.selection.grids`` entry that has it.
+
+    For a config whose data fixes an axis's sensible range (e.g. ``lelp.num_subclasses`` = K/2, K
+    where each class has K true subclasses); the axis keeps its place and its number of values
+    must stay the same, so the grids keep their equal sizes. Returns the methods changed.
+    """
+    new = f"{key}=" + ",".join(_fmt(v) for v in values)
+    changed = []
+    for m in list(config.selection.grids.keys()):
+        axes = split_values(config.selection.grids[m] or "", " ")
+        hit = [i for i, a in enumerate(axes) if a.split("=", 1)[0] == key]
+        if not hit:
+            continue
+        if len(split_values(axes[hit[0]].split("=", 1)[1])) != len(values):
+            raise ConfigError(f"selection.grids.{m}: axis {key} has {axes[hit[0]]!r}; give as many values "
+                              f"({len(values)} given) so the grids keep equal sizes.")
+        axes[hit[0]] = new
+        config.selection.grids[m] = " ".join(axes)
+        changed.append(m)
+    if not changed:
+        raise ConfigError(f"no grid in selection.grids has an axis {key!r}.")
+    return changed
 
 
 def method_grids(methods: Sequence[str], shared: Mapping[str, Sequence[Any]],

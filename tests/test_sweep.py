@@ -3,6 +3,7 @@ import json
 import re
 import warnings
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -291,6 +292,26 @@ def test_default_grids_have_equal_sizes_and_valid_keys():
     c.selection.grids.kd = "kd.tau=1,2 kd.alpha=0,x"
     with pytest.raises(ConfigError, match="kd.alpha"):
         grids.point_config(c, grids.grid_points(grids.default_grids(c, ["kd"])["kd"])[1])
+
+
+def test_set_grid_axis_changes_that_axis_everywhere_and_keeps_sizes():
+    cfg = base_config()
+    before = {m: cfg.selection.grids[m] for m in cfg.selection.grids}
+    changed = grids.set_grid_axis(cfg, "lelp.num_subclasses", (4, 8))
+    assert set(changed) == {"lelp", "random", "pca", "kmeans", "agglomerative", "lelp_kmeans"}
+    for m in cfg.selection.grids:
+        g = grids.default_grids(cfg, [m])[m]
+        if m in changed:
+            assert g["lelp.num_subclasses"] == ["4", "8"] and list(g) == list(grids.default_grids(
+                ml_collections.ConfigDict({"selection": {"grids": before}}), [m])[m])  # same axes, same order
+        else:
+            assert cfg.selection.grids[m] == before[m]
+    from lelp_jax.methods import method_names
+    grids.method_grids(list(method_names()), {}, grids.default_grids(cfg, method_names()))  # equal sizes
+    with pytest.raises(ConfigError, match="as many values"):
+        grids.set_grid_axis(cfg, "lelp.num_subclasses", (2, 4, 8))
+    with pytest.raises(ConfigError, match="no grid"):
+        grids.set_grid_axis(cfg, "lelp.nope", (1, 2))
 
 
 def test_tiny_select_on_validation_end_to_end(tmp_path, capsys):

@@ -61,7 +61,7 @@ from lelp_jax.overrides import get_value, split_overrides, split_values
 from lelp_jax.paired import method_summary
 from lelp_jax.selection import choose
 
-__all__ = ["run_sweep", "main"]
+__all__ = ["check_test_seeds", "add_grid_arguments", "grid_arguments", "run_sweep", "main"]
 
 _TEACHER_KEYS = ("teacher.", "data.", "smoke")
 def _summarize(results: Mapping[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
@@ -103,6 +103,43 @@ def _plan(config: ml_collections.ConfigDict, grids: Mapping[str, Mapping[str, Se
     return list(points.values())
 
 
+def check_test_seeds(seeds: Sequence[int], test_seeds: Optional[Sequence[int]]) -> list[int]:
+    """The test seeds as ints; refused when they repeat, are negative or overlap the selection ``seeds``."""
+    test_seeds = [int(s) for s in (test_seeds or [])]
+    overlap = sorted({int(s) for s in seeds} & set(test_seeds))
+    if overlap:
+        raise ConfigError(f"test seeds {overlap} are also selection seeds; the chosen settings must be tested on "
+                          "fresh seeds: pick --test-seeds disjoint from --seeds.")
+    if len(set(test_seeds)) != len(test_seeds) or any(s < 0 for s in test_seeds):
+        raise ConfigError(f"--test-seeds must be distinct non-negative ints, got {test_seeds}.")
+    return test_seeds
+
+
+def add_grid_arguments(p: argparse.ArgumentParser) -> None:
+    """``--grid``, ``--default-grids`` and ``--test-seeds``: the selection flags of ``lelp sweep`` and ``lelp kfold``."""
+    p.add_argument("--grid", action="append", default=[],
+                   help="one axis: lelp.beta=0.5,1,2 (every method) or kd:kd.tau=1,2,4 (one method); repeat")
+    p.add_argument("--default-grids", action="store_true",
+                   help="methods without a METHOD: axis take config.selection.grids.METHOD (docs/PROTOCOL.md)")
+    p.add_argument("--test-seeds", default=None,
+                   help="comma-separated fresh seeds: each method's settings chosen on validation over --seeds "
+                        "are run again on these")
+
+
+def grid_arguments(args: argparse.Namespace, config: ml_collections.ConfigDict
+                   ) -> tuple[dict[str, list[str]], dict[str, dict[str, list[str]]], list[int]]:
+    """(shared axes, {method: own axes}, test seeds) from :func:`add_grid_arguments`' flags; ``--default-grids``
+    fills every method of ``config.methods`` without a ``METHOD:`` axis; test seeds checked against ``config.seeds``."""
+    shared, own = parse_grids(args.grid)
+    if args.default_grids:
+        own = {**{m: g for m, g in default_grids(config, config.methods).items() if m not in own}, **own}
+    try:
+        test_seeds = [int(x) for x in split_values(args.test_seeds or "")]
+    except ValueError:
+        raise ConfigError(f"--test-seeds must be comma-separated ints, got {args.test_seeds!r}.") from None
+    return shared, own, check_test_seeds(config.seeds, test_seeds)
+
+
 def run_sweep(
     config: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
@@ -133,13 +170,7 @@ def run_sweep(
     root = Path(workdir)
     sweep_dir = root / "sweep"
     seeds = [int(s) for s in (config.seeds if seeds is None else seeds)]
-    test_seeds = [int(s) for s in (test_seeds or [])]
-    overlap = sorted(set(seeds) & set(test_seeds))
-    if overlap:
-        raise ConfigError(f"test seeds {overlap} are also selection seeds; the chosen settings must be tested on "
-                          "fresh seeds: pick --test-seeds disjoint from --seeds.")
-    if len(set(test_seeds)) != len(test_seeds) or any(s < 0 for s in test_seeds):
-        raise ConfigError(f"--test-seeds must be distinct non-negative ints, got {test_seeds}.")
+    test_seeds = check_test_seeds(seeds, test_seeds)
     methods = list(config.methods)
     grids = method_grids(methods, grid, own_grids)
     keys = list(dict.fromkeys(k for g in grids.values() for k in g))
@@ -243,28 +274,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="lelp sweep", description="Run a grid of config overrides, one workdir per point.")
     p.add_argument("--config", required=True, help="Python config file or a name in configs/")
     p.add_argument("--workdir", required=True, help="the sweep's root; points go to WORKDIR/sweep/KEY=VALUE,.../")
-    p.add_argument("--grid", action="append", default=[],
-                   help="one axis: lelp.beta=0.5,1,2 (every method) or kd:kd.tau=1,2,4 (one method); repeat")
-    p.add_argument("--default-grids", action="store_true",
-                   help="methods without a METHOD: axis take config.selection.grids.METHOD (docs/PROTOCOL.md)")
+    add_grid_arguments(p)
     p.add_argument("--methods", default=None, help="comma-separated methods (default: the config's)")
     p.add_argument("--seeds", default=None, help="comma-separated (selection) seeds (default: the config's)")
-    p.add_argument("--test-seeds", default=None,
-                   help="comma-separated fresh seeds: each method's settings chosen on validation over --seeds "
-                        "are run again on these (lelp report --select-on validation)")
     p.add_argument("--no-share-teacher", action="store_true", help="train a teacher in every point")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(rest)
     config = load_config(args.config, overrides, methods=args.methods, seeds=args.seeds)
-    shared, own = parse_grids(args.grid)
-    if args.default_grids:
-        own = {**{m: g for m, g in default_grids(config, config.methods).items() if m not in own}, **own}
-    test_seeds = None
-    if args.test_seeds is not None:
-        try:
-            test_seeds = [int(x) for x in split_values(args.test_seeds)]
-        except ValueError:
-            raise ConfigError(f"--test-seeds must be comma-separated ints, got {args.test_seeds!r}.") from None
+    shared, own, test_seeds = grid_arguments(args, config)
     sharding.initialize_distributed(config.distributed)
     sharding.enable_compilation_cache()  # every point compiles the same steps: later points hit the cache
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))

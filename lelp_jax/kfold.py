@@ -54,8 +54,9 @@ from lelp_jax.data.splits import data_config
 from lelp_jax.errors import ConfigError
 from lelp_jax.grids import point_config
 from lelp_jax.overrides import split_overrides
-from lelp_jax.paired import fmt_mean_std, mean_std, paired_table
+from lelp_jax.paired import fmt_mean_std, mean_std, method_summary, paired_table
 from lelp_jax.pipeline import read_json
+from lelp_jax.selection import choose
 
 __all__ = ["run_kfold", "pool_folds", "table", "main"]
 
@@ -103,38 +104,50 @@ def _pooled(rs: Sequence[Mapping[str, Any]], n_test: Sequence[int], n_val: Seque
             "folds": [r["test_accuracy_best_val"] for r in rs]}
 
 
+def _choose(fold_dir: Path, summary: Mapping[str, Any], method: str, seeds: Sequence[int]) -> tuple[Any, int]:
+    """Fold's choice for ``method``, recomputed from its points' runs on the selection ``seeds`` (as
+    ``lelp report --select-on validation`` does), and the number of grid points it was chosen from."""
+    points = []
+    for p in summary["points"]:
+        if method in p.get("methods", [method]):
+            runs = [r for (m, s), r in _fold_runs(fold_dir / "sweep" / p["name"]).items() if m == method and s in seeds]
+            points.append({**p, "status": "done", "summary": method_summary(runs)})
+    pick = choose(points, method, seeds)
+    if pick.candidates < len(points):
+        raise ConfigError(f"lelp kfold: {fold_dir.name} has {method!r} on every selection seed {list(seeds)} in only "
+                          f"{pick.candidates} of its {len(points)} grid points; rerun the same `lelp kfold` command "
+                          "without --pool-only to finish it.")
+    recorded = (summary.get("selection") or {}).get(method, {}).get("point", pick.point)
+    if recorded != pick.point:
+        raise ConfigError(f"lelp kfold: {fold_dir.name}'s sweep summary chose {recorded!r} for {method!r}, but its "
+                          f"runs' validation accuracies choose {pick.point!r}; rerun the fold's sweep.")
+    return pick, len(points)
+
+
 def _selected(config: ml_collections.ConfigDict, root: Path, test_seeds: Sequence[int],
               n_test: Sequence[int], n_val: Sequence[int]) -> dict[str, Any]:
-    """Each fold's choice per method (its sweep summary's ``selection``) and the pooled test-seed rows."""
+    """Each fold's choice per method (on its own validation carve) and the pooled test-seed rows."""
     k, seeds = int(config.data.num_folds), [int(s) for s in config.seeds]
     summaries = [_summary(root / f"fold_{f}") for f in range(k)]
-    unselected = [f for f, s in enumerate(summaries) if not s.get("selection")]
-    if unselected:
-        raise ConfigError(f"lelp kfold: folds {unselected} have not chosen their settings yet (no selection in "
-                          "their sweep summary); rerun the same `lelp kfold ... --test-seeds` command without "
-                          "--pool-only to finish them.")
     for f, s in enumerate(summaries):
         if [int(x) for x in s.get("seeds", [])] != seeds:
             raise ConfigError(f"lelp kfold: fold {f} chose its settings on seeds {s.get('seeds')}, not --seeds "
                               f"{seeds}; pass the selection seeds it was run with.")
     selection: dict[str, list[dict]] = {}
-    test_rows = []
+    sizes, test_rows = {}, []
     for m in config.methods:
-        missing = [f for f, s in enumerate(summaries) if m not in s["selection"]]
-        if missing:
-            raise ConfigError(f"lelp kfold: method {m!r} was not selected in folds {missing}; run them with it "
-                              "or leave it out of --methods.")
-        picks = [s["selection"][m] for s in summaries]
-        selection[m] = [{"fold": f, "point": p["point"], "overrides": p["overrides"], "val_accuracy": p["val_accuracy"]}
-                        for f, p in enumerate(picks)]
-        runs = [_fold_runs(root / f"fold_{f}" / "sweep" / p["point"]) for f, p in enumerate(picks)]
+        picks = [_choose(root / f"fold_{f}", s, m, seeds) for f, s in enumerate(summaries)]
+        sizes[m] = picks[0][1]
+        selection[m] = [{"fold": f, "point": c.point, "overrides": c.overrides, "val_accuracy": c.val_accuracy}
+                        for f, (c, _) in enumerate(picks)]
+        runs = [_fold_runs(root / f"fold_{f}" / "sweep" / c.point) for f, (c, _) in enumerate(picks)]
         for s in test_seeds:
             if all((m, s) in r for r in runs):
                 rs = [r[(m, s)] for r in runs]
                 test_rows.append({"method": m, "seed": s, **_pooled(rs, n_test, n_val),
-                                  "points": [p["point"] for p in picks]})
-    return {"seeds": seeds, "test_seeds": list(test_seeds), "grid_sizes": summaries[0].get("grid_sizes", {}),
-            "selection": selection, "test_rows": test_rows}
+                                  "points": [c.point for c, _ in picks]})
+    return {"seeds": seeds, "test_seeds": list(test_seeds), "grid_sizes": sizes, "selection": selection,
+            "test_rows": test_rows}
 
 
 def _check(config: ml_collections.ConfigDict, swept: bool, keys: Sequence[str], test_seeds: Sequence[int]) -> None:

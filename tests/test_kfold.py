@@ -126,8 +126,9 @@ def test_kfold_nests_selection_in_each_fold_and_pools_the_chosen_settings(tmp_pa
 
 def _fabricate(root, sizes, rng, choices, methods=("ce", "kd", "oracle"), seeds=(0,), test_seeds=(1, 2, 3)):
     """Sweep summaries and result files for 2 folds: per method two points; fold f chooses ``choices[f][m]``.
-    The summaries' recorded workdirs point elsewhere (a copied workdir must pool its own files)."""
-    truth, ranges = {}, {"ce": (0.5, 0.6), "kd": (0.6, 0.8), "oracle": (0.8, 0.9)}  # the oracle has room over ce
+    The summaries' recorded workdirs point elsewhere (a copied workdir must pool its own files). Returns the
+    chosen runs' (acc, last, val) per (method, test seed) and the chosen points' validation accuracy per (fold, method)."""
+    truth, chosen_val, ranges = {}, {}, {"ce": (0.5, 0.6), "kd": (0.6, 0.8), "oracle": (0.8, 0.9)}  # the oracle has room over ce
     points = {"ce": ["defaults"], "kd": ["kd.tau=2.0", "kd.tau=4.0"], "oracle": ["lelp.tau=1.0", "lelp.tau=2.0"]}
     for f in range(2):
         sweep_dir = root / f"fold_{f}" / "sweep"
@@ -139,7 +140,10 @@ def _fabricate(root, sizes, rng, choices, methods=("ce", "kd", "oracle"), seeds=
                                        "workdir": f"/elsewhere/{p}"})
                 chosen = choices[f][m] == p
                 for s in (*seeds, *(test_seeds if chosen else ())):
-                    acc, last, val = rng.uniform(*ranges[m], size=3)
+                    acc, last = rng.uniform(*ranges[m], size=2)
+                    val = rng.uniform(0.9, 1.0) if chosen else rng.uniform(0.5, 0.9)  # the chosen point's val is best
+                    if chosen and s in seeds:
+                        chosen_val[(f, m)] = val
                     d = sweep_dir / p / "runs" / m / f"seed_{s}"
                     d.mkdir(parents=True)
                     (d / "result.json").write_text(json.dumps({
@@ -149,11 +153,11 @@ def _fabricate(root, sizes, rng, choices, methods=("ce", "kd", "oracle"), seeds=
                         truth.setdefault((m, s), []).append((acc, last, val))
             selection[m] = {"point": choices[f][m], "overrides": next(
                 q["overrides"] for q in summary_points if q["name"] == choices[f][m]),
-                "val_accuracy": 0.9 - 0.1 * f, "status": "done"}
+                "val_accuracy": chosen_val[(f, m)], "status": "done"}
         (sweep_dir / "summary.json").write_text(json.dumps({
             "seeds": list(seeds), "test_seeds": list(test_seeds), "methods": list(methods),
             "grid_sizes": {"ce": 1, "kd": 2, "oracle": 2}, "points": summary_points, "selection": selection}))
-    return truth
+    return truth, chosen_val
 
 
 def test_pool_only_pools_each_folds_own_choice(tmp_path, rng, capsys):
@@ -163,7 +167,7 @@ def test_pool_only_pools_each_folds_own_choice(tmp_path, rng, capsys):
     sizes = np.asarray([kfold._split_sizes(point_config(config, {"data.fold": f})) for f in range(2)], np.float64)
     choices = [{"ce": "defaults", "kd": "kd.tau=2.0", "oracle": "lelp.tau=1.0"},
                {"ce": "defaults", "kd": "kd.tau=4.0", "oracle": "lelp.tau=1.0"}]
-    truth = _fabricate(tmp_path, sizes, rng, choices)
+    truth, chosen_val = _fabricate(tmp_path, sizes, rng, choices)
     args = ["kfold", "--config", "digits_kfold", "--workdir", str(tmp_path), "--methods", "ce,kd,oracle",
             "--grid", "kd:kd.tau=2,4", "--grid", "oracle:lelp.tau=1,2", "--seeds", "0", "--test-seeds", "1,2,3",
             "--pool-only", *_TINY_FLAGS]
@@ -172,8 +176,8 @@ def test_pool_only_pools_each_folds_own_choice(tmp_path, rng, capsys):
     pooled = json.loads((tmp_path / "kfold.json").read_text())
     assert pooled["n_test"] == sizes[:, 0].tolist()
     assert [p["point"] for p in pooled["selection"]["kd"]] == ["kd.tau=2.0", "kd.tau=4.0"]
-    assert [p["val_accuracy"] for p in pooled["selection"]["kd"]] == [0.9, 0.8]
-    assert len(pooled["test_rows"]) == 9
+    assert [p["val_accuracy"] for p in pooled["selection"]["kd"]] == [chosen_val[(0, "kd")], chosen_val[(1, "kd")]]
+    assert len(pooled["test_rows"]) == 9 and pooled["grid_sizes"] == {"ce": 1, "kd": 2, "oracle": 2}
     for row in pooled["test_rows"]:
         a = np.asarray(truth[(row["method"], row["seed"])], np.float64)  # (fold, [acc, last, val])
         assert row["points"] == [c[row["method"]] for c in choices]
@@ -181,21 +185,30 @@ def test_pool_only_pools_each_folds_own_choice(tmp_path, rng, capsys):
         np.testing.assert_allclose(row["test_accuracy_last"], a[:, 1] @ sizes[:, 0] / sizes[:, 0].sum(), rtol=1e-12)
         np.testing.assert_allclose(row["validation_accuracy"], a[:, 2] @ sizes[:, 1] / sizes[:, 1].sum(), rtol=1e-12)
     assert {r["seed"] for r in pooled["rows"]} == {0}  # grid rows: the selection seed only
-    assert "f0: kd.tau=2.0 (90.00); f1: kd.tau=4.0 (80.00)" in out
-    assert "all folds: lelp.tau=1.0 (90.00, 80.00)" in out and "| ce | 1 | all folds: (config settings)" in out
+    val = {k: f"{100 * v:.2f}" for k, v in chosen_val.items()}
+    assert f"f0: kd.tau=2.0 ({val[(0, 'kd')]}); f1: kd.tau=4.0 ({val[(1, 'kd')]})" in out
+    assert f"all folds: lelp.tau=1.0 ({val[(0, 'oracle')]}, {val[(1, 'oracle')]})" in out
+    assert "| ce | 1 | all folds: (config settings)" in out
     acc = {m: {s: float(np.asarray(truth[(m, s)])[:, 0] @ sizes[:, 0] / sizes[:, 0].sum()) for s in (1, 2, 3)}
            for m in ("ce", "kd", "oracle")}
     room = (np.mean(list(acc["kd"].values())) - np.mean(list(acc["ce"].values()))) / (
         np.mean(list(acc["oracle"].values())) - np.mean(list(acc["ce"].values())))
     kd_line = next(line for line in out.splitlines() if line.startswith("| kd | – | – |"))
     assert "oracle room" in out and 0 < room < 1 and kd_line.endswith(f"| {room:.2f} |")
-    # a fold without a selection, or selected on other seeds, is refused with the fix
+    # the choice is recomputed from the runs: a summary without its selection block pools the same
     summary = tmp_path / "fold_1" / "sweep" / "summary.json"
     s = json.loads(summary.read_text())
+    summary.write_text(json.dumps({k: v for k, v in s.items() if k != "selection"}))
+    assert main(args) == 0 and json.loads((tmp_path / "kfold.json").read_text())["test_rows"] == pooled["test_rows"]
+    capsys.readouterr()
+    # refused, with the fix: selected on other seeds, a recorded choice the runs contradict, an unfinished grid
     summary.write_text(json.dumps({**s, "seeds": [0, 5]}))
     assert main(args) == 2 and "chose its settings on seeds [0, 5]" in capsys.readouterr().err
-    summary.write_text(json.dumps({k: v for k, v in s.items() if k != "selection"}))
-    assert main(args) == 2 and "folds [1] have not chosen" in capsys.readouterr().err
+    summary.write_text(json.dumps({**s, "selection": {**s["selection"], "kd": {"point": "kd.tau=2.0"}}}))
+    assert main(args) == 2 and "runs' validation accuracies choose 'kd.tau=4.0'" in capsys.readouterr().err
+    summary.write_text(json.dumps(s))
+    (tmp_path / "fold_1" / "sweep" / "kd.tau=2.0" / "runs" / "kd" / "seed_0" / "result.json").unlink()
+    assert main(args) == 2 and "'kd' on every selection seed [0] in only 1 of its 2 grid points" in capsys.readouterr().err
 
 
 def test_kfold_refuses_overlapping_test_seeds_in_one_error_line(tmp_path, capsys):

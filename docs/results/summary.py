@@ -1,11 +1,11 @@
 """The summary table of docs/RESULTS.md, computed from the generated per-seed accuracies.
 
-Reads docs/results/synthetic/selection.json (select_fresh.py), docs/results/digits_kfold/kfold.json
-(`lelp kfold`), docs/results/fashion_hidden/comparison.json (points_table.py --json-out) and
-docs/results/rt_selection/selection.json (sweep_selection.py), writes docs/results/summary.md: per benchmark the mean test accuracy of ce, kd,
-lelp, lelp_kmeans and oracle, the paired differences to KD with their 95 % intervals and what
-they say, and the share of the oracle's room of lelp, lelp_kmeans and kmeans; and
-docs/results/synthetic/per_seed.md (every test seed's accuracy). Run: `python docs/results/summary.py`.
+Reads docs/results/{synthetic,fashion_hidden,rt_selection}/selection.json (sweep_selection.py on a
+`lelp sweep --default-grids --test-seeds` workdir) and docs/results/digits_nested/kfold.json (`lelp kfold
+--default-grids --test-seeds`: selection nested in each fold), writes docs/results/summary.md: per benchmark
+the mean test accuracy of ce, kd, lelp,
+lelp_kmeans and oracle, the paired differences to KD with their 95 % intervals and what they say,
+and the share of the oracle's room of lelp, lelp_kmeans and kmeans; and docs/results/synthetic/per_seed.md (every test seed's accuracy). Run: `python docs/results/summary.py`.
 """
 from __future__ import annotations
 
@@ -49,36 +49,49 @@ def per_seed(acc: dict[str, dict[int, float]], methods: tuple[str, ...]) -> list
     return lines
 
 
+def _selected(folder: str) -> dict[str, dict[int, float]] | None:
+    """Per-method, per-test-seed accuracy of a sweep_selection.py JSON (None when not generated)."""
+    sel = HERE / folder / "selection.json"
+    if not sel.exists():
+        return None
+    return {m: {int(s): v for s, v in d.items()} for m, d in json.loads(sel.read_text())["accuracy"].items()}
+
+
+def _kfold(folder: str) -> tuple[dict[str, dict[int, float]], dict] | None:
+    """Per-method, per-test-seed pooled accuracy of a nested-selection kfold.json, and the file."""
+    kf = HERE / folder / "kfold.json"
+    if not kf.exists():
+        return None
+    pooled = json.loads(kf.read_text())
+    acc: dict[str, dict[int, float]] = {}
+    for r in pooled["test_rows"]:
+        acc.setdefault(r["method"], {})[int(r["seed"])] = r["test_accuracy"]
+    return acc, pooled
+
+
 def main() -> None:
-    lines = ["Test accuracy (%) at the best-validation step, mean over the test seeds; Δ = paired difference "
-             "(percentage points) with its 95 % t-interval; room = (method − ce) / (oracle − ce).", "",
+    lines = ["Test accuracy (%) at the best-validation step, mean over the test seeds; every method's settings chosen "
+             "on validation from a 12-point grid; Δ = paired difference (percentage points) with its 95 % t-interval; "
+             "room = (method − ce) / (oracle − ce).", "",
              "| benchmark | test examples | seeds | ce | kd | lelp | lelp_kmeans | oracle | lelp − kd | lelp_kmeans − kd | "
              "room: lelp / lelp_kmeans / kmeans |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    sel = HERE / "synthetic" / "selection.json"
-    if sel.exists():
-        acc = {m: {int(s): v for s, v in d.items()} for m, d in json.loads(sel.read_text())["accuracy"].items()}
-        lines += _bench("synthetic_subclasses (K = 8, width 8; chosen on validation)", "10,000", acc)
+    synthetic = _selected("synthetic")
+    if synthetic:
+        lines += _bench("synthetic_subclasses (K = 8, width 8)", "10,000", synthetic)
         (HERE / "synthetic" / "per_seed.md").write_text("\n".join(per_seed(
-            acc, ("ce", "kd", "lelp", "lelp_kmeans", "kmeans", "agglomerative", "subclass", "oracle"))) + "\n")
-    kf = HERE / "digits_kfold" / "kfold.json"
-    if kf.exists():
-        pooled = json.loads(kf.read_text())
-        acc: dict[str, dict[int, float]] = {}
-        for r in pooled["rows"]:
-            acc.setdefault(r["method"], {})[int(r["seed"])] = r["test_accuracy"]
-        lines += _bench(f"digits_binary, {pooled['num_folds']}-fold (config settings)", f"{sum(pooled['n_test']):,}",
-                        acc)
-    fh = HERE / "fashion_hidden" / "comparison.json"
-    if fh.exists():
-        for label, acc in json.loads(fh.read_text()).items():
-            acc = {m: {int(s): v for s, v in d.items()} for m, d in acc.items() if d}
-            lines += _bench(f"fashion_mnist_hidden ({label}; config settings)", "10,000", acc)
-    rt = HERE / "rt_selection" / "selection.json"
-    if rt.exists():
-        acc = {m: {int(s): v for s, v in d.items()} for m, d in json.loads(rt.read_text())["accuracy"].items()}
-        lines += _bench("rotten_tomatoes_features (frozen MiniLM, MLP 64; chosen on validation, 12-point grids)",
-                        "1,276", acc)
+            synthetic, ("ce", "kd", "lelp", "lelp_kmeans", "kmeans", "agglomerative", "subclass", "oracle"))) + "\n")
+    digits = _kfold("digits_nested")
+    if digits:
+        acc, pooled = digits
+        lines += _bench(f"digits_binary, {pooled['num_folds']}-fold (chosen in each fold)",
+                        f"{sum(pooled['n_test']):,}", acc)
+    fashion = _selected("fashion_hidden")
+    if fashion:
+        lines += _bench("fashion_mnist_hidden ({0,1,4,7,8}, 50 per fine class)", "10,000", fashion)
+    rt = _selected("rt_selection")
+    if rt:
+        lines += _bench("rotten_tomatoes_features (frozen MiniLM, MLP 64)", "1,276", rt)
     (HERE / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

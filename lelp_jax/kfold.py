@@ -47,7 +47,7 @@ from typing import Any, Optional
 import ml_collections
 import numpy as np
 
-from lelp_jax import atomic, pipeline, sweep
+from lelp_jax import atomic, pipeline, sharding, sweep
 from lelp_jax.config import load_config
 from lelp_jax.data import load_split
 from lelp_jax.data.splits import data_config
@@ -298,6 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.pool_only:
         pooled = pool_folds(config, args.workdir, grid, own_grids=own, test_seeds=test_seeds)
     else:
+        sharding.enable_compilation_cache()  # every fold (and point) compiles the same steps: later ones hit the cache
         pooled = run_kfold(config, args.workdir, grid, own_grids=own, test_seeds=test_seeds, log=log)
     print(table(pooled))
     return 0

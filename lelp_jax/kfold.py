@@ -150,15 +150,21 @@ def _selected(config: ml_collections.ConfigDict, root: Path, test_seeds: Sequenc
             "test_rows": test_rows}
 
 
-def _check(config: ml_collections.ConfigDict, swept: bool, keys: Sequence[str], test_seeds: Sequence[int]) -> None:
+def _axes(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any]] | None, own_grids: Grids | None,
+          test_seeds: Optional[Sequence[int]]) -> tuple[dict, dict, bool, list[int]]:
+    """(shared axes, own axes, whether folds are swept, test seeds), checked once for running and pooling."""
+    grid, own = dict(grid or {}), {m: dict(g) for m, g in (own_grids or {}).items()}
+    swept = bool(grid) or any(own.values())
+    test_seeds = sweep.check_test_seeds(config.seeds, test_seeds)
     if int(config.data.num_folds) < 2:
         raise ConfigError("lelp kfold needs data.num_folds >= 2 (e.g. --config.data.num_folds=10).")
-    if any(k.startswith("data.") or k.startswith("teacher.") for k in keys):
+    if any(k.startswith("data.") or k.startswith("teacher.") for k in [*grid, *(k for g in own.values() for k in g)]):
         raise ConfigError("lelp kfold: grid keys must be student-side (not data.* or teacher.*): every fold "
                           "shares one teacher across its grid.")
     if test_seeds and not swept:
         raise ConfigError("lelp kfold: --test-seeds test the settings chosen on validation, so they need grids: "
                           "add --default-grids (or --grid METHOD:KEY=V1,V2 axes).")
+    return grid, own, swept, test_seeds
 
 
 def pool_folds(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
@@ -167,10 +173,7 @@ def pool_folds(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     """Pool finished folds into ``WORKDIR/kfold.json`` (rows for settings/methods/seeds done in every fold;
     with ``test_seeds``, also each fold's choice and the chosen settings' pooled test rows)."""
     root = Path(workdir)
-    grid, own = dict(grid or {}), {m: dict(g) for m, g in (own_grids or {}).items()}
-    swept = bool(grid) or any(own.values())
-    test_seeds = sweep.check_test_seeds(config.seeds, test_seeds)
-    _check(config, swept, [*grid, *(k for g in own.values() for k in g)], test_seeds)
+    grid, own, swept, test_seeds = _axes(config, grid, own_grids, test_seeds)
     keep = {int(s) for s in config.seeds} if test_seeds else None  # grid rows: the selection seeds only
     k = int(config.data.num_folds)
     n_test, n_val, per_fold = [], [], []
@@ -206,10 +209,7 @@ def run_kfold(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     ``sweep.run_sweep`` in ``WORKDIR/fold_f``; with ``test_seeds`` it also chooses on its
     own validation carve and runs the choice on the test seeds (selection nested per fold).
     """
-    grid, own = dict(grid or {}), {m: dict(g) for m, g in (own_grids or {}).items()}
-    swept = bool(grid) or any(own.values())
-    test_seeds = sweep.check_test_seeds(config.seeds, test_seeds)
-    _check(config, swept, [*grid, *(k for g in own.values() for k in g)], test_seeds)
+    grid, own, swept, test_seeds = _axes(config, grid, own_grids, test_seeds)
     if config.teacher.model == "precomputed":
         raise ConfigError("lelp kfold trains a teacher per fold, and teacher.model='precomputed' gives one set of "
                           "outputs; export them per fold and run `lelp run` with --config.data.fold=F for each.")

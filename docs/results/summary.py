@@ -2,10 +2,10 @@
 
 Reads docs/results/{synthetic,fashion_hidden,rt_selection}/selection.json (sweep_selection.py on a
 `lelp sweep --default-grids --test-seeds` workdir) and docs/results/digits_nested/kfold.json (`lelp kfold
---default-grids --test-seeds`: selection nested in each fold), writes docs/results/summary.md: per benchmark
-the mean test accuracy of ce, kd, lelp,
-lelp_kmeans and oracle, the paired differences to KD with their 95 % intervals and what they say,
-and the share of the oracle's room of lelp, lelp_kmeans and kmeans; and docs/results/synthetic/per_seed.md (every test seed's accuracy). Run: `python docs/results/summary.py`.
+--default-grids --test-seeds`: selection nested in each fold). Writes docs/results/summary.md: per benchmark
+the mean test accuracy of ce, kd, lelp, lelp_kmeans and oracle, the paired differences to KD with their
+95 % intervals and what they say, and the share of the oracle's room of lelp, lelp_kmeans and kmeans; and
+docs/results/synthetic/per_seed.md (every test seed's accuracy). Run: `python docs/results/summary.py`.
 """
 from __future__ import annotations
 

@@ -118,8 +118,8 @@ def worker_lelp(a) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    from lelp_jax.projections import fit_projections
-    from lelp_jax.statistics import init_moments, update_moments
+    from lelp_jax.core.projections import fit_projections
+    from lelp_jax.core.statistics import init_moments, update_moments
 
     n, d, c, s, bs = a.n, a.d, a.c, a.s, a.batch_size
     mean, scale, w = class_means(d, c, a.seed), class_scales(d, c, a.seed), classifier(d, c, a.seed)

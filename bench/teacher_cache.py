@@ -74,10 +74,10 @@ def run_mode(mode: str, *, a, mesh, source, teacher, teacher_vars, teacher_dim: 
     """One end-to-end distillation in ``mode`` ('cached' | 'online'); seconds by phase."""
     import jax
 
-    from lelp_jax import sharding as shd
+    from lelp_jax.runtime import sharding as shd
     from lelp_jax.data import make_iterator
     from lelp_jax.methods import get_method
-    from lelp_jax.teacher import cache_teacher_outputs
+    from lelp_jax.pipeline.teacher import cache_teacher_outputs
     from lelp_jax.train import init_train_state, make_optimizer, make_train_step
 
     cfg = {"kd": {"tau": 2.0, "alpha": 0.0}, "train": {"optimizer": "adam", "learning_rate": 1e-3}}
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         a.teacher = "tiny"  # MiniLM's compile alone takes longer than the whole smoke budget
     import jax
 
-    from lelp_jax import sharding as shd
+    from lelp_jax.runtime import sharding as shd
     from lelp_jax.models import build_model, minilm_init_variables
 
     info = C.machine_info()

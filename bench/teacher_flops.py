@@ -2,7 +2,7 @@
 
     python bench/teacher_flops.py [--smoke] [--repeats K] [--matmul-size N]
 
-The teacher step is ``lelp_jax.teacher.make_teacher_step`` (jitted, eval mode,
+The teacher step is ``lelp_jax.pipeline.teacher.make_teacher_step`` (jitted, eval mode,
 float32 or --compute-dtype bfloat16, batch split over the mesh, variables replicated) for:
 - ``minilm`` (all-MiniLM-L6-v2, pretrained encoder; --random-weights: the same architecture
   randomly initialised, the same FLOPs, no weights package needed) on (B, L) token ids,
@@ -74,9 +74,9 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from lelp_jax import sharding as shd
+    from lelp_jax.runtime import sharding as shd
     from lelp_jax.models import build_model, minilm_init_variables
-    from lelp_jax.teacher import make_teacher_step
+    from lelp_jax.pipeline.teacher import make_teacher_step
 
     info = C.machine_info()
     t_start = time.time()

@@ -69,8 +69,8 @@ def make_projections(teacher_dim: int, num_subclasses: int, seed: int):
     """LELP projections fitted (library functions) on random teacher embeddings."""
     import jax
 
-    from lelp_jax.projections import fit_projections
-    from lelp_jax.statistics import init_moments, update_moments
+    from lelp_jax.core.projections import fit_projections
+    from lelp_jax.core.statistics import init_moments, update_moments
 
     rng = np.random.default_rng(seed)
     n = max(4 * teacher_dim, 256)

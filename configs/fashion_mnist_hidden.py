@@ -26,7 +26,7 @@ oracle) 1-5 minutes of wall time; the comparison (teacher reused, 30 student run
 341 s.
 """
 from lelp_jax.config import base_config
-from lelp_jax.grids import set_grid_axis
+from lelp_jax.protocol.grids import set_grid_axis
 
 
 def get_config():

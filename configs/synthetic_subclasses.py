@@ -21,7 +21,7 @@ examples (seeds 0-1), oracle - ce = 3.0 points, so it was kept; with the config'
 steps, ce 92.10 and oracle 95.45 (seeds 0-2). Results: docs/RESULTS.md, section 1.
 """
 from lelp_jax.config import base_config
-from lelp_jax.grids import set_grid_axis
+from lelp_jax.protocol.grids import set_grid_axis
 
 
 def get_config():

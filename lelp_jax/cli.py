@@ -6,8 +6,8 @@
                  the stages it needs first, skipping those already done)
     lelp config  --config FILE [--config.a.b=VALUE ...]    print the resolved config
     lelp report  ...                                        (lelp_jax.report.main)
-    lelp sweep   ...                                        (lelp_jax.sweep.main)
-    lelp kfold   ...                                        (lelp_jax.kfold.main)
+    lelp sweep   ...                                        (lelp_jax.protocol.sweep.main)
+    lelp kfold   ...                                        (lelp_jax.protocol.kfold.main)
 
 A subcommand is a function ``(argv: list[str]) -> int`` in ``COMMANDS``. User
 errors (bad config key, missing checkpoint, foreign workdir, dataset not
@@ -23,11 +23,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from lelp_jax import kfold, pipeline, report, sharding, sweep
+from lelp_jax import pipeline, report
+from lelp_jax.protocol import kfold, sweep
+from lelp_jax.runtime import sharding
 from lelp_jax.config import config_to_dict, load_config
-from lelp_jax.errors import ConfigError
-from lelp_jax.overrides import override_dict, split_overrides
-from lelp_jax.sharding import enable_compilation_cache
+from lelp_jax.runtime.errors import ConfigError
+from lelp_jax.config.overrides import override_dict, split_overrides
+from lelp_jax.runtime.sharding import enable_compilation_cache
 
 __all__ = ["main", "COMMANDS", "STAGE_COMMANDS", "split_overrides", "build_parser", "enable_compilation_cache"]
 

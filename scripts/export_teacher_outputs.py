@@ -2,7 +2,7 @@ r"""Export a teacher's outputs for ``teacher.model='precomputed'``: from PyTorch
 
 lelp_jax needs, per data split, the teacher's embedding (the input of its final
 linear layer) and logits, one row per example in the data files' order, plus the
-head's kernel (D, C) and bias (C,) (lelp_jax.precomputed describes the layouts and
+head's kernel (D, C) and bias (C,) (lelp_jax.pipeline.precomputed describes the layouts and
 the checks). Run the teacher once over each split, in order, without shuffling.
 
 Hugging Face sequence classifier on CSV files (needs torch and transformers):

@@ -62,6 +62,41 @@ def modules_block() -> str:
 
 
 
+# The layers, lowest first: a module may import its own layer and those below it, never one above
+# (tests/test_layout.py checks every import). ``lelp_jax/__init__.py`` re-exports the core.
+LAYERS: tuple[tuple[int, str, str], ...] = (
+    (0, "core", "pure jittable math and its artifact files: what other codebases import"),
+    (1, "runtime", "errors, content-addressed store, progress lines, mesh and sharding"),
+    (2, "config", "the schema (every default), config files, overrides"),
+    (3, "data", "datasets as random-access sources, the batch format, the batch iterator"),
+    (3, "models", "Flax teachers and students behind one registry"),
+    (4, "methods", "the method registry: each method's needs, targets, loss"),
+    (5, "train", "optimizer, train state, the compiled steps, checkpoints, the loop"),
+    (6, "pipeline", "the run: workdir, teacher, fits, stages, driver"),
+    (7, "protocol", "grids, sweeps, k-fold, selection on validation, paired statistics"),
+    (8, "report", "tables and plots from result files"),
+    (9, "cli", "the `lelp` command"),
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer of a dotted module name (``lelp_jax`` itself is the core's public face)."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return 0
+    levels = {name: level for level, name, _ in LAYERS}
+    if parts[1] not in levels:
+        raise ValueError(f"{module}: lelp_jax/{parts[1]} is in no layer; add it to LAYERS in scripts/gen_architecture.py")
+    return levels[parts[1]]
+
+
+def layers_block() -> str:
+    """The layers, lowest first."""
+    lines = ["| layer | package | what it holds |", "|---|---|---|"]
+    lines += [f"| {level} | `lelp_jax/{name}{'.py' if name == 'cli' else '/'}` | {text} |" for level, name, text in LAYERS]
+    return "\n".join(lines)
+
+
 def stages_block() -> str:
     """The pipeline's stages (``pipeline.STAGES``, in order, each with its docstring's summary), then the
     ``lelp`` commands that run them (``cli.STAGE_COMMANDS``)."""
@@ -100,7 +135,7 @@ def workdir_block() -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
-BLOCKS: dict[str, Callable[[], str]] = {"modules": modules_block, "stages": stages_block, "fits": fits_block,
+BLOCKS: dict[str, Callable[[], str]] = {"layers": layers_block, "modules": modules_block, "stages": stages_block, "fits": fits_block,
                                         "workdir": workdir_block}
 
 

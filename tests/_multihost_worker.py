@@ -78,7 +78,8 @@ def small_config(**train: Any):
 
 def run_train(workdir: str, num_steps: int = 30, checkpoint_every: int = 10, progress: bool = False) -> dict:
     """The kill/resume job: ce on synthetic blobs, 1 device."""
-    from lelp_jax import methods, sharding, train
+    from lelp_jax import methods, train
+    from lelp_jax.runtime import sharding
 
     cfg = small_config(num_steps=num_steps, checkpoint_every=checkpoint_every, eval_every=checkpoint_every)
     return train.train_and_evaluate(
@@ -90,7 +91,7 @@ def run_train(workdir: str, num_steps: int = 30, checkpoint_every: int = 10, pro
 
 def run_multihost(out_dir: str, pid: int, nproc: int, port: int) -> None:
     """One process of the multi-host job: the step/moments job, then a short train_and_evaluate run."""
-    from lelp_jax import sharding
+    from lelp_jax.runtime import sharding
 
     sharding.initialize_distributed({"coordinator_address": f"127.0.0.1:{port}", "num_processes": nproc,
                                      "process_id": pid, "initialization_timeout": 30})
@@ -112,7 +113,9 @@ def multihost_job(pid: int, nproc: int) -> dict:
     """
     import jax
 
-    from lelp_jax import methods, sharding, teacher, train
+    from lelp_jax import methods, train
+    from lelp_jax.runtime import sharding
+    from lelp_jax.pipeline import teacher
 
     mesh = sharding.make_mesh()
     cfg = small_config()

@@ -14,13 +14,15 @@ import pytest
 from _multihost_worker import NUM_CLASSES, synthetic_arrays
 from jax.sharding import Mesh
 
-from lelp_jax import methods, sharding, teacher, train
+from lelp_jax import methods, train
+from lelp_jax.runtime import sharding
+from lelp_jax.pipeline import teacher
 from lelp_jax.config import base_config
 from lelp_jax.data.sources import ArraySource
 from lelp_jax.models import build_model
 from lelp_jax.pipeline import FitInputs, build_fit
-from lelp_jax.projections import fit_projections, null_space_projector
-from lelp_jax.statistics import init_moments, update_moments
+from lelp_jax.core.projections import fit_projections, null_space_projector
+from lelp_jax.core.statistics import init_moments, update_moments
 
 pytestmark = pytest.mark.accelerator
 

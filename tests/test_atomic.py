@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from lelp_jax import atomic
+from lelp_jax.core import atomic
 
 
 def test_writes_then_failure_keeps_the_old_file(tmp_path, rng):

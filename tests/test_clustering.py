@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lelp_jax import clustering as cl
+from lelp_jax.core import clustering as cl
 
 
 def _j(fn, *args, **kwargs):

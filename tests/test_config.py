@@ -5,7 +5,7 @@ import ml_collections
 import pytest
 
 from lelp_jax import config as cfg
-from lelp_jax.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError
 
 
 @pytest.fixture
@@ -102,7 +102,6 @@ def test_typo_names_key_and_suggests_closest(config_file, override, needle):
         ("--config.seeds=0,x", "int"),
         ("--config.train=3", "section"),
         ("--config.train.num_steps", "no value"),
-        ("--config.methods=ce,kdd", "did you mean 'kd'"),
         ("--config.lelp.fit_labels=fine", "'labels' or 'teacher'"),
         ("--config.seeds=1,1", "twice"),
         ("--config.teacher.train.schedule=step", "teacher.train.schedule must be cosine or constant"),
@@ -115,7 +114,7 @@ def test_bad_values_raise_config_error(config_file, override, needle):
 
 def test_train_sections_are_checked_once_for_configs_and_dicts():
     """One check serves a loaded config's train sections and a plain dict (the training loop's merged section)."""
-    from lelp_jax.schema import base_config, validate_train
+    from lelp_jax.config.schema import base_config, validate_train
 
     good = base_config().train.to_dict()
     validate_train(good)
@@ -167,14 +166,14 @@ def test_identity_ignores_methods_seeds_and_mesh(config_file):
 def test_every_shipped_config_loads_and_validates():
     from pathlib import Path
 
-    configs = sorted((Path(cfg.__file__).resolve().parent.parent / "configs").glob("*.py"))
+    configs = sorted((Path(cfg.__file__).resolve().parent.parent.parent / "configs").glob("*.py"))
     configs = [p for p in configs if p.stem != "__init__"]
     assert configs, "configs/ is empty"
     for path in configs:
         c = cfg.load_config(path, [])
         assert isinstance(c, ml_collections.ConfigDict)
         assert c.name == path.stem, f"{path.name}: config.name should be {path.stem!r}"
-        doc = cfg._load_module(path).__doc__
+        doc = cfg.loading._load_module(path).__doc__
         assert doc and "lelp run" in doc, f"{path.name}: docstring must give the command"
         smoke = cfg.load_config(path, ["--config.smoke=true"])
         assert smoke.train.num_steps <= 30
@@ -186,3 +185,15 @@ def test_load_config_methods_and_seeds_replace_the_configs_after_other_overrides
     assert tuple(c.methods) == ("kd", "lelp") and tuple(c.seeds) == (3, 4)
     c = cfg.load_config("digits_binary", ["--config.methods=ce"])
     assert tuple(c.methods) == ("ce",)
+
+
+def test_unknown_method_is_refused_by_preflight_with_a_hint(config_file, tmp_path):
+    """The config layer sits below the methods: the registry check is preflight's, before any write."""
+    from lelp_jax.pipeline.context import check_method_names, preflight
+
+    config = cfg.load_config(config_file, ["--config.methods=ce,kdd"])
+    with pytest.raises(ConfigError, match="did you mean 'kd'"):
+        check_method_names(config.methods)
+    with pytest.raises(ConfigError, match="unknown method 'kdd'"):
+        preflight(config, tmp_path / "wd")
+    assert not (tmp_path / "wd").exists()

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from lelp_jax.config import base_config, load_config, validate_config
-from lelp_jax.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.data import default_data_config, load_split
 from lelp_jax.data.folds import fold_rows
 from lelp_jax.data.synthetic import synthetic_arrays

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lelp_jax import feature_losses as fl
+from lelp_jax.core import feature_losses as fl
 
 RTOL = 1e-4  # float32 against float64 on O(1) values
 
@@ -136,8 +136,8 @@ def test_subclass_aux_is_per_example_and_zero_when_collapsed(rng):
 
 # ----------------------------------------------------------------------------- subclass distillation
 
-from lelp_jax import subclass_distillation as sd  # noqa: E402
-from lelp_jax import targets  # noqa: E402
+from lelp_jax.core import subclass_distillation as sd  # noqa: E402
+from lelp_jax.core import targets  # noqa: E402
 
 
 def _np_log_softmax(x):

@@ -16,7 +16,7 @@ import pytest
 
 from lelp_jax import cli
 from lelp_jax.config import load_config
-from lelp_jax.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.data import features as F
 from lelp_jax.data import make_iterator
 from lelp_jax.data.sources import ArraySource, TextSource

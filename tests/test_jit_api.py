@@ -11,8 +11,8 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 import lelp_jax as lj
-from lelp_jax import clustering, feature_losses, losses, targets
-from lelp_jax.projections import Projections
+from lelp_jax.core import clustering, feature_losses, losses, targets
+from lelp_jax.core.projections import Projections
 
 
 def _moments(rng, n=60, d=8, c=2):
@@ -286,9 +286,9 @@ def test_keyword_only_options_key_and_dtype(rng, monkeypatch, tmp_path):
     # save_projections goes through the one atomic writer (fsync before the rename).
     synced = []
     real_fsync = os.fsync
-    monkeypatch.setattr("lelp_jax.atomic.os.fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    monkeypatch.setattr("lelp_jax.core.atomic.os.fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     lj.save_projections(tmp_path / "p.npz", keyed)
-    assert synced, "save_projections must fsync through lelp_jax.atomic"
+    assert synced, "save_projections must fsync through lelp_jax.core.atomic"
     assert int(lj.load_projections(tmp_path / "p.npz").seed) == 7
 
 
@@ -322,7 +322,7 @@ def test_api_md_python_blocks_run():
 
 
 def test_host_side_functions_refuse_tracers_clearly(rng):
-    from lelp_jax import sharpness
+    from lelp_jax.core import sharpness
 
     z = rng.standard_normal((20, 2, 3)).astype(np.float32)
     y = (np.arange(20) % 2).astype(np.int32)

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from lelp_jax import kfold
+from lelp_jax.protocol import kfold
 from lelp_jax.config import load_config
-from lelp_jax.errors import ConfigError
-from lelp_jax.grids import point_config
+from lelp_jax.runtime.errors import ConfigError
+from lelp_jax.protocol.grids import point_config
 
 
 def _tiny(extra=()):

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 from _multihost_worker import NUM_CLASSES, mlp, small_config, source, synthetic_arrays
 
-from lelp_jax import feature_losses, losses, methods, projections, schema, sharding, statistics, targets, train
+from lelp_jax import methods, train
+from lelp_jax.core import feature_losses, losses, projections, statistics, targets
+from lelp_jax.config import schema
+from lelp_jax.runtime import sharding
 from lelp_jax.methods import registry
 
 
@@ -200,7 +203,7 @@ def test_lelp_loss_matches_core_and_numpy(rng, name):
 
 def _aux_for(name, rng, c, s, d):
     """A fitted artifact of the right kind for method ``name`` on random embeddings (D = d)."""
-    from lelp_jax import clustering
+    from lelp_jax.core import clustering
 
     h = rng.normal(size=(64, d)).astype(np.float32)
     y = np.arange(64) % c
@@ -317,7 +320,7 @@ def test_subclass_class_log_probs_matches_numpy(rng):
 
 def _adapter_method():
     """A FitNet-style method built from the registry's parts: extra trainable params via ``init_params``."""
-    from lelp_jax import feature_losses
+    from lelp_jax.core import feature_losses
 
     def init_params(key, *, student_embedding_dim, teacher_embedding_dim, cfg):
         return {"kernel": 0.1 * jax.random.normal(key, (student_embedding_dim, teacher_embedding_dim)),
@@ -333,7 +336,7 @@ def _adapter_method():
 
 
 def test_method_params_are_trained_and_checkpointed(rng, tmp_path):
-    from lelp_jax import feature_losses
+    from lelp_jax.core import feature_losses
 
     mesh = sharding.make_mesh()
     cfg, data, teacher, t_vars, student, _, _, _, batch = _setup(rng, "ce", NUM_CLASSES)

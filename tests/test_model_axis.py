@@ -14,10 +14,12 @@ import jax
 import numpy as np
 import pytest
 
-from lelp_jax import sharding, teacher, train
+from lelp_jax import train
+from lelp_jax.runtime import sharding
+from lelp_jax.pipeline import teacher
 from lelp_jax.data.sources import ArraySource, TextSource
 from lelp_jax.models import build_model
-from lelp_jax.projections import fit_projections
+from lelp_jax.core.projections import fit_projections
 
 MESHES = ((4, 2), (2, 4))
 

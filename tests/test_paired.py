@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from lelp_jax import paired, report
+from lelp_jax import report
+from lelp_jax.protocol import paired
 
 
 def test_t_quantile_and_cdf_match_scipy():

@@ -84,7 +84,7 @@ def test_every_split_records_what_it_taught(finished_run):
     z of every train embedding, softmax(z / beta) of the true class, NMI against the digit (sklearn)."""
     from sklearn.metrics import normalized_mutual_info_score
 
-    from lelp_jax.projections import load_projections
+    from lelp_jax.core.projections import load_projections
 
     wd = finished_run["workdir"]
     by = {r["method"]: r for r in json.loads((wd / "results.json").read_text())["runs"]}
@@ -150,7 +150,7 @@ def test_statistics_match_numpy_on_teacher_embeddings(finished_run):
 
 
 def test_projection_settings_are_recorded(finished_run):
-    from lelp_jax.projections import load_projections
+    from lelp_jax.core.projections import load_projections
 
     wd = finished_run["workdir"]
     lelp = load_projections(wd / "projections.npz")
@@ -321,8 +321,8 @@ def test_target_entropy_calibrates_every_splitting_fit_on_the_train_split(finish
     """With lelp.target_entropy the pipeline solves one beta per class on the teacher's train embeddings
     (fit labels): each class's mean normalised split entropy is the target, for LELP and for k-means."""
     from lelp_jax.methods import get_method
-    from lelp_jax.projections import load_projections
-    from lelp_jax.sharpness import normalized_entropy
+    from lelp_jax.core.projections import load_projections
+    from lelp_jax.core.sharpness import normalized_entropy
 
     wd = finished_run["workdir"]
     config = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")]

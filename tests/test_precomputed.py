@@ -8,7 +8,7 @@ import pytest
 
 from lelp_jax import cli, pipeline
 from lelp_jax.config import load_config
-from lelp_jax.precomputed import PrecomputedError, SplitRows, load_precomputed_teacher, read_arrays
+from lelp_jax.pipeline.precomputed import PrecomputedError, SplitRows, load_precomputed_teacher, read_arrays
 
 CONFIG = "configs/digits_binary.py"
 METHODS = "ce,kd,lelp,kmeans"

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from lelp_jax.progress import Progress, format_duration
+from lelp_jax.runtime.progress import Progress, format_duration
 
 
 def _drive(progress, clock, steps, seconds_per_step, examples_per_step):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lelp_jax import sharding
+from lelp_jax.runtime import sharding
 
 
 def test_make_mesh_all_and_subset():

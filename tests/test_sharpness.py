@@ -4,11 +4,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lelp_jax import methods, sharpness, targets
+from lelp_jax import methods
+from lelp_jax.core import sharpness, targets
 from lelp_jax.config import load_config
-from lelp_jax.errors import ConfigError
-from lelp_jax.projections import fit_projections
-from lelp_jax.statistics import batch_moments
+from lelp_jax.runtime.errors import ConfigError
+from lelp_jax.core.projections import fit_projections
+from lelp_jax.core.statistics import batch_moments
 
 
 def np_softmax(z):
@@ -167,7 +168,7 @@ def test_new_defaults_are_scale_free():
 
 
 def test_projections_keep_their_betas_through_a_file(tmp_path, rng):
-    from lelp_jax.projections import load_projections, save_projections
+    from lelp_jax.core.projections import load_projections, save_projections
 
     h, y = class_data(rng, n=40, c=2, d=6)
     proj = fit_projections(batch_moments(jnp.asarray(h, jnp.float32), jnp.asarray(y), num_classes=2),

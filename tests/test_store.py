@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from lelp_jax.store import Store, artifact_key
+from lelp_jax.runtime.store import Store, artifact_key
 
 
 def test_artifact_key_depends_on_exactly_the_parts():

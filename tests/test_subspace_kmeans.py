@@ -5,12 +5,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lelp_jax import methods, sharpness
+from lelp_jax import methods
+from lelp_jax.core import sharpness
 from lelp_jax.config import load_config
-from lelp_jax.errors import ConfigError
-from lelp_jax.projections import fit_projections
-from lelp_jax.statistics import batch_moments
-from lelp_jax.subspace_kmeans import fit_subspace_kmeans, subspace_coordinates
+from lelp_jax.runtime.errors import ConfigError
+from lelp_jax.core.projections import fit_projections
+from lelp_jax.core.statistics import batch_moments
+from lelp_jax.core.subspace_kmeans import fit_subspace_kmeans, subspace_coordinates
 
 
 def np_log_softmax(x):

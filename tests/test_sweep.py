@@ -7,9 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lelp_jax import grids, sweep
+from lelp_jax.protocol import grids, sweep
 from lelp_jax.config import base_config
-from lelp_jax.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError
 
 
 def _config(methods=("kd", "lelp"), seeds=(0, 1)):

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from _multihost_worker import NUM_CLASSES, mlp, run_train, small_config, source, synthetic_arrays
 
-from lelp_jax import methods, sharding, teacher, train
+from lelp_jax import methods, train
+from lelp_jax.runtime import sharding
+from lelp_jax.pipeline import teacher
 
 
 def _init(model, method, cfg, seed=0, num_steps=10):
@@ -267,7 +269,7 @@ def test_train_defaults_come_from_base_config(tmp_path, monkeypatch, rng):
     the intervals of a run, and the learning rate of the optimizer (SGD, no momentum: update = -lr)."""
     import ml_collections
 
-    from lelp_jax import schema
+    from lelp_jax.config import schema
 
     base = schema.base_config
 

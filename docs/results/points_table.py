@@ -5,7 +5,7 @@ seeds every method shares, oracle - ce, paired differences and each method's sha
         --methods ce,kd,lelp,oracle --seeds 0,1,2 [--diagnostics lelp] > docs/results/NAME/points.md
 
 Accuracy: test accuracy at the best-validation step (%); paired differences and the room fraction
-(method - ce) / (oracle - ce) by lelp_jax.paired, over the given seeds. With --diagnostics METHOD,
+(method - ce) / (oracle - ce) by lelp_jax.protocol.paired, over the given seeds. With --diagnostics METHOD,
 the split entropy, top share and NMI of METHOD's split on the train split (docs/results/diagnose.py).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from lelp_jax.paired import paired_difference, room_fraction
+from lelp_jax.protocol.paired import paired_difference, room_fraction
 
 
 def _acc(workdir: Path, method: str, seeds: list[int]) -> dict[int, float]:

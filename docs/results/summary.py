@@ -13,7 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
-from lelp_jax.paired import paired_difference, room_fraction
+from lelp_jax.protocol.paired import paired_difference, room_fraction
 
 HERE = Path(__file__).resolve().parent
 

@@ -2,13 +2,13 @@
 
 `lelp report WORKDIR --select-on validation` gives the chosen settings, their test accuracy and
 the paired differences; this script adds what each split taught and writes the numbers as JSON
-for docs/results/summary.py. The choice is the library's (lelp_jax.selection.choose):
+for docs/results/summary.py. The choice is the library's (lelp_jax.protocol.selection.choose):
 
     chosen(m) = argmax over m's grid points g of mean_{s in selection seeds} best_val_accuracy(m, g, s)
 
 Writes OUT (markdown): per method its grid size, chosen point, validation accuracy, test accuracy
 on the test seeds (at the best-validation step) and the chosen runs' mean split_entropy,
-split_top_share and split_nmi (result.json); the paired table (lelp_jax.paired); the split
+split_top_share and split_nmi (result.json); the paired table (lelp_jax.protocol.paired); the split
 diagnostics of every splitting method at the point given by --at (the config's own settings),
 over the selection seeds; the validation accuracy of every point. OUT with suffix .json holds
 the per-seed test accuracies, the choices and those diagnostics.
@@ -24,9 +24,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from lelp_jax.paired import paired_table
+from lelp_jax.protocol.paired import paired_table
 from lelp_jax.report import method_table
-from lelp_jax.selection import choose, point_runs
+from lelp_jax.protocol.selection import choose, point_runs
 
 _DIAG = ("split_entropy", "split_top_share", "split_nmi")
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from lelp_jax.atomic import save_npz
+from lelp_jax.core.atomic import save_npz
 from lelp_jax.data.sources import read_records
 from lelp_jax.data.tokenizer import pad_to, pick_bucket
 

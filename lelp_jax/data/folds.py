@@ -12,7 +12,7 @@ round-robin, so fold sizes differ by at most the number of strata. For fold f:
 
 so the teacher and the students of fold f are trained and selected without
 fold f's examples, and the k test folds partition all N examples
-(`lelp_jax.kfold` pools their test accuracies into one per method and seed).
+(`lelp_jax.protocol.kfold` pools their test accuracies into one per method and seed).
 Image and feature datasets only (their examples are small fixed-shape arrays,
 pooled into memory once per process).
 """

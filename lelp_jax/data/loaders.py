@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 import numpy as np
 
-from lelp_jax import schema
+from lelp_jax.config import schema
 from lelp_jax.data import builders, catalogue, local
 from lelp_jax.data.folds import load_fold_split
 from lelp_jax.data.regroup import regroup

@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lelp_jax.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.data import catalogue
 from lelp_jax.data.features import feature_view
 from lelp_jax.data.loaders import load_split

@@ -15,7 +15,7 @@ only through a fixed random two-layer map to `input_dim` features:
 `data.synthetic.seed` and the knobs: seeded, offline, deterministic. The three
 splits are independent draws from the same distribution.
 
-Knobs (`data.synthetic`; defaults in `lelp_jax.schema.base_config`):
+Knobs (`data.synthetic`; defaults in `lelp_jax.config.schema.base_config`):
 `num_classes` C, `modes_per_class` K, `latent_dim` d, `hidden_dim` H,
 `input_dim`, `separation`, `noise`, `num_train`, `num_validation`, `num_test`, `seed`.
 The student's capacity is the config's `student.model_kwargs.hidden`.
@@ -35,7 +35,7 @@ SPLITS = ("train", "validation", "test")
 
 def synthetic_defaults() -> dict[str, Any]:
     """The knobs' defaults: `base_config().data.synthetic` (their one source)."""
-    from lelp_jax.schema import base_config
+    from lelp_jax.config.schema import base_config
 
     return base_config().data.synthetic.to_dict()
 

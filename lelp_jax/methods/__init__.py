@@ -11,7 +11,7 @@ A :class:`Method` is a frozen description used by the pipeline and the train ste
   that fixes the width itself (the oracle's slots) says so, see :meth:`Method.student_outputs`;
 - ``loss(*, student_logits, student_embedding, batch, teacher_embedding,
   teacher_logits, aux, method_params, cfg) -> scalar``: jittable, built from the
-  core (:mod:`lelp_jax.losses`, :mod:`lelp_jax.targets`); padding rows (``batch['mask']``
+  core (:mod:`lelp_jax.core.losses`, :mod:`lelp_jax.core.targets`); padding rows (``batch['mask']``
   0) carry no weight;
 - ``class_log_probs(student_logits, num_classes, cfg) -> (B, C)``: how the
   student's logits map to class log-probabilities (argmax = prediction);
@@ -23,11 +23,11 @@ A :class:`Method` is a frozen description used by the pipeline and the train ste
   stores the betas in the artifact (its ``betas`` field). None otherwise;
 - ``split(aux, teacher_embedding, batch, cfg) -> (B, C, S)``: the split t_{c,s} / p_c
   the targets use (rows over s sum to 1), for the diagnostics every run records
-  (:func:`lelp_jax.sharpness.split_diagnostics`); None for methods that do not split.
+  (:func:`lelp_jax.core.sharpness.split_diagnostics`); None for methods that do not split.
 
 ``cfg`` is the run's full config; each method reads its own section (``cfg.kd``,
 ``cfg.lelp``, ...) through :func:`option`; a key the config lacks (or sets to None) takes
-``base_config()``'s value (:mod:`lelp_jax.schema`), the one place a default is written. Every
+``base_config()``'s value (:mod:`lelp_jax.config.schema`), the one place a default is written. Every
 hard-label term (ce; the ``alpha`` term of kd, fitnet, rkd, lelp and its ablations,
 kmeans, agglomerative, oracle, subclass) is :func:`hard_label_loss`, which reads
 ``cfg.train.label_smoothing``. A new method is one ``register_method(Method(...))`` call.

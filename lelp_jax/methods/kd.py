@@ -7,7 +7,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from lelp_jax import feature_losses, losses
+from lelp_jax.core import feature_losses, losses
 from lelp_jax.methods.registry import (Method, batch_mask, hard_label_loss, mix_hard_labels, option,
                                        plain_class_log_probs, plain_head)
 
@@ -15,7 +15,7 @@ __all__ = ["CE", "KD", "FITNET", "RKD"]
 
 
 def _ce_loss(*, student_logits, batch, cfg, **_: Any) -> jax.Array:
-    """Hard labels only: ``mean_b -log softmax(r_b)_{y_b}`` (:func:`lelp_jax.losses.cross_entropy`)."""
+    """Hard labels only: ``mean_b -log softmax(r_b)_{y_b}`` (:func:`lelp_jax.core.losses.cross_entropy`)."""
     return hard_label_loss(student_logits, batch, cfg)
 
 
@@ -26,7 +26,7 @@ CE = Method(
 
 
 def _kd_loss(*, student_logits, batch, teacher_logits, cfg, **_: Any) -> jax.Array:
-    """Hinton KD with ``cfg.kd.tau``, ``cfg.kd.alpha`` and ``cfg.kd.student_tau`` (:func:`lelp_jax.losses.kd_loss`)."""
+    """Hinton KD with ``cfg.kd.tau``, ``cfg.kd.alpha`` and ``cfg.kd.student_tau`` (:func:`lelp_jax.core.losses.kd_loss`)."""
     return _kd_term(student_logits, batch, teacher_logits, cfg)
 
 
@@ -37,7 +37,7 @@ KD = Method(
 
 
 def _kd_term(student_logits, batch, teacher_logits, cfg) -> jax.Array:
-    """KD as configured: the soft term of :func:`lelp_jax.losses.kd_loss` at ``kd.tau``, scaled by
+    """KD as configured: the soft term of :func:`lelp_jax.core.losses.kd_loss` at ``kd.tau``, scaled by
     tau^2 when ``kd.tau_squared_scaling`` (Hinton's), with ``kd.student_tau`` (unset: ``kd.tau``,
     Hinton's convention; 1 is LELP's) as the student's temperature, mixed with
     :func:`hard_label_loss` by ``kd.alpha``."""
@@ -59,7 +59,7 @@ def _fitnet_init(key: jax.Array, *, student_embedding_dim: int, teacher_embeddin
 
 def _fitnet_loss(*, student_logits, student_embedding, batch, teacher_embedding, teacher_logits, method_params,
                  cfg, **_: Any) -> jax.Array:
-    """KD (``cfg.kd``) + ``fitnet.weight`` * :func:`lelp_jax.feature_losses.fitnet_loss` (student embedding ->
+    """KD (``cfg.kd``) + ``fitnet.weight`` * :func:`lelp_jax.core.feature_losses.fitnet_loss` (student embedding ->
     trainable linear adapter ``method_params`` -> teacher embedding, MSE)."""
     hint = feature_losses.fitnet_loss(student_embedding, teacher_embedding, method_params,
                                       mask=batch_mask(batch))
@@ -68,7 +68,7 @@ def _fitnet_loss(*, student_logits, student_embedding, batch, teacher_embedding,
 
 def _rkd_loss(*, student_logits, student_embedding, batch, teacher_embedding, teacher_logits, cfg,
               **_: Any) -> jax.Array:
-    """KD (``cfg.kd``) + RKD-DA on the embeddings (:func:`lelp_jax.feature_losses.rkd_loss`,
+    """KD (``cfg.kd``) + RKD-DA on the embeddings (:func:`lelp_jax.core.feature_losses.rkd_loss`,
     weights ``rkd.distance_weight`` and ``rkd.angle_weight``)."""
     rel = feature_losses.rkd_loss(student_embedding, teacher_embedding,
                                   distance_weight=float(option(cfg, "rkd", "distance_weight")),

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lelp_jax import losses, schema, targets
-from lelp_jax.batch import batch_mask
+from lelp_jax.core import losses, targets
+from lelp_jax.config import schema
+from lelp_jax.data.batch import batch_mask
 
 __all__ = [
     "Method", "METHODS", "register_method", "get_method", "method_names",
@@ -49,7 +50,7 @@ class Method:
 
     @property
     def needs_projections(self) -> bool:
-        """True when the step's ``aux`` must be a :class:`lelp_jax.projections.Projections`."""
+        """True when the step's ``aux`` must be a :class:`lelp_jax.core.projections.Projections`."""
         return self.fit == "projections"
 
 
@@ -98,7 +99,7 @@ def _base_config() -> Any:
 
 def option(cfg: Any, name: str, key: str, default: Any = _BASE) -> Any:
     """``cfg[name][key]``; when absent or None, ``default``, or without one ``base_config()[name][key]``
-    (:mod:`lelp_jax.schema`: every method's defaults are written there, once)."""
+    (:mod:`lelp_jax.config.schema`: every method's defaults are written there, once)."""
     sec = section(cfg, name)
     value = sec.get(key) if hasattr(sec, "get") else getattr(sec, key, None)
     if value is not None:
@@ -115,7 +116,7 @@ def plain_class_log_probs(student_logits: jax.Array, num_classes: int, cfg: Any)
 
 
 def subclass_class_log_probs(student_logits: jax.Array, num_classes: int, cfg: Any) -> jax.Array:
-    """C*S-way head: ``log q_c = logsumexp_s log_softmax(r)_{c,s}`` (:func:`lelp_jax.targets.class_log_probs`)."""
+    """C*S-way head: ``log q_c = logsumexp_s log_softmax(r)_{c,s}`` (:func:`lelp_jax.core.targets.class_log_probs`)."""
     return targets.class_log_probs(student_logits, num_classes=num_classes)
 
 

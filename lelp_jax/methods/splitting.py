@@ -10,7 +10,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from lelp_jax import clustering, losses, subspace_kmeans, targets
+from lelp_jax.core import clustering, losses, subspace_kmeans, targets
 from lelp_jax.methods.registry import (Method, batch_mask, lelp_head, mix_hard_labels, option,
                                        subclass_class_log_probs)
 
@@ -28,7 +28,7 @@ def split_beta(aux: Any, cfg: Any, beta: float) -> Any:
         return betas
     if option(cfg, "lelp", "target_entropy") is not None:
         raise ValueError("lelp.target_entropy is set but the fitted artifact has no calibrated betas; calibrate it "
-                         "(lelp_jax.sharpness.calibrate_betas on the method's scores, as the pipeline does) or "
+                         "(lelp_jax.core.sharpness.calibrate_betas on the method's scores, as the pipeline does) or "
                          "unset lelp.target_entropy.")
     return beta
 
@@ -50,13 +50,13 @@ def _lelp_beta(cfg: Any) -> float:
 
 def _projection_scores(aux, teacher_embedding, cfg) -> jax.Array:
     """z_{c,s} = U_c[:, s].(h - mu_c), over its class std when ``lelp.standardize``
-    (:func:`lelp_jax.targets.projection_scores`)."""
+    (:func:`lelp_jax.core.targets.projection_scores`)."""
     return targets.projection_scores(aux, teacher_embedding, standardize=bool(option(cfg, "lelp", "standardize")))
 
 
 def _lelp_loss(*, student_logits, batch, teacher_embedding, teacher_logits, aux, cfg, **_: Any) -> jax.Array:
     """LELP: targets t_{c,s} = softmax(l/tau)_c softmax_s(z_{c,.}/beta_c)_s from the projections in
-    ``aux`` (:func:`lelp_jax.targets.subclass_targets`; z standardised when ``lelp.standardize``,
+    ``aux`` (:func:`lelp_jax.core.targets.subclass_targets`; z standardised when ``lelp.standardize``,
     beta_c = ``aux.betas`` when calibrated to ``lelp.target_entropy``, else ``lelp.beta``), loss
     as :func:`_pseudo_subclass_loss`."""
     if aux is None:
@@ -70,7 +70,7 @@ def _lelp_loss(*, student_logits, batch, teacher_embedding, teacher_logits, aux,
 
 def _projection_options(*, directions: str, null_space: Optional[bool] = None,
                         rotate: Optional[bool] = None) -> Callable[[Any], dict[str, Any]]:
-    """Keyword arguments of :func:`lelp_jax.projections.fit_projections` (besides moments and W)."""
+    """Keyword arguments of :func:`lelp_jax.core.projections.fit_projections` (besides moments and W)."""
 
     def options(cfg: Any) -> dict[str, Any]:
         return {
@@ -110,7 +110,7 @@ def _pseudo_subclass_loss(student_logits, t, batch, cfg, num_classes: int) -> ja
 
         (1 - alpha) * ( -sum_{c,s} t_{c,s} log softmax(r / tau_s)_{c,s} ) + alpha * hard(y, log q_c)
 
-    (:func:`lelp_jax.losses.lelp_loss` on r / tau_s, :func:`hard_label_loss` on the class
+    (:func:`lelp_jax.core.losses.lelp_loss` on r / tau_s, :func:`hard_label_loss` on the class
     log-probabilities of r), ``tau_s = lelp.student_tau`` (1, the paper's: no student
     temperature), ``alpha = lelp.alpha``. Like KD's ``student_tau`` the temperature is the soft
     term's only: the hard term and the prediction use r. With S = 1 this is KD's loss with
@@ -127,7 +127,7 @@ def _kmeans_beta(cfg: Any) -> float:
 
 
 def _kmeans_scores(aux, teacher_embedding, cfg) -> jax.Array:
-    """:func:`lelp_jax.clustering.kmeans_scores` at ``kmeans.scale`` (default 'standardized')."""
+    """:func:`lelp_jax.core.clustering.kmeans_scores` at ``kmeans.scale`` (default 'standardized')."""
     if not isinstance(aux, clustering.KMeansFit):
         raise ValueError("methods 'kmeans' and 'agglomerative' need a KMeansFit (centroids) as the step's aux.")
     return clustering.kmeans_scores(teacher_embedding, aux, scale=str(option(cfg, "kmeans", "scale")))
@@ -135,13 +135,13 @@ def _kmeans_scores(aux, teacher_embedding, cfg) -> jax.Array:
 
 def _kmeans_loss(*, student_logits, batch, teacher_embedding, teacher_logits, aux, cfg, **_: Any) -> jax.Array:
     """k-means pseudo-subclasses: ``t = split_targets(softmax(l/tau), z, beta_c)`` with z the
-    class-c centroid scores of :func:`lelp_jax.clustering.kmeans_scores` at ``kmeans.scale``:
+    class-c centroid scores of :func:`lelp_jax.core.clustering.kmeans_scores` at ``kmeans.scale``:
     'standardized' (default) ``z_{c,s} = (2 h.m_{c,s} - ||m_{c,s}||^2) / sigma_c``, the rule of
     LELP's standardised z; 'gmm' ``-||h - m_{c,s}||^2 / (2 sigma_c^2)``, the isotropic-GMM
     responsibility; 'raw' ``-||h - m_{c,s}||^2``. ``beta_c = aux.betas`` when calibrated to
     ``lelp.target_entropy``, else ``kmeans.temperature`` (None = ``lelp.beta``); ``tau = lelp.tau``,
-    ``alpha = lelp.alpha``; loss :func:`lelp_jax.losses.lelp_loss`. ``aux`` is the
-    :class:`lelp_jax.clustering.KMeansFit` (from k-means, or from agglomerative clusters' means)."""
+    ``alpha = lelp.alpha``; loss :func:`lelp_jax.core.losses.lelp_loss`. ``aux`` is the
+    :class:`lelp_jax.core.clustering.KMeansFit` (from k-means, or from agglomerative clusters' means)."""
     z = _kmeans_scores(aux, teacher_embedding, cfg)
     t = targets.split_targets(_teacher_class_probs(teacher_logits, cfg), z, beta=split_beta(aux, cfg, _kmeans_beta(cfg)))
     return _pseudo_subclass_loss(student_logits, t, batch, cfg, teacher_logits.shape[-1])
@@ -149,8 +149,8 @@ def _kmeans_loss(*, student_logits, batch, teacher_embedding, teacher_logits, au
 
 def _oracle_loss(*, student_logits, batch, teacher_logits, aux, cfg, **_: Any) -> jax.Array:
     """Oracle subclasses: ``t_{y,s} = p_y [s = slot(fine)]``, ``t_{c,s} = p_c / n_c`` on class c's used
-    slots for c != y (:func:`lelp_jax.clustering.oracle_targets`), p = softmax(l / lelp.tau);
-    loss as :func:`_pseudo_subclass_loss`. ``aux`` is the :class:`lelp_jax.clustering.OracleSlots`
+    slots for c != y (:func:`lelp_jax.core.clustering.oracle_targets`), p = softmax(l / lelp.tau);
+    loss as :func:`_pseudo_subclass_loss`. ``aux`` is the :class:`lelp_jax.core.clustering.OracleSlots`
     table: one slot per fine label, S = the most fine labels in a class (not lelp.num_subclasses)."""
     if not isinstance(aux, clustering.OracleSlots):
         raise ValueError("method 'oracle' needs the OracleSlots table as the train step's aux.")
@@ -163,7 +163,7 @@ def _oracle_loss(*, student_logits, batch, teacher_logits, aux, cfg, **_: Any) -
 
 def _oracle_split(aux, teacher_embedding, batch, cfg) -> jax.Array:
     """The oracle's split t / p: one-hot on the fine label's slot of the own class, uniform over the
-    used slots of the others (:func:`lelp_jax.clustering.oracle_targets` with p = 1)."""
+    used slots of the others (:func:`lelp_jax.core.clustering.oracle_targets` with p = 1)."""
     ones = jnp.ones((batch["label"].shape[0], aux.slot_mask.shape[0]), jnp.float32)
     return clustering.oracle_targets(ones, batch["label"], batch["fine_label"], aux)
 
@@ -197,7 +197,7 @@ SPLITTING.append(Method(
 
 
 def _subspace_scores(aux, teacher_embedding, cfg) -> jax.Array:
-    """:func:`lelp_jax.subspace_kmeans.subspace_kmeans_scores`, standardised when ``lelp.standardize``."""
+    """:func:`lelp_jax.core.subspace_kmeans.subspace_kmeans_scores`, standardised when ``lelp.standardize``."""
     if not isinstance(aux, subspace_kmeans.SubspaceKMeans):
         raise ValueError("method 'lelp_kmeans' needs a SubspaceKMeans fit as the train step's aux.")
     return subspace_kmeans.subspace_kmeans_scores(teacher_embedding, aux,
@@ -207,9 +207,9 @@ def _subspace_scores(aux, teacher_embedding, cfg) -> jax.Array:
 def _lelp_kmeans_loss(*, student_logits, batch, teacher_embedding, teacher_logits, aux, cfg, **_: Any) -> jax.Array:
     """LELP's null-space top-k principal subspace per class (k = ``lelp_kmeans.subspace_dim``), partitioned by
     k-means: ``t = split_targets(softmax(l/tau), z, beta_c)`` with ``z_{c,s} = (2 y_c.m_{c,s} - ||m_{c,s}||^2) /
-    sigma_c``, ``y_c = V_c^T (h - mu_c)`` (:mod:`lelp_jax.subspace_kmeans`); beta_c = ``aux.betas`` when
+    sigma_c``, ``y_c = V_c^T (h - mu_c)`` (:mod:`lelp_jax.core.subspace_kmeans`); beta_c = ``aux.betas`` when
     calibrated to ``lelp.target_entropy``, else ``lelp.beta``; ``tau``, ``alpha`` from ``lelp``; loss
-    :func:`lelp_jax.losses.lelp_loss`."""
+    :func:`lelp_jax.core.losses.lelp_loss`."""
     z = _subspace_scores(aux, teacher_embedding, cfg)
     t = targets.split_targets(_teacher_class_probs(teacher_logits, cfg), z, beta=split_beta(aux, cfg, _lelp_beta(cfg)))
     return _pseudo_subclass_loss(student_logits, t, batch, cfg, teacher_logits.shape[-1])

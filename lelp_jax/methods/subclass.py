@@ -8,8 +8,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lelp_jax import subclass_distillation, targets
-from lelp_jax.batch import model_inputs
+from lelp_jax.core import subclass_distillation, targets
+from lelp_jax.data.batch import model_inputs
 from lelp_jax.methods.registry import Method, batch_mask, mix_hard_labels, option, subclass_class_log_probs
 from lelp_jax.models import build_model
 
@@ -33,7 +33,7 @@ def subclass_teacher_model(cfg: Any, num_classes: int):
 
 def _subclass_teacher_loss(*, student_logits, batch, cfg, **_: Any) -> jax.Array:
     """Training the subclass teacher: CE on logsumexp-aggregated classes + ``subclass.aux_weight`` * the
-    contrastive auxiliary loss at ``subclass.aux_temperature`` (:func:`lelp_jax.subclass_distillation.subclass_teacher_loss`)."""
+    contrastive auxiliary loss at ``subclass.aux_temperature`` (:func:`lelp_jax.core.subclass_distillation.subclass_teacher_loss`)."""
     num_classes = student_logits.shape[-1] // _subclass_count(cfg)
     return subclass_distillation.subclass_teacher_loss(
         student_logits, batch["label"], num_classes=num_classes,
@@ -44,7 +44,7 @@ def _subclass_teacher_loss(*, student_logits, batch, cfg, **_: Any) -> jax.Array
 def _subclass_student_loss(*, student_logits, batch, aux, cfg, **_: Any) -> jax.Array:
     """Subclass Distillation student: KD at ``subclass.tau`` on the subclass teacher's C*S logits (its
     forward pass runs here on the step's batch; ``aux`` holds its variables) + ``subclass.alpha`` * class
-    CE (:func:`lelp_jax.subclass_distillation.subclass_student_loss`)."""
+    CE (:func:`lelp_jax.core.subclass_distillation.subclass_student_loss`)."""
     if aux is None:
         raise ValueError("method 'subclass' needs the trained subclass teacher's variables as the step's aux.")
     num_classes = student_logits.shape[-1] // _subclass_count(cfg)

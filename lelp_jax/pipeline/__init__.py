@@ -12,7 +12,7 @@ One module per concern, arrows running down this list:
 
 Everything below is importable from ``lelp_jax.pipeline`` itself.
 """
-from lelp_jax.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.data.splits import SubsetSource
 from lelp_jax.pipeline.context import PRETRAINED, Env, load_teacher, preflight, train_outputs
 from lelp_jax.pipeline.fits import (FITS, FitInputs, build_fit, calibrate, calibrate_fit, load_statistics,

@@ -7,6 +7,7 @@ teacher and the Subclass-Distillation teacher), and give its outputs on the trai
 """
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,18 +17,19 @@ import jax
 import ml_collections
 import numpy as np
 
-from lelp_jax import sharding, train
-from lelp_jax.errors import ConfigError
+from lelp_jax import train
+from lelp_jax.runtime import sharding
+from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.data import make_iterator
 from lelp_jax.data.splits import load_splits, source_labels
 from lelp_jax.methods import METHODS
 from lelp_jax.models import build_model, minilm_init_variables
 from lelp_jax.models import head_weights as model_head_weights
 from lelp_jax.pipeline.workdir import Workdir, WorkdirError, check_workdir, teacher_source_dir
-from lelp_jax.precomputed import SPLITS, SplitRows, check_methods, load_precomputed_teacher
-from lelp_jax.teacher import cache_teacher_outputs, load_teacher_cache
+from lelp_jax.pipeline.precomputed import SPLITS, SplitRows, check_methods, load_precomputed_teacher
+from lelp_jax.pipeline.teacher import cache_teacher_outputs, load_teacher_cache
 
-__all__ = ["PRETRAINED", "Env", "preflight", "model_kwargs", "teacher_model", "load_teacher", "train_teacher",
+__all__ = ["PRETRAINED", "Env", "check_method_names", "preflight", "model_kwargs", "teacher_model", "load_teacher", "train_teacher",
            "evaluate_split", "teacher_cache", "head_weights", "train_outputs"]
 
 
@@ -98,6 +100,16 @@ class Env:
         return self._precomputed
 
 
+def check_method_names(methods) -> None:
+    """Every name in ``methods`` is a registered method (``register_method`` extends the registry)."""
+    known = tuple(METHODS)
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown method {unknown[0]!r}{hint}; known methods: {', '.join(known)}.")
+
+
 def preflight(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, force: bool = False,
               env: Env | None = None) -> None:
     """Every check that can fail on user input, before anything is written.
@@ -110,10 +122,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
     """
     if not force:
         check_workdir(config, workdir)
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"method(s) {unknown} are not available in this installation; available: "
-                          f"{', '.join(METHODS)}.")
+    check_method_names(config.methods)
     if config.data.name == "local":
         for split in ("train", "test"):
             path = config.data.files.get(split)

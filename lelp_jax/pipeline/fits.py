@@ -26,18 +26,18 @@ import ml_collections
 import numpy as np
 
 from lelp_jax import train
-from lelp_jax.clustering import fit_agglomerative_centroids, fit_class_kmeans, oracle_slots
-from lelp_jax.errors import ConfigError
+from lelp_jax.core.clustering import fit_agglomerative_centroids, fit_class_kmeans, oracle_slots
+from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.data.splits import source_labels
 from lelp_jax.methods import SUBCLASS_TEACHER, subclass_teacher_model
 from lelp_jax.pipeline.context import Env, head_weights, train_outputs, train_teacher
 from lelp_jax.pipeline.workdir import Workdir, sync, teacher_identity
-from lelp_jax.precomputed import check_methods
-from lelp_jax.projections import fit_projections, load_projections
-from lelp_jax.sharpness import calibrate_betas
-from lelp_jax.sharpness import split_diagnostics as diagnose
-from lelp_jax.statistics import ClassMoments, init_moments, update_moments
-from lelp_jax.subspace_kmeans import fit_subspace_kmeans
+from lelp_jax.pipeline.precomputed import check_methods
+from lelp_jax.core.projections import fit_projections, load_projections
+from lelp_jax.core.sharpness import calibrate_betas
+from lelp_jax.core.sharpness import split_diagnostics as diagnose
+from lelp_jax.core.statistics import ClassMoments, init_moments, update_moments
+from lelp_jax.core.subspace_kmeans import fit_subspace_kmeans
 
 __all__ = ["FitInputs", "FITS", "register_fit", "build_fit", "calibrate_fit", "fit_labels", "workdir_inputs",
            "load_statistics", "method_aux", "calibrate", "split_diagnostics"]
@@ -51,7 +51,7 @@ class FitInputs:
 
     ``outputs() -> (embeddings (N, D), logits (N, C))``; ``labels() -> (labels (N,), fine labels or
     None)``; ``head_weights() -> W (C, D)``, the teacher head; ``moments()``: per-class
-    :class:`~lelp_jax.statistics.ClassMoments` of the embeddings under :func:`fit_labels`;
+    :class:`~lelp_jax.core.statistics.ClassMoments` of the embeddings under :func:`fit_labels`;
     ``trained_teacher(name, model, method) -> variables``: a teacher ``model`` trained once with
     ``method``'s loss, kept under ``name``. ``settings`` are recorded with a projections artifact.
     """
@@ -104,7 +104,7 @@ def _in_chunks(fn: Callable[[Any], Any], embeddings) -> np.ndarray:
 
 def calibrate_fit(method, aux, inputs: FitInputs):
     """``aux`` with per-class ``betas`` solved for ``lelp.target_entropy`` on the train split (unchanged
-    when it is None or the method has no scores): :func:`lelp_jax.sharpness.calibrate_betas` on the
+    when it is None or the method has no scores): :func:`lelp_jax.core.sharpness.calibrate_betas` on the
     method's scores of every train example, each calibrating its fit-label class."""
     config = inputs.config
     if config.lelp.target_entropy is None or method.scores is None:
@@ -120,7 +120,7 @@ def calibrate_fit(method, aux, inputs: FitInputs):
 
 
 def _projections(method, inputs: FitInputs):
-    """:func:`lelp_jax.projections.fit_projections` of the moments with the method's ``fit_options`` (the
+    """:func:`lelp_jax.core.projections.fit_projections` of the moments with the method's ``fit_options`` (the
     head's W only when they keep the null space), calibrated."""
     opts = dict(method.fit_options(inputs.config))
     weights = inputs.head_weights() if opts.get("null_space", True) else None
@@ -157,7 +157,7 @@ def _oracle(method, inputs: FitInputs):
 
 
 def _subspace_kmeans(method, inputs: FitInputs):
-    """The ``lelp_kmeans`` fit (:mod:`lelp_jax.subspace_kmeans`): class moments (fit labels, streamed in
+    """The ``lelp_kmeans`` fit (:mod:`lelp_jax.core.subspace_kmeans`): class moments (fit labels, streamed in
     chunks), the top-``lelp_kmeans.subspace_dim`` null-space principal directions (``lelp.null_space``; no
     rotation), then k-means with ``lelp.num_subclasses`` centroids (``kmeans.num_iters``, seed ``lelp.seed``)
     in each class's subspace, calibrated."""
@@ -251,7 +251,7 @@ def calibrate(method, aux, config: ml_collections.ConfigDict, workdir: str | os.
 
 def split_diagnostics(method, aux, config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env) -> dict:
     """What a splitting method teaches, on the train split (once per method and fit; {} for methods
-    that do not split): :func:`lelp_jax.sharpness.split_diagnostics` of the method's split of every
+    that do not split): :func:`lelp_jax.core.sharpness.split_diagnostics` of the method's split of every
     train example's true class — ``split_entropy``, ``split_top_share``, ``split_nmi`` (None without
     fine labels) — and ``split_betas``, the per-class temperatures calibrated to ``lelp.target_entropy``
     (None when the split used one configured beta)."""

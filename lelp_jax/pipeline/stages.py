@@ -23,9 +23,11 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lelp_jax import atomic, sharding, train
+from lelp_jax import train
+from lelp_jax.core import atomic
+from lelp_jax.runtime import sharding
 from lelp_jax.config import config_to_dict
-from lelp_jax.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.data.splits import source_labels
 from lelp_jax.methods import get_method
 from lelp_jax.models import build_model, count_params
@@ -34,8 +36,8 @@ from lelp_jax.pipeline.context import (Env, evaluate_split, load_teacher, model_
 from lelp_jax.pipeline.fits import build_fit, method_aux, split_diagnostics, workdir_inputs
 from lelp_jax.pipeline.workdir import (Workdir, WorkdirError, artifact_parts, derived_store, is_main_process,
                                        read_json, sync, teacher_identity, teacher_source_dir)
-from lelp_jax.projections import save_projections
-from lelp_jax.teacher import accumulate_moments, cache_teacher_outputs
+from lelp_jax.core.projections import save_projections
+from lelp_jax.pipeline.teacher import accumulate_moments, cache_teacher_outputs
 
 __all__ = ["STAGES", "stage_teacher", "stage_teacher_outputs", "stage_statistics", "stage_fit", "stage_distill",
            "stage_eval", "summarize"]
@@ -125,7 +127,7 @@ def _recorded_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathL
 def _provide(config: ml_collections.ConfigDict, workdir: str | os.PathLike, path: Path, kind: str,
              produce: Callable[[Path], None], method: Any = None) -> str:
     """``path`` from the teacher's content-addressed store (``produce`` writes it when no workdir has yet):
-    'new', 'shared' or 'local' (:meth:`lelp_jax.store.Store.provide`)."""
+    'new', 'shared' or 'local' (:meth:`lelp_jax.runtime.store.Store.provide`)."""
     return derived_store(config, workdir).provide(path, kind, artifact_parts(config, workdir, kind, method), produce,
                                                   main=is_main_process())
 
@@ -207,7 +209,7 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
     ``projections_METHOD.npz``, each with the method's own fit options. Settings
     stored with them (what the artifact depends on, not the loss-time beta, tau,
     alpha): S, standardize, target entropy, seed, label source, teacher identity.
-    Points of a sweep with the same fit settings share one stored fit (:mod:`lelp_jax.store`).
+    Points of a sweep with the same fit settings share one stored fit (:mod:`lelp_jax.runtime.store`).
     """
     wd = Workdir(workdir)
     todo = [m for m in _methods(config) if m.needs_projections]

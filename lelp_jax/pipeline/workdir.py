@@ -5,7 +5,7 @@
 (:func:`check_workdir`). Teacher-derived artifacts (teacher_outputs, statistics, projections)
 are stored once, content-addressed by exactly the config keys they depend on
 (:func:`artifact_parts`), in ``TEACHER/derived/`` and hard-linked into each workdir
-(:mod:`lelp_jax.store`): sweep points that differ only in student-side keys share them.
+(:mod:`lelp_jax.runtime.store`): sweep points that differ only in student-side keys share them.
 
 Multi-host: only process 0 writes JSON/npz artifacts (:func:`is_main_process`), and
 :func:`sync` is the barrier after which every process sees them.
@@ -24,10 +24,10 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from lelp_jax import atomic
+from lelp_jax.core import atomic
 from lelp_jax.config import base_config, config_to_dict, identity_dict
-from lelp_jax.errors import WorkdirError
-from lelp_jax.store import Store
+from lelp_jax.runtime.errors import WorkdirError
+from lelp_jax.runtime.store import Store
 
 __all__ = ["WorkdirError", "Workdir", "LAYOUT", "check_workdir", "init_workdir", "read_json", "is_main_process",
            "sync", "teacher_source_dir", "teacher_identity", "artifact_parts", "derived_store"]
@@ -37,7 +37,7 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("config.json", "the resolved config; another config's workdir is refused"),
     ("teacher/", "the teacher: Orbax checkpoints/ (a trained one) + teacher.json (accuracy, params, data)"),
     ("teacher/derived/KIND-HASH.npz", "teacher_outputs, statistics, projections stored once per teacher, named "
-                                      "by a hash of exactly the keys each depends on (lelp_jax/store.py, "
+                                      "by a hash of exactly the keys each depends on (lelp_jax/runtime/store.py, "
                                       "pipeline.artifact_parts); the workdir files below are hard links to them"),
     ("teacher_outputs/SPLIT.npz", "cached teacher embeddings + logits, by example index (teacher_cache)"),
     ("statistics.npz", "per-class count, mean, M2 of the teacher embeddings"),
@@ -235,7 +235,7 @@ def teacher_identity(config: ml_collections.ConfigDict, workdir: str | os.PathLi
 
 
 def derived_store(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Store:
-    """The content-addressed store of the teacher's derived artifacts: ``TEACHER/derived/`` (:mod:`lelp_jax.store`)."""
+    """The content-addressed store of the teacher's derived artifacts: ``TEACHER/derived/`` (:mod:`lelp_jax.runtime.store`)."""
     return Store(teacher_source_dir(config, workdir) / "derived")
 
 

@@ -1,7 +1,7 @@
 """`lelp report WORKDIR...`: Markdown tables and PNG plots from result files only.
 
 Loading is `report.load`, the tables `report.tables`, the plots `report.plots`; statistics over
-seeds (mean ± std, paired intervals) are `lelp_jax.paired`.
+seeds (mean ± std, paired intervals) are `lelp_jax.protocol.paired`.
 
 Reads, per workdir (never a checkpoint, never a model):
   results.json (or, without it, every runs/METHOD/seed_K/result.json), teacher/teacher.json,
@@ -15,7 +15,7 @@ Writes to OUT_DIR:
                                    seeds (rows prefixed by the config name when several workdirs
                                    share a dataset); per workdir the paired differences of every
                                    method to kd and ce (95 % t-interval over shared seeds, "inside
-                                   noise" when it covers 0; lelp_jax.paired) and the fraction of the
+                                   noise" when it covers 0; lelp_jax.protocol.paired) and the fraction of the
                                    oracle's room; one table per sweep
   TAG_spectrum.png                 per-class eigen-spectrum of the teacher embeddings (log scale)
   TAG_curves.png                   validation accuracy and train loss against step, per method
@@ -27,7 +27,7 @@ Writes to OUT_DIR:
                                    entropy targets
 With ``--select-on validation`` (sweeps run with ``--test-seeds``), each sweep's section also
 gives every method's settings chosen on validation, their test accuracy on the fresh seeds and
-the paired differences (lelp_jax.selection, docs/PROTOCOL.md).
+the paired differences (lelp_jax.protocol.selection, docs/PROTOCOL.md).
 TAG is ``DATASET_CONFIGNAME`` made file-name safe (with a counter if two workdirs clash).
 Std is the population std over seeds (numpy's default, ddof=0): 0 for one seed.
 """
@@ -40,13 +40,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from lelp_jax import atomic
-from lelp_jax.paired import method_table, paired_table, per_seed
+from lelp_jax.core import atomic
+from lelp_jax.protocol.paired import method_table, paired_table, per_seed
 from lelp_jax.report.load import load_workdir
 from lelp_jax.report.plots import plot_curves, plot_spectrum, plot_sweep
 from lelp_jax.report.tables import (PAIRED_NOTE, SPLIT_NOTE, TABLE_HEAD, format_table, sweep_axes, sweep_table,
                                     table_rows)
-from lelp_jax.selection import selection_section
+from lelp_jax.protocol.selection import selection_section
 
 __all__ = ["load_workdir", "method_table", "per_seed", "table_rows", "format_table", "build_report", "main"]
 
@@ -67,7 +67,7 @@ def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
 
     ``select_on='validation'``: every workdir must hold a sweep run with ``--test-seeds``; its
     section gives each method's settings chosen on validation and their test accuracy on the
-    fresh seeds, paired by seed (:func:`lelp_jax.selection.selection_section`).
+    fresh seeds, paired by seed (:func:`lelp_jax.protocol.selection.selection_section`).
 
     Returns ``{"markdown": path, "plots": [paths], "tables": {dataset: markdown}}``.
     """

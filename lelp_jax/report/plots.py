@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lelp_jax.paired import by_method, t_half_width
+from lelp_jax.protocol.paired import by_method, t_half_width
 from lelp_jax.report.tables import point_stats
 
 __all__ = ["plot_spectrum", "plot_curves", "plot_sweep"]

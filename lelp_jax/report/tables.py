@@ -5,7 +5,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from lelp_jax.paired import SPLIT_KEYS, fmt_mean_std
+from lelp_jax.protocol.paired import SPLIT_KEYS, fmt_mean_std
 
 __all__ = ["TABLE_HEAD", "SPLIT_NOTE", "PAIRED_NOTE", "table_rows", "format_table", "point_stats", "sweep_axes",
            "sweep_table"]

@@ -3,13 +3,13 @@
 - :mod:`~lelp_jax.train.optim`: the train section's settings (defaults from ``base_config()``),
   the optimizer and its learning-rate schedule;
 - :mod:`~lelp_jax.train.step`: the train state, the one compiled train step for every method,
-  the eval step (the batch format it reads: :mod:`lelp_jax.batch`);
+  the eval step (the batch format it reads: :mod:`lelp_jax.data.batch`);
 - :mod:`~lelp_jax.train.checkpoints`: Orbax checkpoints, resume, ``load_variables``;
 - :mod:`~lelp_jax.train.loop`: ``train_and_evaluate``.
 
 The names below are importable from ``lelp_jax.train`` as before the split.
 """
-from lelp_jax.batch import batch_mask, model_inputs
+from lelp_jax.data.batch import batch_mask, model_inputs
 from lelp_jax.train.checkpoints import load_variables
 from lelp_jax.train.loop import train_and_evaluate
 from lelp_jax.train.optim import make_optimizer, train_config

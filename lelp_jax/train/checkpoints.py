@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 from flax import serialization
 from jax.sharding import Mesh
 
-from lelp_jax import sharding as shd
+from lelp_jax.runtime import sharding as shd
 from lelp_jax.train.step import TrainState, model_variables
 
 __all__ = ["Checkpoints", "checkpoint_tree", "load_variables"]
@@ -80,7 +80,7 @@ def load_variables(workdir: str, *, which: str = "last", mesh: Optional[Mesh] = 
     ``which='last'`` gives the final state's variables, ``'best'`` the best-val ones.
     Arrays are restored replicated over ``mesh`` (default: all devices), bit-exact;
     with ``shard_params`` each is restored directly in its
-    :func:`lelp_jax.sharding.param_shardings` layout (a teacher on a mesh with a
+    :func:`lelp_jax.runtime.sharding.param_shardings` layout (a teacher on a mesh with a
     ``'model'`` axis: no device ever holds a whole large kernel).
     """
     if which not in ("last", "best"):

@@ -23,10 +23,10 @@ import numpy as np
 from flax import serialization
 from jax.sharding import Mesh
 
-from lelp_jax import atomic
-from lelp_jax import sharding as shd
+from lelp_jax.core import atomic
+from lelp_jax.runtime import sharding as shd
 from lelp_jax.models.summary import count_params
-from lelp_jax.progress import Progress
+from lelp_jax.runtime.progress import Progress
 from lelp_jax.train.checkpoints import Checkpoints, checkpoint_tree
 from lelp_jax.train.metrics import MetricsLog
 from lelp_jax.train.optim import make_optimizer, num_train_steps, train_config
@@ -212,7 +212,7 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
     (method 'ce').
 
     ``progress`` (process 0): a tqdm bar on a terminal, else a line with step, examples/s
-    and ETA at least every 30 s (:class:`lelp_jax.progress.Progress`), labelled
+    and ETA at least every 30 s (:class:`lelp_jax.runtime.progress.Progress`), labelled
     ``progress_desc`` (default ``'METHOD seed K'``); a resumed run prints
     ``resumed from step N`` and records it as ``resumed_from_step`` (None: a fresh start).
     """

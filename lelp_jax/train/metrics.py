@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from lelp_jax import atomic
+from lelp_jax.core import atomic
 
 __all__ = ["MetricsLog"]
 

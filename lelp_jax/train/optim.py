@@ -1,6 +1,6 @@
 """Optimisation settings, the optimizer and its learning-rate schedule, the number of steps.
 
-Every default comes from ``lelp_jax.schema.base_config().train`` (the one place a
+Every default comes from ``lelp_jax.config.schema.base_config().train`` (the one place a
 default is written); a caller's train section (ConfigDict, Mapping or None) overrides
 the keys it sets to a value other than None.
 """
@@ -12,14 +12,14 @@ from typing import Any
 
 import optax
 
-from lelp_jax import schema
+from lelp_jax.config import schema
 
 __all__ = ["train_config", "make_optimizer", "num_train_steps"]
 
 
 def train_config(train_cfg: Any) -> dict[str, Any]:
     """``base_config().train`` overridden by the entries of ``train_cfg`` that are not None, checked by
-    :func:`lelp_jax.schema.validate_train`."""
+    :func:`lelp_jax.config.schema.validate_train`."""
     out = schema.base_config().train.to_dict()
     if train_cfg is not None:
         items = train_cfg.items() if hasattr(train_cfg, "items") else vars(train_cfg).items()

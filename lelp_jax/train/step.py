@@ -7,14 +7,14 @@ The train step is a single jitted function
 compiled once per input shape. Teacher outputs come either from a teacher
 forward pass inside the step (``teacher_variables`` given; online mode) or from
 the batch keys ``teacher_embedding`` / ``teacher_logits`` (cached mode: the loop
-adds them from a :class:`lelp_jax.teacher.TeacherCache`). The method (see
+adds them from a :class:`lelp_jax.pipeline.teacher.TeacherCache`). The method (see
 :mod:`lelp_jax.methods`) turns student and teacher outputs into a scalar loss;
 optax applies the update. Params, optimizer state and RNG are replicated over the
 ``'data'`` mesh, the batch is split along it; XLA inserts the gradient all-reduce.
 
 A batch is a dict of arrays: the model's inputs, ``label``, optionally ``mask``
 (1 for real rows, 0 for padding) and the cached teacher outputs;
-:mod:`lelp_jax.batch` is the one reading of that format.
+:mod:`lelp_jax.data.batch` is the one reading of that format.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from lelp_jax import sharding as shd
-from lelp_jax.batch import TEACHER_KEYS, batch_mask, cast_floats, model_inputs
+from lelp_jax.runtime import sharding as shd
+from lelp_jax.data.batch import TEACHER_KEYS, batch_mask, cast_floats, model_inputs
 
 __all__ = [
     "TrainState",

@@ -8,7 +8,7 @@ For method m with grid points g (equal-size grids across methods, checked by ``l
 where val_acc is the run's best validation accuracy (the step whose checkpoint is tested). The
 report then gives test_acc(m, chosen(m), s) for s in S_test, a set of seeds disjoint from S_sel
 (an overlap is refused: the test seeds would have taken part in the choice), and pairs the
-methods by those seeds (:mod:`lelp_jax.paired`).
+methods by those seeds (:mod:`lelp_jax.protocol.paired`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lelp_jax.paired import fmt_mean_std, mean_std, method_summary
+from lelp_jax.protocol.paired import fmt_mean_std, mean_std, method_summary
 
 __all__ = ["Choice", "choose", "point_runs", "selection_section"]
 

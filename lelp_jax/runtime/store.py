@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Optional
 
-from lelp_jax import atomic
+from lelp_jax.core import atomic
 
 __all__ = ["artifact_key", "Store"]
 

@@ -7,7 +7,7 @@
     lelp sweep --config configs/digits_binary.py --workdir /tmp/sel --methods ce,kd,lelp \\
         --default-grids [--grid kd:kd.tau=1,2,4,8 ...] --seeds 0,1,2 --test-seeds 10,11,12,13,14
 
-Axes (:mod:`lelp_jax.grids`): ``--grid KEY=V1,V2`` applies to every method; ``--grid METHOD:KEY=V1,V2`` to METHOD
+Axes (:mod:`lelp_jax.protocol.grids`): ``--grid KEY=V1,V2`` applies to every method; ``--grid METHOD:KEY=V1,V2`` to METHOD
 only; ``--default-grids`` gives every method without a ``METHOD:`` axis its grid from
 ``config.selection.grids.METHOD`` (space-separated ``KEY=V1,V2`` axes; docs/PROTOCOL.md). A
 method's grid is the Cartesian product of the shared axes and its own; the grids of the
@@ -30,7 +30,7 @@ checkpoints. After every point ``WORKDIR/sweep/summary.json`` is rewritten atomi
 
 Selection (``--test-seeds``): once every point is done on the selection seeds, each method's
 settings are chosen by the mean validation accuracy over those seeds
-(:func:`lelp_jax.selection.choose`), and the chosen point is run again on the test seeds,
+(:func:`lelp_jax.protocol.selection.choose`), and the chosen point is run again on the test seeds,
 which must not overlap the selection seeds; ``lelp report --select-on validation`` reports
 the chosen settings' test accuracy on them, paired by seed.
 
@@ -40,7 +40,7 @@ precomputed teacher, whose outputs every point reads), the teacher
 is trained once in ``WORKDIR/sweep/_teacher/`` and every point loads it via
 ``teacher.checkpoint``, so the points differ only in what the grid changes. The points
 then share its recorded accuracy (no re-evaluation), its cached outputs, the statistics
-and, where the fit settings agree, the projections (content-addressed, :mod:`lelp_jax.store`).
+and, where the fit settings agree, the projections (content-addressed, :mod:`lelp_jax.runtime.store`).
 """
 from __future__ import annotations
 
@@ -53,13 +53,15 @@ from typing import Any, Optional
 
 import ml_collections
 
-from lelp_jax import atomic, pipeline, sharding
+from lelp_jax import pipeline
+from lelp_jax.core import atomic
+from lelp_jax.runtime import sharding
 from lelp_jax.config import load_config
-from lelp_jax.errors import ConfigError
-from lelp_jax.grids import default_grids, grid_points, method_grids, parse_grids, point_config, point_name
-from lelp_jax.overrides import get_value, split_overrides, split_values
-from lelp_jax.paired import method_summary
-from lelp_jax.selection import choose
+from lelp_jax.runtime.errors import ConfigError
+from lelp_jax.protocol.grids import default_grids, grid_points, method_grids, parse_grids, point_config, point_name
+from lelp_jax.config.overrides import get_value, split_overrides, split_values
+from lelp_jax.protocol.paired import method_summary
+from lelp_jax.protocol.selection import choose
 
 __all__ = ["check_test_seeds", "add_grid_arguments", "grid_arguments", "run_sweep", "main"]
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from lelp_jax.validation import check, host_value, require_rank
+from lelp_jax.core.validation import check, host_value, require_rank
 
 __all__ = [
     "ClassMoments",
@@ -192,7 +192,7 @@ def update_moments(
 
     Jittable. For a batch sharded over a mesh, compute each device's batch moments
     inside ``shard_map`` and combine them with :func:`all_reduce_moments` (as
-    ``lelp_jax.teacher.accumulate_moments`` does). Labels of weighted rows out of
+    ``lelp_jax.pipeline.teacher.accumulate_moments`` does). Labels of weighted rows out of
     ``[0, C)`` raise ``ValueError`` for concrete inputs and under
     :func:`lelp_jax.checked`; inside plain jit they contribute nothing.
     """

@@ -6,7 +6,7 @@ things: the embedding h(x) (the input of the teacher's final linear layer), the
 logits l(x) = h(x) @ kernel + bias, and that head (kernel (D, C), bias (C,)) for the
 null space. A PyTorch or Hugging Face teacher exports them once
 (``scripts/export_teacher_outputs.py``); the pipeline then reads them as it reads
-its own cache (:class:`lelp_jax.teacher.TeacherCache`, rows looked up by example
+its own cache (:class:`lelp_jax.pipeline.teacher.TeacherCache`, rows looked up by example
 ``index``). Methods that need the network itself (``subclass`` retrains it) are
 refused before anything runs.
 
@@ -41,8 +41,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lelp_jax.errors import PrecomputedError
-from lelp_jax.teacher import TeacherCache
+from lelp_jax.runtime.errors import PrecomputedError
+from lelp_jax.pipeline.teacher import TeacherCache
 
 __all__ = [
     "PRECOMPUTED",

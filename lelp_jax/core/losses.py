@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lelp_jax.targets import class_log_probs
-from lelp_jax.validation import check, host_value, require_rank
+from lelp_jax.core.targets import class_log_probs
+from lelp_jax.core.validation import check, host_value, require_rank
 
 __all__ = ["REDUCTIONS", "soft_cross_entropy", "cross_entropy", "kd_loss", "lelp_loss"]
 

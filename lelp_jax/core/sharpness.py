@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from lelp_jax.validation import require_host
+from lelp_jax.core.validation import require_host
 
 __all__ = ["normalized_entropy", "calibrate_betas", "split_diagnostics", "normalized_mutual_info"]
 

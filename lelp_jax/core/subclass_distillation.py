@@ -7,7 +7,7 @@ subclass probabilities, i.e. its class logits are
     zbar_c = logsumexp_s z_{c,s},     p_c = softmax(zbar)_c = sum_s softmax(z)_{c,s}.
 
 Teacher loss = CE(y, softmax(zbar)) + aux_weight * L_aux(z), with L_aux the
-contrastive "subclass splitting" loss (:func:`lelp_jax.feature_losses.subclass_aux_loss`):
+contrastive "subclass splitting" loss (:func:`lelp_jax.core.feature_losses.subclass_aux_loss`):
 without it nothing makes the S subclasses of a class differ. The student has a
 C*S head too and distils the teacher's subclass distribution with temperature tau:
 
@@ -24,8 +24,8 @@ from typing import Optional
 
 import jax
 
-from lelp_jax import losses, targets
-from lelp_jax.feature_losses import subclass_aux_loss
+from lelp_jax.core import losses, targets
+from lelp_jax.core.feature_losses import subclass_aux_loss
 
 __all__ = ["subclass_class_logits", "subclass_teacher_loss", "subclass_student_loss"]
 
@@ -34,7 +34,7 @@ def subclass_class_logits(logits: jax.Array, *, num_classes: int) -> jax.Array:
     """Class logits ``zbar_c = logsumexp_s z_{c,s}`` of a class-major ``(B, C*S)`` subclass head -> ``(B, C)``.
 
     ``softmax(zbar) = sum_s softmax(z)_{c,s}``, and ``log_softmax(zbar)`` equals
-    :func:`lelp_jax.targets.class_log_probs` of the same logits.
+    :func:`lelp_jax.core.targets.class_log_probs` of the same logits.
     """
     b, k = logits.shape
     if num_classes < 1 or k % num_classes:

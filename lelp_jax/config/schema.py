@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from lelp_jax.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError
 
 __all__ = ["base_config", "validate_values", "validate_train", "OPTIMIZERS", "SCHEDULES", "COMPUTE_DTYPES"]
 
@@ -119,7 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
             seed=0,
             train=_train_section(num_steps=1000),
             # model='precomputed': a teacher from any framework, as its exported outputs
-            # (lelp_jax.precomputed; scripts/export_teacher_outputs.py). One .npz or .npy folder per split.
+            # (lelp_jax.pipeline.precomputed; scripts/export_teacher_outputs.py). One .npz or .npy folder per split.
             outputs=ml_collections.ConfigDict(
                 dict(
                     # embedding (N, D), logits (N, C) [, label (N,)]; kernel (D, C), bias (C,) unless `head`
@@ -155,11 +155,11 @@ def base_config() -> ml_collections.ConfigDict:
     # tau_squared_scaling: multiply the soft term by tau^2 (Hinton's gradient scale; False with
     # student_tau=1 makes KD equal LELP at S = 1).
     c.kd = ml_collections.ConfigDict(dict(tau=2.0, alpha=0.0, student_tau=_p(float), tau_squared_scaling=True))
-    # scale: 'standardized' = the same rule as lelp.standardize (lelp_jax.clustering docstring); 'gmm' divides
+    # scale: 'standardized' = the same rule as lelp.standardize (lelp_jax.core.clustering docstring); 'gmm' divides
     # squared distances by 2 sigma_c^2 (the GMM posterior), 'raw' does not. temperature: None = lelp.beta.
     # Both k-means-style methods (kmeans, agglomerative) also follow lelp.target_entropy.
     c.kmeans = ml_collections.ConfigDict(dict(num_iters=50, temperature=_p(float), scale="standardized"))
-    # lelp_kmeans: k-means inside each class's null-space top-k principal subspace (lelp_jax.subspace_kmeans);
+    # lelp_kmeans: k-means inside each class's null-space top-k principal subspace (lelp_jax.core.subspace_kmeans);
     # S, beta, tau, alpha, seed, null_space and target_entropy come from `lelp`, num_iters from `kmeans`.
     c.lelp_kmeans = ml_collections.ConfigDict(dict(subspace_dim=8))  # k
     c.fitnet = ml_collections.ConfigDict(dict(weight=1.0))
@@ -245,7 +245,7 @@ def validate_values(config: ml_collections.ConfigDict) -> None:
           f"{config.lelp_kmeans.subspace_dim}.")
     kt = config.kmeans.temperature
     _need(kt is None or kt > 0, f"kmeans.temperature must be > 0 or none (= lelp.beta), got {kt}.")
-    _need(config.kmeans.scale in ("standardized", "gmm", "raw"),  # lelp_jax.clustering.KMEANS_SCALES
+    _need(config.kmeans.scale in ("standardized", "gmm", "raw"),  # lelp_jax.core.clustering.KMEANS_SCALES
           f"kmeans.scale must be 'standardized', 'gmm' or 'raw', got {config.kmeans.scale!r}.")
     _need(config.lelp.fit_labels in ("labels", "teacher"),
           f"lelp.fit_labels must be 'labels' or 'teacher', got {config.lelp.fit_labels!r}.")

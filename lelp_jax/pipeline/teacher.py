@@ -13,7 +13,7 @@ A teacher is any ``apply_fn(variables, batch, train=False) -> (embedding, logits
 Every computation runs under ``jax.jit`` with the batch split over the ``'data'``
 axis of the mesh and the teacher variables replicated, so it scales from one CPU
 to a pod. On a mesh with a ``'model'`` axis (``mesh.model > 1``) the teacher's
-large kernels are split along it instead (:func:`lelp_jax.sharding.shard_params`):
+large kernels are split along it instead (:func:`lelp_jax.runtime.sharding.shard_params`):
 a teacher larger than one device's memory runs in the same one jitted step.
 """
 from __future__ import annotations
@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from lelp_jax import sharding as shd
-from lelp_jax.atomic import save_npz
-from lelp_jax.batch import cast_floats, model_inputs
-from lelp_jax.progress import Progress
-from lelp_jax.statistics import ClassMoments, all_reduce_moments, batch_moments, init_moments, merge_moments
+from lelp_jax.runtime import sharding as shd
+from lelp_jax.core.atomic import save_npz
+from lelp_jax.data.batch import cast_floats, model_inputs
+from lelp_jax.runtime.progress import Progress
+from lelp_jax.core.statistics import ClassMoments, all_reduce_moments, batch_moments, init_moments, merge_moments
 
 __all__ = [
     "FIT_LABELS",
@@ -51,9 +51,9 @@ def make_teacher_step(apply_fn: Callable, mesh: Mesh, *, gather: bool = False,
     """Jitted ``(variables, batch) -> (embedding, logits)`` in float32, eval mode.
 
     Variables replicated, or, given ``variables`` (arrays or ``ShapeDtypeStruct``s:
-    only their shapes are read), declared with :func:`lelp_jax.sharding.param_shardings`
+    only their shapes are read), declared with :func:`lelp_jax.runtime.sharding.param_shardings`
     (on a mesh with a ``'model'`` axis: large kernels split along it; pass them
-    placed by :func:`~lelp_jax.sharding.shard_params`). Batch split over ``'data'``;
+    placed by :func:`~lelp_jax.runtime.sharding.shard_params`). Batch split over ``'data'``;
     outputs stay split (``gather=False``) or are replicated on every device of every
     host (``gather=True``, an all-gather; used to fill a cache on every host).
     """
@@ -97,7 +97,7 @@ class TeacherCache:
         return self.embeddings[index], self.logits[index]
 
     def save(self, path: str) -> None:
-        """Write ``path`` (.npz) atomically (:func:`lelp_jax.atomic.save_npz`)."""
+        """Write ``path`` (.npz) atomically (:func:`lelp_jax.core.atomic.save_npz`)."""
         save_npz(path, embeddings=self.embeddings, logits=self.logits)
 
 
@@ -119,7 +119,7 @@ def _eval_batches(source, *, batch_size: int, mesh: Mesh, process_index: Optiona
     """Host-local padded batches over the whole split, once, in order (numeric entries only).
 
     ``desc``: process 0 shows progress under this label (a bar on a terminal, else a line
-    with step, examples/s and ETA every 30 s: :class:`lelp_jax.progress.Progress`)."""
+    with step, examples/s and ETA every 30 s: :class:`lelp_jax.runtime.progress.Progress`)."""
     if batch_size % mesh.devices.size:
         raise ValueError(f"batch_size={batch_size} is not divisible by the {mesh.devices.size} mesh devices; "
                          f"use a multiple of {mesh.devices.size}.")

@@ -8,7 +8,7 @@
 For every fold f of ``data.num_folds`` (lelp_jax.data.folds) the pipeline runs in
 ``WORKDIR/fold_f/`` with ``data.fold = f``: its own teacher, trained and selected
 without fold f, and its students. With grid axes (``--grid``, ``--default-grids``: the
-flags of ``lelp sweep``, :func:`lelp_jax.sweep.add_grid_arguments`) each fold is a
+flags of ``lelp sweep``, :func:`lelp_jax.protocol.sweep.add_grid_arguments`) each fold is a
 ``lelp sweep`` over that fold's one shared teacher (``WORKDIR/fold_f/sweep/POINT/``).
 Because the k test folds partition the dataset, pooling is exact: for each setting,
 method and seed,
@@ -25,7 +25,7 @@ test fold it is scored on; folds may choose different points. The pooled test ac
 of method m on test seed s is the formula above over acc_f = the test accuracy of fold
 f's chosen point for m on seed s. The printed table is then these pooled accuracies,
 paired by test seed to kd and ce (95 % t-intervals, oracle-room fraction;
-:mod:`lelp_jax.paired`). ``WORKDIR/kfold.json``:
+:mod:`lelp_jax.protocol.paired`). ``WORKDIR/kfold.json``:
 
     {"dataset", "config_name", "num_folds", "axes": [...], "n_test": [n_f...], "n_validation": [...],
      "rows": [{"setting": {key: value}, "method", "seed", "test_accuracy", "validation_accuracy",
@@ -47,16 +47,19 @@ from typing import Any, Optional
 import ml_collections
 import numpy as np
 
-from lelp_jax import atomic, pipeline, sharding, sweep
+from lelp_jax import pipeline
+from lelp_jax.core import atomic
+from lelp_jax.runtime import sharding
+from lelp_jax.protocol import sweep
 from lelp_jax.config import load_config
 from lelp_jax.data import load_split
 from lelp_jax.data.splits import data_config
-from lelp_jax.errors import ConfigError
-from lelp_jax.grids import point_config
-from lelp_jax.overrides import split_overrides
-from lelp_jax.paired import fmt_mean_std, mean_std, method_summary, paired_table
+from lelp_jax.runtime.errors import ConfigError
+from lelp_jax.protocol.grids import point_config
+from lelp_jax.config.overrides import split_overrides
+from lelp_jax.protocol.paired import fmt_mean_std, mean_std, method_summary, paired_table
 from lelp_jax.pipeline import read_json
-from lelp_jax.selection import choose
+from lelp_jax.protocol.selection import choose
 
 __all__ = ["run_kfold", "pool_folds", "table", "main"]
 
@@ -256,7 +259,7 @@ def _selection_table(pooled: Mapping[str, Any]) -> list[str]:
 def table(pooled: Mapping[str, Any]) -> str:
     """Markdown. With test seeds: the nested selection (:func:`_selection_table`). Without: per setting and
     method, the pooled test (and validation) accuracy, mean ± std over seeds; with one setting, the methods'
-    paired differences to kd and ce (lelp_jax.paired)."""
+    paired differences to kd and ce (lelp_jax.protocol.paired)."""
     n = sum(pooled["n_test"])
     lines = [f"{pooled['num_folds']}-fold, {n} test examples pooled (test acc at each fold's best-val step)", ""]
     if pooled.get("test_seeds"):

@@ -6,7 +6,7 @@ triplets) only. Pure jax.numpy, jittable, no parameters of its own: trainable
 adapters are passed in as arrays. Batch-relational losses (RKD, the Subclass-
 Distillation auxiliary loss) are written on the global batch; under ``jit`` with a
 sharded batch XLA inserts the cross-device communication. The per-example FitNet loss
-also takes ``reduction`` ('mean', 'sum', 'none'), as in :mod:`lelp_jax.losses`.
+also takes ``reduction`` ('mean', 'sum', 'none'), as in :mod:`lelp_jax.core.losses`.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from lelp_jax.losses import REDUCTIONS
-from lelp_jax.validation import check, host_value
+from lelp_jax.core.losses import REDUCTIONS
+from lelp_jax.core.validation import check, host_value
 
 __all__ = [
     "fitnet_loss",

@@ -3,7 +3,7 @@
 Both replace LELP's linear projections by another way of splitting each class c
 into S subclasses, then build targets the LELP way: the teacher's class
 probability p_c is split over the S subclass slots of class c, so that
-``sum_s t_{c,s} = p_c`` (see ``lelp_jax.targets.split_targets``).
+``sum_s t_{c,s} = p_c`` (see ``lelp_jax.core.targets.split_targets``).
 
 k-means (per class, in the teacher embedding)
     For every class c, Lloyd's algorithm with S centroids m_{c,s} over the
@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from lelp_jax.validation import require_host
+from lelp_jax.core.validation import require_host
 
 __all__ = [
     "KMeansFit",

@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lelp_jax.atomic import atomic_open
-from lelp_jax.statistics import ClassMoments, covariance
-from lelp_jax.validation import check, host_value
+from lelp_jax.core.atomic import atomic_open
+from lelp_jax.core.statistics import ClassMoments, covariance
+from lelp_jax.core.validation import check, host_value
 
 __all__ = [
     "Projections",
@@ -77,7 +77,7 @@ class Projections:
     them, sorted descending (for spectra plots); ``scales (C, S)`` the class std of
     each projection, ``sqrt(U_c[:, s]^T Sigma_c U_c[:, s])``; ``counts (C,)``; ``betas (C,)``
     the per-class split temperatures solved for a target entropy
-    (:func:`lelp_jax.sharpness.calibrate_betas`), or None (one ``beta`` for all classes);
+    (:func:`lelp_jax.core.sharpness.calibrate_betas`), or None (one ``beta`` for all classes);
     ``seed`` the int seed of the fit (an int32 scalar array), or None.
 
     Derived from shapes: ``num_classes`` C, ``dim`` D, ``num_subclasses`` S.
@@ -359,7 +359,7 @@ def fit_projections(
 
 def save_projections(path: Union[str, os.PathLike], projections: Projections) -> None:
     """Write an ``.npz``: the five arrays (and ``betas`` when calibrated) plus a JSON ``metadata`` entry;
-    atomic (:func:`lelp_jax.atomic.atomic_open`: tmp, fsync, os.replace)."""
+    atomic (:func:`lelp_jax.core.atomic.atomic_open`: tmp, fsync, os.replace)."""
     seed = projections.seed
     meta = {
         "num_subclasses": projections.num_subclasses,

@@ -7,7 +7,7 @@ Per example, with teacher embedding h (D,) and teacher logits l (C,):
     t_{c,s} = p_c * softmax_s(z_{c,.} / beta_c)_s         so  sum_s t_{c,s} = p_c
 
 beta is one temperature, or one per class (``Projections.betas``, solved at fit time
-for a target split entropy by :func:`lelp_jax.sharpness.calibrate_betas`).
+for a target split entropy by :func:`lelp_jax.core.sharpness.calibrate_betas`).
 
 Targets are flattened class-major: index ``c * S + s``. The student has no
 temperature: its C*S logits r give q = softmax(r) directly, and its class
@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lelp_jax.projections import Projections
-from lelp_jax.validation import check, host_value, require_rank
+from lelp_jax.core.projections import Projections
+from lelp_jax.core.validation import check, host_value, require_rank
 
 __all__ = ["subclass_targets", "projection_scores", "split_targets", "class_log_probs"]
 
@@ -53,7 +53,7 @@ def split_targets(class_probs: jax.Array, subclass_scores: jax.Array, *, beta) -
       subclass_scores: ``(B, C, S)`` scores (LELP projections, negative k-means
         distances, oracle one-hots scaled, ...).
       beta: softmax temperature over the S subclasses (> 0): a scalar, or ``(C,)``
-        one per class (e.g. calibrated by :func:`lelp_jax.sharpness.calibrate_betas`).
+        one per class (e.g. calibrated by :func:`lelp_jax.core.sharpness.calibrate_betas`).
     Returns:
       ``(B, C*S)`` targets, class-major (index c*S + s); rows sum to sum_c p_c.
     """

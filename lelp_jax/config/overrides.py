@@ -4,7 +4,7 @@
 
 Shared by ``lelp run`` (and the stage commands), ``lelp sweep`` and ``lelp kfold``. Values take
 the type of the field they replace, as ``ml_collections.config_flags`` does; an unknown key raises
-a :class:`lelp_jax.errors.ConfigError` naming the closest existing one.
+a :class:`lelp_jax.runtime.errors.ConfigError` naming the closest existing one.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from lelp_jax.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError
 
 __all__ = ["split_overrides", "parse_overrides", "apply_overrides", "split_values", "get_value", "override_dict"]
 

@@ -3,7 +3,7 @@
 ``lelp.beta=0.5,1,2`` is an axis of every method, ``kd:kd.tau=1,2,4`` of ``kd`` only, and
 ``config.selection.grids.METHOD`` holds a method's default axes (space-separated; docs/PROTOCOL.md).
 A point is one set of overrides; its values are typed by the config fields they override
-(:mod:`lelp_jax.overrides`). Used by ``lelp sweep`` (:mod:`lelp_jax.sweep`) and ``lelp kfold``.
+(:mod:`lelp_jax.config.overrides`). Used by ``lelp sweep`` (:mod:`lelp_jax.protocol.sweep`) and ``lelp kfold``.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any, Optional
 import ml_collections
 
 from lelp_jax.config import validate_config
-from lelp_jax.errors import ConfigError
-from lelp_jax.overrides import apply_overrides, split_values, strip_prefix
+from lelp_jax.runtime.errors import ConfigError
+from lelp_jax.config.overrides import apply_overrides, split_values, strip_prefix
 
 __all__ = ["parse_grid", "parse_grids", "default_grids", "set_grid_axis", "method_grids", "grid_points",
            "point_name", "point_config"]

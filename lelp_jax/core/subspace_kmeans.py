@@ -9,19 +9,19 @@ null-space top-8 subspace captured all of the oracle's room where LELP captured 
 (issue #12, item 7). Fit, per class c, from the teacher's train embeddings h:
 
 1. ``P = I - W^T (W W^T)^+ W`` and ``V_c`` = the top-k eigenvectors of ``P Sigma_c P``
-   (:func:`lelp_jax.projections.fit_projections` with ``num_subclasses=k``, no
+   (:func:`lelp_jax.core.projections.fit_projections` with ``num_subclasses=k``, no
    rotation: k-means is rotation-invariant), mu_c the class mean;
 2. subspace coordinates ``y_c(h) = V_c^T (h - mu_c)`` in R^k (not whitened: the
    subspace keeps the embedding's own geometry);
 3. k-means with S centroids ``m_{c,s}`` in R^k over class c's rows
-   (:func:`lelp_jax.clustering.kmeans_plusplus_init` + :func:`lelp_jax.clustering.lloyd`).
+   (:func:`lelp_jax.core.clustering.kmeans_plusplus_init` + :func:`lelp_jax.core.clustering.lloyd`).
 
 Targets, with the same sharpness rule as every splitting method:
 
     z_{c,s}(h) = (2 y_c(h).m_{c,s} - ||m_{c,s}||^2) / sigma_c      (= -||y_c - m_{c,s}||^2 / sigma_c + const)
     t_{c,s}    = softmax(l / tau)_c * softmax_s(z_{c,.} / beta_c)_s
 
-with ``sigma_c`` the standardisation of k-means scores (:func:`lelp_jax.clustering.score_scale`,
+with ``sigma_c`` the standardisation of k-means scores (:func:`lelp_jax.core.clustering.score_scale`,
 in the subspace) and ``beta_c`` = ``lelp.beta`` or calibrated to ``lelp.target_entropy``.
 """
 from __future__ import annotations
@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from lelp_jax.clustering import KMeansFit, kmeans_plusplus_init, lloyd, score_scale
-from lelp_jax.projections import Projections
-from lelp_jax.targets import projection_scores
+from lelp_jax.core.clustering import KMeansFit, kmeans_plusplus_init, lloyd, score_scale
+from lelp_jax.core.projections import Projections
+from lelp_jax.core.targets import projection_scores
 
 __all__ = ["SubspaceKMeans", "fit_subspace_kmeans", "subspace_coordinates", "subspace_kmeans_scores"]
 

@@ -2,9 +2,9 @@
 
 A config file is a Python module with ``get_config()`` (big_vision style: config
 as code, its docstring gives the command and the runtime) that edits a copy of
-``base_config()`` (:mod:`lelp_jax.schema`: every key and its one default). ``load_config``
+``base_config()`` (:mod:`lelp_jax.config.schema`: every key and its one default). ``load_config``
 loads it, applies command-line overrides ``--config.a.b=value`` with types taken from the
-existing field (:mod:`lelp_jax.overrides`, as ``ml_collections.config_flags`` does), applies
+existing field (:mod:`lelp_jax.config.overrides`, as ``ml_collections.config_flags`` does), applies
 the ``smoke`` switch, validates, and locks the result so no stage can invent a key.
 
 Overrides are checked before anything touches a workdir: an unknown key raises a
@@ -12,7 +12,6 @@ Overrides are checked before anything touches a workdir: an unknown key raises a
 """
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import json
 import os
@@ -22,11 +21,9 @@ from pathlib import Path
 
 import ml_collections
 
-from lelp_jax.errors import ConfigError
-from lelp_jax.methods import method_names
-from lelp_jax.overrides import apply_overrides, parse_overrides
-from lelp_jax.precomputed import check_methods
-from lelp_jax.schema import base_config, validate_values
+from lelp_jax.runtime.errors import ConfigError
+from lelp_jax.config.overrides import apply_overrides, parse_overrides
+from lelp_jax.config.schema import base_config, validate_values
 
 __all__ = [
     "base_config",
@@ -71,9 +68,10 @@ def resolve_config_path(path: str) -> Path:
     p = Path(path)
     if p.is_file():
         return p
-    repo_configs = Path(__file__).resolve().parent.parent / "configs"
+    package = Path(__file__).resolve().parent.parent  # lelp_jax/
+    repo_configs = package.parent / "configs"
     if not repo_configs.is_dir():
-        repo_configs = Path(__file__).resolve().parent / "_configs"
+        repo_configs = package / "_configs"
     for candidate in (Path("configs") / f"{path}.py", repo_configs / f"{path}.py", repo_configs / path):
         if candidate.is_file():
             return candidate
@@ -166,22 +164,18 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Reject values no stage can use, with the key and the fix: the methods against the registry
-    (``register_method`` extends it), every other value by :func:`lelp_jax.schema.validate_values`."""
+    """Reject values no stage can use, with the key and the fix (:func:`lelp_jax.config.schema.validate_values`).
+
+    The methods are checked against the registry by the pipeline's preflight
+    (:func:`lelp_jax.pipeline.context.check_method_names`): ``register_method`` can extend
+    it after a config is loaded, and the config layer sits below the methods.
+    """
     methods = tuple(config.methods)
     if not methods:
         raise ConfigError("config.methods is empty; list at least one method, e.g. --methods ce,kd,lelp.")
-    known = method_names()
-    unknown = [m for m in methods if m not in known]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown method {unknown[0]!r}{hint}; known methods: {', '.join(known)}.")
     if len(set(methods)) != len(methods):
         raise ConfigError(f"config.methods lists a method twice: {methods}.")
     validate_values(config)
-    if config.teacher.model == "precomputed":
-        check_methods(methods)
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:

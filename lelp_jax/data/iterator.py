@@ -147,12 +147,7 @@ class BatchIterator:
         idx, mask = self.positions(k)
         h, p = self.host_batch_size, self.process_index
         rows = read_records(self.source, idx[p * h:(p + 1) * h])
-        out: dict[str, np.ndarray] = {}
-        for key in rows[0]:
-            if key in _TOKEN_KEYS:
-                continue
-            stacked = np.stack([np.asarray(r[key]) for r in rows])
-            out[key] = stacked.astype(_DTYPES[key]) if key in _DTYPES else stacked
+        out = stack_records(rows)
         if "input_ids" in rows[0]:
             length = self._bucket(idx[mask > 0])
             for key in _TOKEN_KEYS:
@@ -164,6 +159,16 @@ class BatchIterator:
         """One length for the whole global batch (all hosts agree): its bucket."""
         longest = int(self.lengths[real_idx].max())
         return longest if self.buckets is None else pick_bucket(longest, self.buckets)
+
+    @property
+    def next_batch(self) -> int:
+        """The number k of the global batch the next ``next()`` returns."""
+        return self._next
+
+    def advance(self, count: int) -> None:
+        """Skip ``count`` batches (their rows were read elsewhere, e.g. gathered on the device)."""
+        self._next += int(count)
+        self._it = None
 
     def get_state(self) -> dict[str, Any]:
         """The next global batch number and the settings it is valid for. The process
@@ -187,6 +192,17 @@ class BatchIterator:
                 )
         self._next = int(state["next_batch"])
         self._it = None
+
+
+def stack_records(rows: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Records stacked per key with the batch dtypes (token ids excluded: they are padded per batch)."""
+    out: dict[str, np.ndarray] = {}
+    for key in rows[0]:
+        if key in _TOKEN_KEYS:
+            continue
+        stacked = np.stack([np.asarray(r[key]) for r in rows])
+        out[key] = stacked.astype(_DTYPES[key]) if key in _DTYPES else stacked
+    return out
 
 
 # The factory name the pipeline, the notebooks and users call.

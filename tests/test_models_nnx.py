@@ -3,6 +3,7 @@ the head is read as for Linen, and an NNX teacher and student train through ``le
 import json
 import math
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ from flax import nnx, serialization
 from lelp_jax import cli, load_projections, models
 from lelp_jax.models import NNXModel, build_model, from_nnx, head_weights, nnx_variables, register_model
 from lelp_jax.models import teacher_from_flax
+from lelp_jax.models.common import get_input
 from lelp_jax.train import load_variables
 
 # The NNX model of these tests, also written to a file for the `lelp run` test (a user's module).
@@ -155,6 +157,24 @@ def test_registry_builds_nnx_classes_and_checks_them(registry, rng):
 
     with pytest.raises(ValueError, match="calls is a Variable; the train step keeps nnx.Param and nnx.BatchStat"):
         from_nnx(Counter, num_outputs=2).init(jax.random.key(0), _batch(rng))
+
+
+def test_extending_nnx_example_builds_and_has_a_head(registry, rng):
+    """docs/EXTENDING.md's NNX block (its test_docs run only imports it): built from the registry, it runs
+    on the blobs' 16 features in train and eval mode, and its head is the teacher classifier."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "EXTENDING.md").read_text()
+    section = doc[doc.index("## An NNX model"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python"))]
+    scope = {"jnp": jnp, "get_input": get_input, "model_names": models.model_names, "register_model": register_model}
+    exec(compile(code, "EXTENDING.md", "exec"), scope)  # noqa: S102
+    model = build_model("nnx_gated_mlp", num_outputs=6, hidden=4, dropout_rate=0.5)
+    batch = _batch(rng, f=16)
+    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, batch)
+    emb, logits = model.apply(variables, batch)
+    w, b = head_weights(variables)
+    assert emb.shape == (5, 4) and logits.shape == (5, 6) and w.shape == (6, 4)
+    np.testing.assert_allclose(logits, emb @ w.T + b, rtol=1e-5, atol=1e-5)
+    assert model.apply(variables, batch, train=True, rngs={"dropout": jax.random.key(2)})[1].shape == (5, 6)
 
 
 def test_nnx_teacher_and_student_train_through_lelp_run(tmp_path, monkeypatch, registry, capsys):

@@ -106,6 +106,8 @@ def test_checkpoint_shaped_variables_apply_and_wrong_ones_fail_clearly(rng):
     np.testing.assert_array_equal(model.apply(restored, batch)[1], model.apply(variables, batch)[1])
     with pytest.raises(ValueError, match="no params/layers/1"):
         model.apply(from_nnx(NNXMLP, num_outputs=2, hidden=(8,)).init(jax.random.key(0), batch), batch)
+    with pytest.raises(ValueError, match="hold 2 array"):  # a layers/1 kernel and bias too many
+        from_nnx(NNXMLP, num_outputs=2, hidden=(8,)).apply(variables, batch)
 
 
 def test_nnx_teacher_head_is_read_like_a_linen_head(rng):

@@ -102,9 +102,10 @@ class NNXModel(nn.Module):
     options: FrozenDict = FrozenDict()
 
     def _rngs(self) -> nnx.Rngs:
-        """The Linen rngs of this call as NNX streams, with a ``default`` (the params key at init)."""
+        """The Linen rngs of this call as NNX streams, plus a ``default`` (a fresh params key at init)."""
         keys = {name: self.make_rng(name) for name in self.scope.rngs}
-        keys.setdefault("default", keys["params"] if "params" in keys else 0)
+        if "default" not in keys:
+            keys["default"] = self.make_rng("params") if "params" in keys else 0
         return nnx.Rngs(**keys)
 
     def _store(self, flat: Mapping[tuple[str, tuple[Any, ...]], Any]) -> None:
@@ -119,6 +120,10 @@ class NNXModel(nn.Module):
             self._store(_flat_variables(module))  # the state as built, before a train-mode call moves it
             return module(batch, train=train)
         given = {k: _lookup(self.variables, *k) for k in _flat_variables(module)}
+        held = sum(len(jax.tree_util.tree_leaves(self.variables.get(c, {}))) for c in _COLLECTIONS.values())
+        if held != len(given):
+            raise ValueError(f"the variables hold {held - len(given)} array(s) that {self.nnx_class.__name__} "
+                             "does not have; were they made by this model with the same options?")
         nnx.update(module, nnx.traversals.unflatten_mapping({path: v for (_, path), v in given.items()}))
         out = module(batch, train=train)
         self._store({k: v for k, v in _flat_variables(module).items() if self.is_mutable_collection(k[0])})

@@ -99,6 +99,7 @@ def test_bring_your_own_jax_model(tmp_path):
     text = _text(nb)
     for method in ("ce", "kd", "lelp"):
         assert f"{method:5s} test accuracy" in text
+    assert "lelp with an NNX student: test accuracy" in text  # the same core calls train an nnx.Module
     # No lelp command, no pipeline: the notebook imports only the core package.
     source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "lelp_jax." not in source.replace("lelp_jax.git", "") and "import lelp_jax as lj" in source

@@ -54,23 +54,31 @@ How to add a model
    ``_REGISTRY`` below), then add it to the per-model test table in
    tests/test_models.py (shapes, train/eval, jit/grad and the head contract run
    for every registered model).
+An ``nnx.Module`` class registers the same way: its ``__init__`` takes ``num_outputs``,
+its options and ``rngs``, its last ``nnx.Linear`` is ``self.head``, and ``build_model``
+wraps it in ``NNXModel`` (``lelp_jax.models.nnx_adapter``), a Linen module, so the train
+step, checkpoints and head reading are the same for both.
 A model built elsewhere is used as a teacher without registering it:
-``teacher_from_flax(module, variables)`` (see ``lelp_jax.models.interface``).
+``teacher_from_flax(module, variables)`` (see ``lelp_jax.models.interface``); for a trained
+NNX instance, ``teacher_from_flax(from_nnx(cls, **options), nnx_variables(instance))``.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import flax.linen as nn
+from flax import nnx
 
 from lelp_jax.models.interface import Teacher, TeacherFn, head_weights, teacher_from_flax
 from lelp_jax.models.minilm import (MiniLM, MiniLMEncoder, load_minilm_weights, minilm_encode,
                                     minilm_init_variables, minilm_model_dir)
+from lelp_jax.models.nnx_adapter import (NNXModel, check_nnx_class, from_nnx, is_nnx_class, nnx_options,
+                                         nnx_variables)
 from lelp_jax.models.summary import ModelInfo, count_params, describe_model, flops_per_example, model_table
 from lelp_jax.models.text import EmbeddingBag, TextCNN, TextTransformer
 from lelp_jax.models.vision import MLP, CifarResNet, MobileNetV2, SmallCNN
 
-_REGISTRY: dict[str, type[nn.Module]] = {
+_REGISTRY: dict[str, type[nn.Module] | type[nnx.Module]] = {
     "mlp": MLP,
     "small_cnn": SmallCNN,
     "resnet": CifarResNet,
@@ -87,23 +95,30 @@ def model_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def register_model(name: str, cls: type[nn.Module]) -> None:
-    """Add ``cls`` to the registry under ``name`` (it must have a ``num_outputs`` field)."""
+def register_model(name: str, cls: type[nn.Module] | type[nnx.Module]) -> None:
+    """Add ``cls`` (a Linen module with a ``num_outputs`` field, or an NNX module class) under ``name``."""
     if name in _REGISTRY:
         raise ValueError(f"model name {name!r} is already registered to {_REGISTRY[name].__name__}.")
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"register_model needs a flax.linen.Module subclass, got {cls!r}.")
-    if "num_outputs" not in _fields(cls):
+    if is_nnx_class(cls):
+        check_nnx_class(cls)
+    elif not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"register_model needs a flax.linen.Module or flax.nnx.Module subclass, got {cls!r}.")
+    elif "num_outputs" not in _fields(cls):
         raise ValueError(f"{cls.__name__} must have a 'num_outputs: int' field to be built by build_model.")
     _REGISTRY[name] = cls
 
 
-def _fields(cls: type[nn.Module]) -> list[str]:
+def _fields(cls: type[nn.Module] | type[nnx.Module]) -> list[str]:
+    if is_nnx_class(cls):
+        return nnx_options(cls)
     return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
 
 
 def build_model(name: str, *, num_outputs: int, **kwargs) -> nn.Module:
-    """The registered module ``name`` with a head of ``num_outputs`` (C, or C*S for pseudo-subclasses)."""
+    """The registered module ``name`` with a head of ``num_outputs`` (C, or C*S for pseudo-subclasses).
+
+    Always a Linen module: an NNX class comes wrapped in ``NNXModel``, so callers need no second path.
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered models: {model_names()}.")
     if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
@@ -113,12 +128,15 @@ def build_model(name: str, *, num_outputs: int, **kwargs) -> nn.Module:
     unknown = sorted(set(kwargs) - set(fields))
     if unknown:
         raise ValueError(f"model {name!r} has no option(s) {unknown}; its options are {fields}.")
+    if is_nnx_class(cls):
+        return from_nnx(cls, num_outputs=num_outputs, **kwargs)
     return cls(num_outputs=num_outputs, **kwargs)
 
 
 __all__ = [
-    "MLP", "CifarResNet", "EmbeddingBag", "MiniLM", "MiniLMEncoder", "MobileNetV2", "ModelInfo", "SmallCNN",
-    "Teacher", "TeacherFn", "TextCNN", "TextTransformer", "build_model", "count_params", "describe_model",
-    "flops_per_example", "head_weights", "load_minilm_weights", "minilm_encode", "minilm_init_variables",
-    "minilm_model_dir", "model_names", "model_table", "register_model", "teacher_from_flax",
+    "MLP", "CifarResNet", "EmbeddingBag", "MiniLM", "MiniLMEncoder", "MobileNetV2", "ModelInfo", "NNXModel",
+    "SmallCNN", "Teacher", "TeacherFn", "TextCNN", "TextTransformer", "build_model", "count_params",
+    "describe_model", "flops_per_example", "from_nnx", "head_weights", "load_minilm_weights", "minilm_encode",
+    "minilm_init_variables", "minilm_model_dir", "model_names", "model_table", "nnx_variables",
+    "register_model", "teacher_from_flax",
 ]

@@ -26,6 +26,9 @@ Dense at a known path::
 
 A teacher that is not Flax (or not linear-headed in this layout) builds
 ``Teacher(apply_fn=..., variables=..., classifier_weights=..., name=...)`` directly.
+
+An NNX teacher goes through the same wrapper: ``teacher_from_flax(from_nnx(MyNNXNet, **options),
+nnx_variables(trained_instance))`` (``lelp_jax.models.nnx_adapter``).
 """
 from __future__ import annotations
 
@@ -67,7 +70,8 @@ def head_weights(variables: Any, head_path: Sequence[str] = ("head",)) -> tuple[
         if not isinstance(node, Mapping) or key not in node:
             keys = sorted(node) if isinstance(node, Mapping) else type(node).__name__
             raise ValueError(f"no Dense head at params{list(head_path[: i + 1])}; available here: {keys}. "
-                             "Pass head_path= the path of your final Dense layer.")
+                             "Pass head_path= the path of your final Dense layer (the pipeline reads "
+                             "params['head']: nn.Dense(name='head') in Linen, self.head = nnx.Linear(...) in NNX).")
         node = node[key]
     if not isinstance(node, Mapping) or "kernel" not in node:
         raise ValueError(f"params{list(head_path)} is not a Dense layer (no 'kernel'); "

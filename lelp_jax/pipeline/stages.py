@@ -318,9 +318,7 @@ def stage_eval(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         )
     if not wd.teacher_json.exists():
         raise WorkdirError(f"no teacher in {str(wd.root)!r}; run `lelp teacher` (or `lelp run`) first.")
-    runs = []
-    for path in sorted((wd.root / "runs").glob("*/seed_*/result.json")):
-        runs.append(read_json(path))
+    runs = [read_json(path) for path in wd.runs()]
     runs.sort(key=lambda r: _run_order(config, r["method"], int(r["seed"])))
     results = {"dataset": config.data.name, "config_name": config.name, "teacher": read_json(wd.teacher_json),
                "runs": runs}

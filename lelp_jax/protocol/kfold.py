@@ -66,7 +66,7 @@ Grids = Mapping[str, Mapping[str, Sequence[Any]]]
 def _fold_runs(folder: Path) -> dict[tuple[str, int], dict]:
     """(method, seed) -> result.json of every run in one workdir."""
     out = {}
-    for path in sorted(folder.glob("runs/*/seed_*/result.json")):
+    for path in pipeline.Workdir(folder).runs():
         r = read_json(path)
         out[(r["method"], int(r["seed"]))] = r
     return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -97,9 +97,9 @@ def fit_labels(inputs: FitInputs):
     return inputs.labels()[0]
 
 
-def _in_chunks(fn: Callable[[Any], Any], embeddings) -> np.ndarray:
-    """``fn`` on row chunks of ``embeddings``, concatenated on the host."""
-    return np.concatenate([np.asarray(fn(embeddings[i:i + _ROWS])) for i in range(0, len(embeddings), _ROWS)])
+def _row_chunks(n: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``_ROWS`` rows covering ``range(n)``: how every fit walks the train split."""
+    return (slice(i, i + _ROWS) for i in range(0, n, _ROWS))
 
 
 def calibrate_fit(method, aux, inputs: FitInputs):
@@ -111,7 +111,7 @@ def calibrate_fit(method, aux, inputs: FitInputs):
         return aux
     emb, _ = inputs.outputs()
     scores = jax.jit(lambda a, h: method.scores(a, h, config))
-    z = _in_chunks(lambda h: scores(aux, jnp.asarray(h)), emb)
+    z = np.concatenate([np.asarray(scores(aux, jnp.asarray(emb[rows]))) for rows in _row_chunks(len(emb))])
     betas = calibrate_betas(z, fit_labels(inputs), target_entropy=float(config.lelp.target_entropy))
     return aux.replace(betas=jnp.asarray(betas, jnp.float32))
 
@@ -165,8 +165,8 @@ def _subspace_kmeans(method, inputs: FitInputs):
     emb, _ = inputs.outputs()
     labels = fit_labels(inputs)
     moments = init_moments(inputs.num_classes, emb.shape[1])
-    for i in range(0, len(emb), _ROWS):
-        moments = update_moments(moments, jnp.asarray(emb[i:i + _ROWS], jnp.float32), jnp.asarray(labels[i:i + _ROWS]))
+    for rows in _row_chunks(len(emb)):
+        moments = update_moments(moments, jnp.asarray(emb[rows], jnp.float32), jnp.asarray(labels[rows]))
     null_space = bool(config.lelp.null_space)
     k, c, d = int(config.lelp_kmeans.subspace_dim), inputs.num_classes, emb.shape[1]
     if k > d - (c if null_space else 0):
@@ -261,11 +261,11 @@ def split_diagnostics(method, aux, config: ml_collections.ConfigDict, workdir: s
     labels, fine = source_labels(env.split("train")[0])
     split = jax.jit(lambda a, h, b: method.split(a, h, b, config))
     parts = []
-    for i in range(0, len(emb), _ROWS):
-        batch = {"label": jnp.asarray(labels[i:i + _ROWS])}
+    for rows in _row_chunks(len(emb)):
+        batch = {"label": jnp.asarray(labels[rows])}
         if fine is not None:
-            batch["fine_label"] = jnp.asarray(fine[i:i + _ROWS])
-        parts.append(np.asarray(split(aux, jnp.asarray(emb[i:i + _ROWS]), batch)))
+            batch["fine_label"] = jnp.asarray(fine[rows])
+        parts.append(np.asarray(split(aux, jnp.asarray(emb[rows]), batch)))
     out = diagnose(np.concatenate(parts), labels, fine)
     betas = getattr(aux, "betas", None)
     out["split_betas"] = None if betas is None else np.asarray(betas, np.float64).tolist()

@@ -106,8 +106,8 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
     if not args.force:
         pipeline.check_workdir(config, args.workdir)
     sharding.initialize_distributed(config.distributed)
-    env = pipeline.Env(config)  # what preflight loads (data, a precomputed teacher) serves the stages too
-    pipeline.preflight(config, args.workdir, force=args.force, env=env)
+    run = pipeline.Run(config, args.workdir)  # what preflight loads (data, a precomputed teacher) serves the stages too
+    pipeline.preflight(run, force=args.force)
     enable_compilation_cache()
     log = _print(args.quiet)
     t0 = time.perf_counter()
@@ -118,7 +118,7 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
         force=args.force,
         overrides=override_dict(config, overrides),
         log=log,
-        env=env,
+        run=run,
     )
     log(f"[{name}] all done in {time.perf_counter() - t0:.1f} s; workdir {args.workdir}")
     return 0

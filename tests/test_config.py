@@ -189,11 +189,11 @@ def test_load_config_methods_and_seeds_replace_the_configs_after_other_overrides
 
 def test_unknown_method_is_refused_by_preflight_with_a_hint(config_file, tmp_path):
     """The config layer sits below the methods: the registry check is preflight's, before any write."""
-    from lelp_jax.pipeline.context import check_method_names, preflight
+    from lelp_jax.pipeline.context import Run, check_method_names, preflight
 
     config = cfg.load_config(config_file, ["--config.methods=ce,kdd"])
     with pytest.raises(ConfigError, match="did you mean 'kd'"):
         check_method_names(config.methods)
     with pytest.raises(ConfigError, match="unknown method 'kdd'"):
-        preflight(config, tmp_path / "wd")
+        preflight(Run(config, tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()

@@ -191,12 +191,12 @@ def test_cli_run_with_model_axis(tmp_path, monkeypatch):
             "--config.teacher.train.checkpoint_every=0", "--config.teacher_cache=true", "--config.mesh.model=2"]
     assert cli.main(["run", *args, "--methods", "lelp"]) == 0
     config = load_config("configs/digits_binary.py", args[4:])
-    env = pipeline.Env(config)
-    assert dict(env.mesh.shape) == {"data": 4, "model": 2}
-    _, variables = pipeline.load_teacher(config, wd, env)
+    run = pipeline.Run(config, wd)
+    assert dict(run.mesh.shape) == {"data": 4, "model": 2}
+    _, variables = run.teacher
     kernel = variables["params"]["dense_1"]["kernel"]  # 256 x 256, split in two
     assert {s.data.shape for s in kernel.addressable_shards} == {(128, 256)}
-    source, _ = env.split("train")
+    source, _ = run.split("train")
     key = "features" if "features" in source[0] else "image"  # the MLP flattens either
     x = np.stack([np.asarray(source[i][key], np.float64).reshape(-1) for i in range(len(source))])
     labels = np.array([int(source[i]["label"]) for i in range(len(source))])

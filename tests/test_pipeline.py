@@ -89,9 +89,9 @@ def test_every_split_records_what_it_taught(finished_run):
     wd = finished_run["workdir"]
     by = {r["method"]: r for r in json.loads((wd / "results.json").read_text())["runs"]}
     config = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")])
-    env = pipeline.Env(config)
-    emb = np.asarray(pipeline.train_outputs(config, wd, env)[0], np.float64)
-    source, _ = env.split("train")
+    run = pipeline.Run(config, wd)
+    emb = np.asarray(run.train_outputs[0], np.float64)
+    source, _ = run.split("train")
     y = np.asarray([source[i]["label"] for i in range(len(source))])
     fine = np.asarray([source[i]["fine_label"] for i in range(len(source))])
     for name, path in (("lelp", "projections.npz"), ("pca", "projections_pca.npz")):
@@ -124,15 +124,53 @@ def test_rerun_is_a_noop(finished_run, capsys):
         assert f"[{stage}] already done, skipped" in out
 
 
+def test_one_run_runs_every_stage(tmp_path, env_dirs, monkeypatch):
+    """A ``Run`` built from (config, workdir) runs every stage of ``STAGES`` (each takes only the run and returns
+    its summary), loading each data split once and sharing the teacher's outputs; a new Run of the finished
+    workdir skips every stage; ``run_stages`` refuses a run of another workdir."""
+    from lelp_jax.pipeline import context
+    from lelp_jax.pipeline.teacher import load_teacher_cache
+
+    loaded = []
+    real = context.load_splits
+
+    def counting(data, name):
+        out = real(data, name)
+        loaded.extend(out[0])
+        return out
+
+    monkeypatch.setattr(context, "load_splits", counting)
+    wd = tmp_path / "wd"
+    args = [a for a in smoke_args(wd, env_dirs["data_dir"]) if a.startswith("--config.")]
+    config = load_config(CONFIG, args + ["--config.teacher_cache=true", "--config.teacher.train.num_steps=10",
+                                         "--config.train.num_steps=4"], methods="kd,lelp,kmeans", seeds="0")
+    run = pipeline.Run(config, wd)
+    pipeline.preflight(run)
+    pipeline.init_workdir(config, wd)
+    out = {name: stage(run) for name, stage in pipeline.STAGES.items()}
+    assert list(out) == ["teacher", "teacher_outputs", "statistics", "fit", "distill", "eval"]
+    assert not any(o.get("skipped") or o.get("not_needed") for o in out.values()), out
+    assert out["teacher"]["source"] == "trained" and out["eval"]["runs"] == 3
+    assert sorted(loaded) == ["test", "train", "validation"]  # each split loaded once for all six stages
+    cached = load_teacher_cache(str(run.workdir.teacher_outputs("train")))
+    np.testing.assert_array_equal(run.train_outputs[0], cached.embeddings)  # what kmeans and the diagnostics read
+    results = json.loads(run.workdir.results.read_text())
+    assert [(r["method"], r["seed"]) for r in results["runs"]] == [("kd", 0), ("lelp", 0), ("kmeans", 0)]
+    again = pipeline.Run(config, wd)
+    assert all(o.get("skipped") for o in (stage(again) for stage in pipeline.STAGES.values()))
+    with pytest.raises(ValueError, match="another config or workdir"):
+        pipeline.run_stages(config, tmp_path / "other", stages=["eval"], run=again)
+
+
 def test_statistics_match_numpy_on_teacher_embeddings(finished_run):
     """statistics.npz holds the per-class count/mean/M2 of the teacher's train embeddings (float64 check)."""
     import jax
 
     wd = finished_run["workdir"]
     config = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")])
-    env = pipeline.Env(config)
-    model, variables = pipeline.load_teacher(config, wd, env)
-    source, info = env.split("train")
+    run = pipeline.Run(config, wd)
+    model, variables = run.teacher
+    source, info = run.split("train")
     rows = [source[i] for i in range(len(source))]
     batch = {"image": np.stack([r["image"] for r in rows])}
     emb, _ = model.apply(jax.device_get(variables), batch, train=False)
@@ -284,29 +322,29 @@ def test_method_aux_builds_kmeans_and_oracle_artifacts(finished_run):
 
     wd = finished_run["workdir"]
     config = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")])
-    env = pipeline.Env(config)
+    run = pipeline.Run(config, wd)
 
     def fake(fit):
         return Method(name=f"fake_{fit}", needs_teacher=True, loss=lambda **_: 0.0, head_outputs=lambda c, _: c,
                       class_log_probs=lambda r, c, _: r, fit=fit)
 
-    km = pipeline.method_aux(fake("kmeans"), config, wd, env)
+    km = pipeline.method_aux(fake("kmeans"), run)
     assert km.centroids.shape == (2, 5, 256)
-    source, _ = env.split("train")
+    source, _ = run.split("train")
     labels = np.asarray([source[i]["label"] for i in range(len(source))])
     np.testing.assert_array_equal(np.asarray(km.count), np.bincount(labels, minlength=2))
-    slots = pipeline.method_aux(fake("oracle"), config, wd, env)
+    slots = pipeline.method_aux(fake("oracle"), run)
     fine = np.asarray([source[i]["fine_label"] for i in range(len(source))])
     assert slots.num_subclasses == 5
     np.testing.assert_array_equal(np.asarray(slots.class_of_fine)[fine], labels)
     with pytest.raises(ValueError, match="does not build"):
-        pipeline.method_aux(fake("mystery"), config, wd, env)
+        pipeline.method_aux(fake("mystery"), run)
     # lelp_kmeans: S = 5 centroids in each class's top-8 null-space principal subspace of the teacher's W
     from lelp_jax import train
     from lelp_jax.methods import get_method
     from lelp_jax.models import head_weights
 
-    sk = pipeline.method_aux(get_method("lelp_kmeans"), config, wd, env)
+    sk = pipeline.method_aux(get_method("lelp_kmeans"), run)
     assert sk.subspace.directions.shape == (2, 256, 8) and sk.clusters.centroids.shape == (2, 5, 8)
     w = np.asarray(head_weights(train.load_variables(str(wd / "teacher"), which="best"))[0], np.float64)
     v = np.asarray(sk.subspace.directions, np.float64)
@@ -314,7 +352,7 @@ def test_method_aux_builds_kmeans_and_oracle_artifacts(finished_run):
     too_big = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")]
                           + ["--config.lelp_kmeans.subspace_dim=255"])
     with pytest.raises(pipeline.ConfigError, match=r"lelp_kmeans.subspace_dim=255 exceeds .*D - C = 254"):
-        pipeline.method_aux(get_method("lelp_kmeans"), too_big, wd, pipeline.Env(too_big))
+        pipeline.method_aux(get_method("lelp_kmeans"), pipeline.Run(too_big, wd))
 
 
 def test_target_entropy_calibrates_every_splitting_fit_on_the_train_split(finished_run):
@@ -327,13 +365,13 @@ def test_target_entropy_calibrates_every_splitting_fit_on_the_train_split(finish
     wd = finished_run["workdir"]
     config = load_config(CONFIG, [a for a in finished_run["base"] if a.startswith("--config.")]
                          + ["--config.lelp.target_entropy=0.6"])
-    env = pipeline.Env(config)
-    emb, _ = pipeline.train_outputs(config, wd, env)
-    source, _ = env.split("train")
+    run = pipeline.Run(config, wd)
+    emb, _ = run.train_outputs
+    source, _ = run.split("train")
     labels = np.asarray([source[i]["label"] for i in range(len(source))])
     lelp = get_method("lelp")
-    fits = {"lelp": pipeline.calibrate(lelp, load_projections(wd / "projections.npz"), config, wd, env),
-            "kmeans": pipeline.method_aux(get_method("kmeans"), config, wd, env)}
+    fits = {"lelp": pipeline.calibrate(lelp, load_projections(wd / "projections.npz"), run),
+            "kmeans": pipeline.method_aux(get_method("kmeans"), run)}
     for name, fit in fits.items():
         assert fit.betas is not None and fit.betas.shape == (2,), name
         split = np.asarray(get_method(name).split(fit, emb, {"label": labels}, config), np.float64)

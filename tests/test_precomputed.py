@@ -66,11 +66,11 @@ def exported(tmp_path_factory):
     config = load_config(CONFIG, [a for a in smoke(ref) if a.startswith("--config.")])
     params = train.load_variables(str(ref / "teacher"), which="best")["params"]
     fn = numpy_mlp(params)
-    env = pipeline.Env(config)
+    run = pipeline.Run(config, ref)
     out = root / "outputs"
     arrays = {}
     for split in ("train", "validation", "test"):
-        source, _ = env.split(split)
+        source, _ = run.split(split)
         rows = [source[i] for i in range(len(source))]
         images = np.stack([r["image"] for r in rows])
         labels = np.asarray([r["label"] for r in rows])
@@ -316,11 +316,11 @@ def test_local_data_with_carved_validation_maps_each_split_to_its_rows_of_the_tr
         "data.name=local", f"data.files.train={tmp_path / 'train_data.npz'}",
         f"data.files.test={tmp_path / 'test_data.npz'}", "data.num_classes=3", "data.val_fraction=0.25",
         "teacher.model=precomputed", f"teacher.outputs.train={files['train']}", f"teacher.outputs.test={files['test']}"])
-    env = pipeline.Env(config)
-    loaded = env.precomputed()
+    run = pipeline.Run(config, tmp_path / "wd")
+    loaded = run.precomputed
     sizes = {}
     for split in ("train", "validation", "test"):
-        source = env.split(split)[0]
+        source = run.split(split)[0]
         sizes[split] = len(source)
         index = rng.integers(0, len(source), size=6)
         h, logits = teacher(np.stack([source[int(i)]["features"] for i in index]))

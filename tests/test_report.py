@@ -131,7 +131,7 @@ def test_report_on_a_tiny_run_of_the_comparison_methods(tmp_path):
         assert 0.0 < by[m]["split_nmi"] <= 1.0 and by[m]["split_betas"] is None
     from sklearn.metrics import normalized_mutual_info_score
 
-    src, _ = pipeline.Env(cfg).split("train")
+    src, _ = pipeline.Run(cfg, tmp_path).split("train")
     y = np.asarray([src[i]["label"] for i in range(len(src))])
     fine = np.asarray([src[i]["fine_label"] for i in range(len(src))])
     slot = np.array([sorted(set(fine[y == c])).index(f) for f, c in zip(fine, y)])  # one slot per fine label

@@ -17,7 +17,7 @@ import ml_collections
 
 from lelp_jax.config import base_config
 from lelp_jax.methods import get_method
-from lelp_jax.pipeline import Env, method_aux, split_diagnostics
+from lelp_jax.pipeline import Run, method_aux, split_diagnostics
 
 
 def _update(node: ml_collections.ConfigDict, stored: dict) -> None:
@@ -36,13 +36,12 @@ def workdir_config(workdir: Path) -> ml_collections.ConfigDict:
 
 
 def diagnose(workdir: Path, methods: list[str]) -> dict[str, dict]:
-    config = workdir_config(workdir)
-    env = Env(config)
+    run = Run(workdir_config(workdir), workdir)
     out = {}
     for name in methods:
         method = get_method(name)
-        aux = method_aux(method, config, workdir, env)
-        out[name] = split_diagnostics(method, aux, config, workdir, env)
+        aux = method_aux(method, run)
+        out[name] = split_diagnostics(method, aux, run)
     return out
 
 

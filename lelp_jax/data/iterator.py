@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any, Iterator, Sequence
 
 import grain
+import jax
 import numpy as np
 
 from lelp_jax.data.sources import read_records
@@ -207,3 +209,19 @@ def stack_records(rows: Sequence[Any]) -> dict[str, np.ndarray]:
 
 # The factory name the pipeline, the notebooks and users call.
 make_iterator = BatchIterator
+
+
+def eval_batches(source: Any, batch_size: int, *, process_index: int | None = None,
+                 process_count: int | None = None,
+                 make_iterator: Callable[..., Iterator[dict[str, np.ndarray]]] | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """What every evaluation reads: one pass over every example of ``source`` in order, global batches of
+    ``batch_size``, the last one padded (``mask`` 0) so each example counts once.
+
+    ``process_index`` / ``process_count`` default to this JAX process's; ``make_iterator`` (default
+    :class:`BatchIterator`) is for a caller that swaps the iterator (``train_and_evaluate``'s argument).
+    """
+    return (make_iterator or BatchIterator)(
+        source, global_batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
+        process_index=jax.process_index() if process_index is None else process_index,
+        process_count=jax.process_count() if process_count is None else process_count, drop_remainder=False)

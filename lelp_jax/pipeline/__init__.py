@@ -4,8 +4,8 @@ One module per concern, arrows running down this list:
 
 - :mod:`~lelp_jax.pipeline.workdir`: where each artifact lives (``Workdir``, ``LAYOUT``), which config
   owns a workdir, the identity of teacher-derived artifacts shared across workdirs.
-- :mod:`~lelp_jax.pipeline.context`: pre-flight checks, ``Env`` (mesh, data splits), the teacher
-  (load, train, its outputs and head).
+- :mod:`~lelp_jax.pipeline.context`: the ``Run`` of one command (config, workdir, mesh, data splits,
+  the teacher, its outputs and head, each built once), pre-flight checks, teacher training.
 - :mod:`~lelp_jax.pipeline.fits`: the registry of fit kinds (``register_fit``): each method's ``aux``.
 - :mod:`~lelp_jax.pipeline.stages`: teacher, teacher_outputs, statistics, fit, distill, eval.
 - :mod:`~lelp_jax.pipeline.run`: the driver (``run_stages``, ``run_all``).
@@ -14,7 +14,7 @@ Everything below is importable from ``lelp_jax.pipeline`` itself.
 """
 from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.data.splits import SubsetSource
-from lelp_jax.pipeline.context import PRETRAINED, Env, load_teacher, preflight, train_outputs
+from lelp_jax.pipeline.context import PRETRAINED, Run, preflight
 from lelp_jax.pipeline.fits import (FITS, FitInputs, build_fit, calibrate, calibrate_fit, load_statistics,
                                     method_aux, register_fit, split_diagnostics, workdir_inputs)
 from lelp_jax.pipeline.run import run_all, run_stages
@@ -28,7 +28,7 @@ __all__ = [
     "WorkdirError",
     "Workdir",
     "LAYOUT",
-    "Env",
+    "Run",
     "SubsetSource",
     "STAGES",
     "PRETRAINED",
@@ -41,9 +41,7 @@ __all__ = [
     "check_workdir",
     "init_workdir",
     "preflight",
-    "load_teacher",
     "load_statistics",
-    "train_outputs",
     "method_aux",
     "calibrate",
     "artifact_parts",

@@ -4,8 +4,8 @@ A method names the kind of artifact it needs in ``Method.fit``; :data:`FITS` map
 to a function ``fn(method, inputs) -> aux`` (:func:`register_fit`), so a method with a new
 kind of fit is one registration and no stage changes. ``inputs`` is a :class:`FitInputs`:
 the teacher's train-split outputs, labels, head and moments, each computed on first use.
-The pipeline builds it from a workdir (:func:`workdir_inputs`); tests and your own code can
-build it from arrays.
+The pipeline builds it from a :class:`~lelp_jax.pipeline.context.Run` (:func:`workdir_inputs`);
+tests and your own code can build it from arrays.
 
 Built-in kinds: ``projections`` (LELP and its ablations; the fit stage stores them),
 ``kmeans``, ``agglomerative``, ``subspace_kmeans``, ``oracle``, ``subclass_teacher``.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -28,9 +28,8 @@ import numpy as np
 from lelp_jax import train
 from lelp_jax.core.clustering import fit_agglomerative_centroids, fit_class_kmeans, oracle_slots
 from lelp_jax.runtime.errors import ConfigError
-from lelp_jax.data.splits import source_labels
-from lelp_jax.methods import SUBCLASS_TEACHER, subclass_teacher_model
-from lelp_jax.pipeline.context import Env, head_weights, train_outputs, train_teacher
+from lelp_jax.methods import SUBCLASS_TEACHER, Method, subclass_teacher_model
+from lelp_jax.pipeline.context import Run, train_teacher
 from lelp_jax.pipeline.workdir import Workdir, sync, teacher_identity
 from lelp_jax.pipeline.precomputed import check_methods
 from lelp_jax.core.projections import fit_projections, load_projections
@@ -97,9 +96,9 @@ def fit_labels(inputs: FitInputs):
     return inputs.labels()[0]
 
 
-def _in_chunks(fn: Callable[[Any], Any], embeddings) -> np.ndarray:
-    """``fn`` on row chunks of ``embeddings``, concatenated on the host."""
-    return np.concatenate([np.asarray(fn(embeddings[i:i + _ROWS])) for i in range(0, len(embeddings), _ROWS)])
+def _row_chunks(n: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``_ROWS`` rows covering ``range(n)``: how every fit walks the train split."""
+    return (slice(i, i + _ROWS) for i in range(0, n, _ROWS))
 
 
 def calibrate_fit(method, aux, inputs: FitInputs):
@@ -111,7 +110,7 @@ def calibrate_fit(method, aux, inputs: FitInputs):
         return aux
     emb, _ = inputs.outputs()
     scores = jax.jit(lambda a, h: method.scores(a, h, config))
-    z = _in_chunks(lambda h: scores(aux, jnp.asarray(h)), emb)
+    z = np.concatenate([np.asarray(scores(aux, jnp.asarray(emb[rows]))) for rows in _row_chunks(len(emb))])
     betas = calibrate_betas(z, fit_labels(inputs), target_entropy=float(config.lelp.target_entropy))
     return aux.replace(betas=jnp.asarray(betas, jnp.float32))
 
@@ -165,8 +164,8 @@ def _subspace_kmeans(method, inputs: FitInputs):
     emb, _ = inputs.outputs()
     labels = fit_labels(inputs)
     moments = init_moments(inputs.num_classes, emb.shape[1])
-    for i in range(0, len(emb), _ROWS):
-        moments = update_moments(moments, jnp.asarray(emb[i:i + _ROWS], jnp.float32), jnp.asarray(labels[i:i + _ROWS]))
+    for rows in _row_chunks(len(emb)):
+        moments = update_moments(moments, jnp.asarray(emb[rows], jnp.float32), jnp.asarray(labels[rows]))
     null_space = bool(config.lelp.null_space)
     k, c, d = int(config.lelp_kmeans.subspace_dim), inputs.num_classes, emb.shape[1]
     if k > d - (c if null_space else 0):
@@ -197,7 +196,7 @@ for _kind, _fn in (("projections", _projections), ("kmeans", _kmeans), ("agglome
     register_fit(_kind, _fn)
 
 
-# ----------------------------------------------------------------------------- from a workdir
+# ----------------------------------------------------------------------------- from a run
 
 
 def load_statistics(workdir: str | os.PathLike) -> ClassMoments:
@@ -206,32 +205,30 @@ def load_statistics(workdir: str | os.PathLike) -> ClassMoments:
         return ClassMoments(count=jnp.asarray(f["count"]), mean=jnp.asarray(f["mean"]), m2=jnp.asarray(f["m2"]))
 
 
-def workdir_inputs(config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env) -> FitInputs:
-    """:class:`FitInputs` of a workdir: the teacher's train outputs (cache or one pass, kept on ``env``), the
-    train split's labels, the teacher head, ``statistics.npz``; a trained teacher lives in ``WORKDIR/NAME/``
+def workdir_inputs(run: Run) -> FitInputs:
+    """:class:`FitInputs` of a run: the teacher's train outputs, the train split's labels, the teacher head
+    (each kept on ``run``), the workdir's ``statistics.npz``; a trained teacher lives in ``WORKDIR/NAME/``
     (resumable: its own Orbax checkpoints, and its ``result.json`` marks it done)."""
-    wd = Workdir(workdir)
+    config, wd = run.config, run.workdir
 
     def trained_teacher(name: str, model, method):
         folder = wd.root / name
         if not (folder / "result.json").exists():
-            train_teacher(config, env, model=model, method=method, folder=folder, desc=name.replace("_", " "))
+            train_teacher(run, model=model, method=method, folder=folder, desc=name.replace("_", " "))
             sync(name)
-        return train.load_variables(str(folder), which="best", mesh=env.mesh)
+        return train.load_variables(str(folder), which="best", mesh=run.mesh)
 
-    info = env.info
+    info = run.info
     return FitInputs(
         config=config, num_classes=info.num_classes, num_fine_classes=info.num_fine_classes,
-        outputs=lambda: train_outputs(config, workdir, env),
-        labels=functools.cache(lambda: source_labels(env.split("train")[0])),
-        head_weights=functools.cache(lambda: head_weights(config, workdir, env)),
-        moments=functools.cache(lambda: load_statistics(workdir)), trained_teacher=trained_teacher,
+        outputs=lambda: run.train_outputs, labels=lambda: run.train_labels, head_weights=lambda: run.head_weights,
+        moments=functools.cache(lambda: load_statistics(wd.root)), trained_teacher=trained_teacher,
         settings={"standardize": config.lelp.standardize, "target_entropy": config.lelp.target_entropy,
-                  "fit_labels": config.lelp.fit_labels, "teacher": teacher_identity(config, workdir),
+                  "fit_labels": config.lelp.fit_labels, "teacher": teacher_identity(config, wd.root),
                   "dataset": config.data.name})
 
 
-def method_aux(method, config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env) -> Any:
+def method_aux(method: Method, run: Run) -> Any:
     """What the method's train step gets as ``aux``: its fitted artifact (or None).
 
     Projections are the fit stage's artifact, read from the workdir; every other kind is built here
@@ -240,16 +237,16 @@ def method_aux(method, config: ml_collections.ConfigDict, workdir: str | os.Path
     if method.fit is None:
         return None
     if method.needs_projections:
-        return load_projections(Workdir(workdir).projections(method.name))
-    return build_fit(method, workdir_inputs(config, workdir, env))
+        return load_projections(run.workdir.projections(method.name))
+    return build_fit(method, workdir_inputs(run))
 
 
-def calibrate(method, aux, config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env):
-    """:func:`calibrate_fit` on the workdir's teacher."""
-    return calibrate_fit(method, aux, workdir_inputs(config, workdir, env))
+def calibrate(method: Method, aux: Any, run: Run) -> Any:
+    """:func:`calibrate_fit` on the run's teacher."""
+    return calibrate_fit(method, aux, workdir_inputs(run))
 
 
-def split_diagnostics(method, aux, config: ml_collections.ConfigDict, workdir: str | os.PathLike, env: Env) -> dict:
+def split_diagnostics(method: Method, aux: Any, run: Run) -> dict:
     """What a splitting method teaches, on the train split (once per method and fit; {} for methods
     that do not split): :func:`lelp_jax.core.sharpness.split_diagnostics` of the method's split of every
     train example's true class — ``split_entropy``, ``split_top_share``, ``split_nmi`` (None without
@@ -257,15 +254,16 @@ def split_diagnostics(method, aux, config: ml_collections.ConfigDict, workdir: s
     (None when the split used one configured beta)."""
     if method.split is None:
         return {}
-    emb, _ = train_outputs(config, workdir, env)
-    labels, fine = source_labels(env.split("train")[0])
+    config = run.config
+    emb, _ = run.train_outputs
+    labels, fine = run.train_labels
     split = jax.jit(lambda a, h, b: method.split(a, h, b, config))
     parts = []
-    for i in range(0, len(emb), _ROWS):
-        batch = {"label": jnp.asarray(labels[i:i + _ROWS])}
+    for rows in _row_chunks(len(emb)):
+        batch = {"label": jnp.asarray(labels[rows])}
         if fine is not None:
-            batch["fine_label"] = jnp.asarray(fine[i:i + _ROWS])
-        parts.append(np.asarray(split(aux, jnp.asarray(emb[i:i + _ROWS]), batch)))
+            batch["fine_label"] = jnp.asarray(fine[rows])
+        parts.append(np.asarray(split(aux, jnp.asarray(emb[rows]), batch)))
     out = diagnose(np.concatenate(parts), labels, fine)
     betas = getattr(aux, "betas", None)
     out["split_betas"] = None if betas is None else np.asarray(betas, np.float64).tolist()

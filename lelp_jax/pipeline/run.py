@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from lelp_jax.pipeline.context import Env, preflight
+from lelp_jax.pipeline.context import Run, preflight
 from lelp_jax.pipeline.stages import STAGES
-from lelp_jax.pipeline.workdir import Workdir, init_workdir, read_json
+from lelp_jax.pipeline.workdir import init_workdir, read_json
 
 __all__ = ["run_stages", "run_all"]
 
@@ -34,27 +35,32 @@ def _describe(name: str, out: Mapping) -> str:
 
 def run_stages(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, stages: Sequence[str],
                force: bool = False, overrides: Mapping[str, Any] | None = None,
-               log: Callable[[str], None] = print, env: Env | None = None) -> dict[str, dict]:
+               log: Callable[[str], None] = print, run: Run | None = None) -> dict[str, dict]:
     """Pre-flight checks, ``init_workdir``, then each named stage in order; returns their summaries.
 
-    Nothing is written before every check passed. ``env`` (optional) shares what an
-    earlier ``preflight`` loaded. Each stage logs one line,
+    Nothing is written before every check passed. The stages share one :class:`Run` of
+    ``config`` and ``workdir``: ``run`` when the caller built it already (the CLI's own
+    ``preflight`` loaded data into it), else a new one. Each stage logs one line,
     e.g. ``[teacher] done in 12.3 s, trained teacher mlp, test acc 97.5%``.
     """
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages: {list(STAGES)}.")
-    env = env or Env(config)
-    preflight(config, workdir, force=force, env=env)
+    if run is None:
+        run = Run(config, workdir)
+    elif run.config is not config or run.workdir.root != Path(workdir):
+        raise ValueError("run_stages: `run` was built from another config or workdir; build it from these "
+                         "(Run(config, workdir)) or pass none.")
+    preflight(run, force=force)
     init_workdir(config, workdir, force=force)
     outputs: dict[str, dict] = {}
     for name in stages:
         t0 = time.perf_counter()
-        kwargs: dict[str, Any] = {"env": env}
+        kwargs: dict[str, Any] = {}
         if name == "distill":
             kwargs["overrides"] = dict(overrides or {})
             kwargs["log"] = lambda m: log(f"[distill] {m}")
-        out = STAGES[name](config, workdir, **kwargs)
+        out = STAGES[name](run, **kwargs)
         outputs[name] = out
         dt = time.perf_counter() - t0
         if out.get("not_needed"):
@@ -72,5 +78,5 @@ def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, fo
 
     ``overrides`` ({dotted key: value}) is recorded in every new run's result.
     """
-    run_stages(config, workdir, stages=list(STAGES), force=force, overrides=overrides, log=log)
-    return read_json(Workdir(workdir).results)
+    outputs = run_stages(config, workdir, stages=list(STAGES), force=force, overrides=overrides, log=log)
+    return read_json(outputs["eval"]["results"])

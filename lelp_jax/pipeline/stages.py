@@ -1,8 +1,9 @@
 """The six stages of an experiment, each resumable, with its artifact in the workdir.
 
-Each stage is a function ``stage_X(config, workdir, *, env=None)`` (X = a ``lelp`` command's
-stage: teacher, teacher_outputs, statistics, fit, distill, eval) that reads its inputs from the
-workdir, writes its artifact atomically and returns a summary dict; when its artifact is
+Each stage is a function ``stage_X(run)`` (X = a ``lelp`` command's stage: teacher,
+teacher_outputs, statistics, fit, distill, eval) of the command's
+:class:`~lelp_jax.pipeline.context.Run` that reads its inputs from the run (its workdir, data
+and teacher), writes its artifact atomically and returns a summary dict; when its artifact is
 already there it does nothing and returns the stored summary with ``skipped=True``
 (:mod:`lelp_jax.pipeline.run` chains them). Where each artifact lives: :data:`lelp_jax.pipeline.workdir.LAYOUT`.
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,13 +29,12 @@ from lelp_jax.runtime import sharding
 from lelp_jax.config import config_to_dict
 from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.data.splits import source_labels
-from lelp_jax.methods import get_method
+from lelp_jax.methods import Method, get_method
 from lelp_jax.models import build_model, count_params
-from lelp_jax.pipeline.context import (Env, evaluate_split, load_teacher, model_kwargs, teacher_cache,
-                                       teacher_model, train_teacher)
+from lelp_jax.pipeline.context import Run, evaluate_split, model_kwargs, train_teacher
 from lelp_jax.pipeline.fits import build_fit, method_aux, split_diagnostics, workdir_inputs
-from lelp_jax.pipeline.workdir import (Workdir, WorkdirError, artifact_parts, derived_store, is_main_process,
-                                       read_json, sync, teacher_identity, teacher_source_dir)
+from lelp_jax.pipeline.workdir import (WorkdirError, artifact_parts, derived_store, is_main_process, read_json,
+                                       sync, teacher_identity)
 from lelp_jax.core.projections import save_projections
 from lelp_jax.pipeline.teacher import accumulate_moments, cache_teacher_outputs
 
@@ -45,7 +44,7 @@ __all__ = ["STAGES", "stage_teacher", "stage_teacher_outputs", "stage_statistics
 _HOW = {"new": "computed", "shared": "shared (content-addressed)", "local": "already here"}
 
 
-def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, env: Env | None = None) -> dict:
+def stage_teacher(run: Run) -> dict:
     """Train the teacher (method 'ce' on ``teacher.model``) or take ``teacher.checkpoint``.
 
     Writes ``WORKDIR/teacher/teacher.json``: model, params, test/val accuracy, where
@@ -54,39 +53,35 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     interrupted). A loaded teacher is evaluated only when its own teacher.json does not
     already hold its accuracy on this data (:func:`_recorded_teacher`).
     """
-    wd = Workdir(workdir)
+    config, wd = run.config, run.workdir
     if wd.teacher_json.exists():
         return {**read_json(wd.teacher_json), "skipped": True}
-    env = env or Env(config)
-    sources, info = env.sources(), env.info
     t0 = time.perf_counter()
     if config.teacher.model == "precomputed":
-        record = _precomputed_record(config, env)
-    elif config.teacher.checkpoint and _recorded_teacher(config, workdir) is not None:
-        known = _recorded_teacher(config, workdir)
-        record = {"source": "checkpoint", "checkpoint": str(teacher_source_dir(config, workdir).resolve()),
+        record = _precomputed_record(run)
+    elif config.teacher.checkpoint and (known := _recorded_teacher(run)) is not None:
+        record = {"source": "checkpoint", "checkpoint": str(run.teacher_dir.resolve()),
                   **{k: known[k] for k in ("test_accuracy", "val_accuracy", "params")}, "evaluated": False}
     elif config.teacher.checkpoint:
-        model = teacher_model(config, info.num_classes)
-        src = teacher_source_dir(config, workdir)
-        variables = train.load_variables(str(src), which="best", mesh=env.mesh)
-        ce = get_method("ce")
-        eval_step = train.make_eval_step(model=model, method=ce, num_classes=info.num_classes, method_cfg=config,
-                                         mesh=env.mesh)
-        test_acc = evaluate_split(eval_step, variables, sources["test_source"], config, env)
-        val_acc = evaluate_split(eval_step, variables, sources["val_source"], config, env)
+        src = run.teacher_dir
+        variables = train.load_variables(str(src), which="best", mesh=run.mesh)
+        eval_step = train.make_eval_step(model=run.teacher_model, method=get_method("ce"),
+                                         num_classes=run.info.num_classes, method_cfg=config, mesh=run.mesh)
+        sources = run.sources()
+        test_acc = evaluate_split(eval_step, variables, sources["test_source"], run)
+        val_acc = evaluate_split(eval_step, variables, sources["val_source"], run)
         record = {"source": "checkpoint", "checkpoint": str(src.resolve()), "test_accuracy": test_acc,
                   "val_accuracy": val_acc, "params": count_params(variables["params"])}
     else:
-        result = train_teacher(config, env, model=teacher_model(config, info.num_classes), method=get_method("ce"),
-                               folder=wd.teacher_dir, desc="teacher")
+        result = train_teacher(run, model=run.teacher_model, method=get_method("ce"), folder=wd.teacher_dir,
+                               desc="teacher")
         record = {"source": "trained", "checkpoint": str(wd.teacher_dir.resolve()),
                   "test_accuracy": result["test_accuracy_best_val"], "test_accuracy_last": result["test_accuracy_last"],
                   "val_accuracy": result["best_val_accuracy"], "params": result["student_params"],
                   "steps": result["steps"]}
     record.update(model=config.teacher.model, model_kwargs=config.teacher.model_kwargs.to_dict(),
-                  identity=teacher_identity(config, workdir), dataset=config.data.name,
-                  data=config_to_dict(config)["data"], num_classes=info.num_classes,
+                  identity=teacher_identity(config, wd.root), dataset=config.data.name,
+                  data=config_to_dict(config)["data"], num_classes=run.info.num_classes,
                   seconds=time.perf_counter() - t0)
     if is_main_process():
         atomic.write_json(wd.teacher_json, record)
@@ -94,27 +89,27 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     return {**record, "skipped": False}
 
 
-def _precomputed_record(config: ml_collections.ConfigDict, env: Env) -> dict:
+def _precomputed_record(run: Run) -> dict:
     """teacher.json of exported outputs: accuracy of their logits' argmax on each split, the head's size."""
-    teacher = env.precomputed()
-    acc = {name: teacher.accuracy(name, source_labels(env.split(name)[0])[0]) for name in teacher.caches}
+    teacher = run.precomputed
+    acc = {name: teacher.accuracy(name, source_labels(run.split(name)[0])[0]) for name in teacher.caches}
     return {"source": "precomputed", "outputs": dict(teacher.paths), "test_accuracy": acc["test"],
             "val_accuracy": acc["validation"], "train_accuracy": acc["train"], "params": None,
             "embedding_dim": int(teacher.kernel.shape[0])}
 
 
-def _recorded_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict | None:
+def _recorded_teacher(run: Run) -> dict | None:
     """The loaded teacher's own teacher.json when it holds test/val accuracy and params measured on
     this config's data (its recorded ``data`` section, or, for a record older than that field, the
     data section of the config.json of the workdir it was trained in), else None."""
-    src = teacher_source_dir(config, workdir)
+    src = run.teacher_dir
     try:
         rec = read_json(src / "teacher.json")
     except (OSError, json.JSONDecodeError):
         return None
     if any(rec.get(k) is None for k in ("test_accuracy", "val_accuracy", "params")):
         return None
-    data = config_to_dict(config)["data"]
+    data = config_to_dict(run.config)["data"]
     if "data" in rec:
         return rec if rec["data"] == data else None
     try:
@@ -124,85 +119,81 @@ def _recorded_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathL
     return rec if made_by.get("data") == data else None
 
 
-def _provide(config: ml_collections.ConfigDict, workdir: str | os.PathLike, path: Path, kind: str,
-             produce: Callable[[Path], None], method: Any = None) -> str:
+def _provide(run: Run, path: Path, kind: str, produce: Callable[[Path], None], method: Method | None = None) -> str:
     """``path`` from the teacher's content-addressed store (``produce`` writes it when no workdir has yet):
     'new', 'shared' or 'local' (:meth:`lelp_jax.runtime.store.Store.provide`)."""
-    return derived_store(config, workdir).provide(path, kind, artifact_parts(config, workdir, kind, method), produce,
-                                                  main=is_main_process())
+    root = run.workdir.root
+    return derived_store(run.config, root).provide(path, kind, artifact_parts(run.config, root, kind, method),
+                                                   produce, main=is_main_process())
 
 
-def _methods(config: ml_collections.ConfigDict):
+def _methods(config: ml_collections.ConfigDict) -> list[Method]:
     return [get_method(m) for m in config.methods]
 
 
-def stage_teacher_outputs(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-                          env: Env | None = None) -> dict:
+def stage_teacher_outputs(run: Run) -> dict:
     """Cached mode (``teacher_cache=True``): teacher (embedding, logits) of every train example.
 
     Written once to ``WORKDIR/teacher_outputs/train.npz`` (row = example ``index``);
     statistics, k-means and every student run read it instead of running the
     teacher again. Students still read their own inputs from the dataset.
     """
-    wd = Workdir(workdir)
+    config = run.config
     if config.teacher.model == "precomputed":
         return {"not_needed": True, "message": "precomputed teacher: its outputs are read from teacher.outputs"}
     if not config.teacher_cache:
         return {"not_needed": True, "message": "teacher_cache is off; teacher runs inside each step"}
-    path = wd.teacher_outputs("train")
+    path = run.workdir.teacher_outputs("train")
     if path.exists():
         return {"skipped": True, "message": str(path)}
-    env = env or Env(config)
 
     def produce(target: Path) -> None:
-        model, variables = load_teacher(config, workdir, env)
+        model, variables = run.teacher
         target.parent.mkdir(parents=True, exist_ok=True)
-        cache_teacher_outputs(model.apply, variables, env.split("train")[0], mesh=env.mesh,
+        cache_teacher_outputs(model.apply, variables, run.split("train")[0], mesh=run.mesh,
                               batch_size=int(config.data.eval_batch_size), path=str(target),
                               compute_dtype=config.train.compute_dtype)
 
-    how = _provide(config, workdir, path, "teacher_outputs", produce)
+    how = _provide(run, path, "teacher_outputs", produce)
     sync("teacher_outputs")
     return {"skipped": how == "shared", "message": f"{_HOW[how]} -> {path}"}
 
 
-def stage_statistics(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-                     env: Env | None = None) -> dict:
+def stage_statistics(run: Run) -> dict:
     """Per-class moments (count, mean, M2) of the teacher embedding over the train split.
 
     Labels are the ground truth or the teacher's argmax (``lelp.fit_labels``).
     Written to ``WORKDIR/statistics.npz`` only when a requested method fits projections.
     """
-    wd = Workdir(workdir)
+    config, wd = run.config, run.workdir
     if not any(m.needs_projections for m in _methods(config)):
         return {"not_needed": True, "message": "no requested method fits projections"}
     if wd.statistics.exists():
         return {"skipped": True, "message": str(wd.statistics)}
-    env = env or Env(config)
 
     def produce(target: Path) -> None:
-        source, info = env.split("train")
-        cache = teacher_cache(config, workdir, env)
-        model, variables = (None, None) if cache is not None else load_teacher(config, workdir, env)
-        moments = accumulate_moments(model.apply if model is not None else None, variables, source, mesh=env.mesh,
+        source, info = run.split("train")
+        cache = run.teacher_cache
+        model, variables = (None, None) if cache is not None else run.teacher
+        moments = accumulate_moments(model.apply if model is not None else None, variables, source, mesh=run.mesh,
                                      num_classes=info.num_classes, batch_size=int(config.data.eval_batch_size),
                                      fit_labels=config.lelp.fit_labels, cache=cache,
                                      compute_dtype=config.train.compute_dtype)
         host = sharding.to_host(moments)
-        meta = {"fit_labels": config.lelp.fit_labels, "teacher": teacher_identity(config, workdir),
+        meta = {"fit_labels": config.lelp.fit_labels, "teacher": teacher_identity(config, wd.root),
                 "split": "train", "dataset": config.data.name}
         if is_main_process():
             atomic.save_npz(target, count=np.asarray(host.count), mean=np.asarray(host.mean),
                             m2=np.asarray(host.m2), metadata=np.array(json.dumps(meta)))
 
-    how = _provide(config, workdir, wd.statistics, "statistics", produce)
+    how = _provide(run, wd.statistics, "statistics", produce)
     sync("statistics")
     with np.load(wd.statistics, allow_pickle=False) as f:
         counts, dim = ", ".join(f"{int(c)}" for c in f["count"]), f["mean"].shape[-1]
     return {"skipped": how == "shared", "message": f"{_HOW[how]}: class counts [{counts}], D={dim} -> {wd.statistics}"}
 
 
-def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, env: Env | None = None) -> dict:
+def stage_fit(run: Run) -> dict:
     """Fit the projections of every requested projection method from ``statistics.npz``.
 
     ``lelp`` -> ``projections.npz``; an ablation (``random``, ``pca``) ->
@@ -211,15 +202,14 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
     alpha): S, standardize, target entropy, seed, label source, teacher identity.
     Points of a sweep with the same fit settings share one stored fit (:mod:`lelp_jax.runtime.store`).
     """
-    wd = Workdir(workdir)
+    config, wd = run.config, run.workdir
     todo = [m for m in _methods(config) if m.needs_projections]
     if not todo:
         return {"not_needed": True, "message": "no requested method fits projections"}
     missing = [m for m in todo if not wd.projections(m.name).exists()]
     if not missing:
         return {"skipped": True, "message": ", ".join(str(wd.projections(m.name)) for m in todo)}
-    env = env or Env(config)
-    inputs = functools.cache(lambda: workdir_inputs(config, workdir, env))  # built only when a fit is computed
+    inputs = functools.cache(lambda: workdir_inputs(run))  # built only when a fit is computed
     written = []
     for method in missing:
         def produce(target: Path, method=method) -> None:
@@ -227,7 +217,7 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
             if is_main_process():
                 save_projections(target, proj)
 
-        how = _provide(config, workdir, wd.projections(method.name), "projections", produce, method)
+        how = _provide(run, wd.projections(method.name), "projections", produce, method)
         opts = dict(method.fit_options(config))
         written.append(f"{method.name} ({_HOW[how]}; S={opts.get('num_subclasses')}, "
                        f"null_space={opts.get('null_space')}, rotate={opts.get('rotate')}, {opts.get('directions')})")
@@ -235,10 +225,8 @@ def stage_fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
     return {"skipped": False, "message": "; ".join(written)}
 
 
-def stage_distill(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-                  methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-                  overrides: Mapping[str, Any] | None = None, env: Env | None = None,
-                  log: Callable[[str], None] | None = None) -> dict:
+def stage_distill(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+                  overrides: Mapping[str, Any] | None = None, log: Callable[[str], None] | None = None) -> dict:
     """One student run per method x seed under ``WORKDIR/runs/METHOD/seed_K`` (``train_and_evaluate``).
 
     A run with a ``result.json`` is skipped; an interrupted one resumes from its
@@ -246,31 +234,27 @@ def stage_distill(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     outputs are looked up by example index (``teacher_cache``). Each result
     records the overrides, the teacher's accuracy and size.
     """
-    wd = Workdir(workdir)
+    config, wd = run.config, run.workdir
     methods = list(config.methods if methods is None else methods)
     seeds = [int(x) for x in (config.seeds if seeds is None else seeds)]
     todo = [(m, s) for m in methods for s in seeds if not wd.run_result(m, s).exists()]
     if not todo:
         return {"skipped": True, "message": f"{len(methods) * len(seeds)} runs already finished"}
-    env = env or Env(config)
-    sources, info = env.sources(), env.info
+    sources, info = run.sources(), run.info
     teacher = read_json(wd.teacher_json)
     extra = {"overrides": dict(overrides or {}), "teacher_params": teacher.get("params"),
              "teacher_test_accuracy": teacher.get("test_accuracy"), "dataset": config.data.name,
              "config_name": config.name}
-    t_model = t_variables = cache = None
     done = []
     for name in dict.fromkeys(m for m, _ in todo):
         method = get_method(name)
         if method.needs_fine_labels and info.num_fine_classes is None:
             raise ConfigError(f"method {name!r} needs fine labels, and dataset {config.data.name!r} has none; "
                               "drop it from --methods.")
-        if method.needs_teacher and t_model is None and cache is None:
-            cache = teacher_cache(config, workdir, env)
-            if cache is None:
-                t_model, t_variables = load_teacher(config, workdir, env)
-        aux = method_aux(method, config, workdir, env)
-        method_extra = {**extra, **split_diagnostics(method, aux, config, workdir, env)}
+        cache = run.teacher_cache if method.needs_teacher else None
+        t_model, t_variables = run.teacher if method.needs_teacher and cache is None else (None, None)
+        aux = method_aux(method, run)
+        method_extra = {**extra, **split_diagnostics(method, aux, run)}
         student = build_model(config.student.model, num_outputs=method.student_outputs(info.num_classes, config, aux),
                               **model_kwargs(config.student))
         for m, seed in todo:
@@ -278,11 +262,10 @@ def stage_distill(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                 continue
             t0 = time.perf_counter()
             result = train.train_and_evaluate(
-                **sources, model=student, method=method, cfg=config, mesh=env.mesh,
+                **sources, model=student, method=method, cfg=config, mesh=run.mesh,
                 workdir=str(wd.run_dir(name, seed)), seed=seed, num_classes=info.num_classes,
-                teacher_apply=t_model.apply if (method.needs_teacher and t_model is not None) else None,
-                teacher_variables=t_variables if method.needs_teacher and cache is None else None,
-                teacher_cache=cache if method.needs_teacher else None, aux=aux, record_extra=method_extra,
+                teacher_apply=t_model.apply if t_model is not None else None, teacher_variables=t_variables,
+                teacher_cache=cache, aux=aux, record_extra=method_extra,
             )
             done.append(f"{name}/seed_{seed}")
             if log is not None:
@@ -297,9 +280,7 @@ def _run_order(config: ml_collections.ConfigDict, method: str, seed: int) -> tup
     return (methods.index(method) if method in methods else len(methods), method, seed)
 
 
-def stage_eval(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-               methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-               env: Env | None = None) -> dict:
+def stage_eval(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> dict:
     """Aggregate every finished run into ``WORKDIR/results.json`` (rewritten each time).
 
     ``{"dataset", "config_name", "teacher": teacher.json, "runs": [result.json, ...]}``,
@@ -307,8 +288,7 @@ def stage_eval(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     ``methods x seeds`` run must be finished; runs of other methods/seeds already in
     the workdir are kept too.
     """
-    del env
-    wd = Workdir(workdir)
+    config, wd = run.config, run.workdir
     methods = list(config.methods if methods is None else methods)
     seeds = list(config.seeds if seeds is None else seeds)
     missing = [f"{m}/seed_{s}" for m in methods for s in seeds if not wd.run_result(m, s).exists()]
@@ -318,9 +298,7 @@ def stage_eval(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         )
     if not wd.teacher_json.exists():
         raise WorkdirError(f"no teacher in {str(wd.root)!r}; run `lelp teacher` (or `lelp run`) first.")
-    runs = []
-    for path in sorted((wd.root / "runs").glob("*/seed_*/result.json")):
-        runs.append(read_json(path))
+    runs = [read_json(path) for path in wd.runs()]
     runs.sort(key=lambda r: _run_order(config, r["method"], int(r["seed"])))
     results = {"dataset": config.data.name, "config_name": config.name, "teacher": read_json(wd.teacher_json),
                "runs": runs}

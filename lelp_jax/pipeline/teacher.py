@@ -30,6 +30,7 @@ from jax.sharding import Mesh, PartitionSpec
 from lelp_jax.runtime import sharding as shd
 from lelp_jax.core.atomic import save_npz
 from lelp_jax.data.batch import cast_floats, model_inputs
+from lelp_jax.data.iterator import eval_batches
 from lelp_jax.runtime.progress import Progress
 from lelp_jax.core.statistics import ClassMoments, all_reduce_moments, batch_moments, init_moments, merge_moments
 
@@ -107,13 +108,6 @@ def load_teacher_cache(path: str) -> TeacherCache:
         return TeacherCache(embeddings=f["embeddings"], logits=f["logits"])
 
 
-def _default_make_iterator():
-    # Late: lelp_jax.data loads tensorflow_datasets, which a caller passing its own make_iterator never needs.
-    from lelp_jax.data import make_iterator
-
-    return make_iterator
-
-
 def _eval_batches(source, *, batch_size: int, mesh: Mesh, process_index: Optional[int],
                   process_count: Optional[int], make_iterator: Optional[Callable], desc: Optional[str] = None):
     """Host-local padded batches over the whole split, once, in order (numeric entries only).
@@ -123,11 +117,8 @@ def _eval_batches(source, *, batch_size: int, mesh: Mesh, process_index: Optiona
     if batch_size % mesh.devices.size:
         raise ValueError(f"batch_size={batch_size} is not divisible by the {mesh.devices.size} mesh devices; "
                          f"use a multiple of {mesh.devices.size}.")
-    make_iterator = make_iterator or _default_make_iterator()
-    it = make_iterator(source, global_batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
-                       process_index=jax.process_index() if process_index is None else process_index,
-                       process_count=jax.process_count() if process_count is None else process_count,
-                       drop_remainder=False)
+    it = eval_batches(source, batch_size, process_index=process_index, process_count=process_count,
+                      make_iterator=make_iterator)
     shown = Progress(-(-len(source) // batch_size), desc=desc) if desc and jax.process_index() == 0 else None
     try:
         for step, batch in enumerate(it, 1):

@@ -98,6 +98,11 @@ class Workdir:
     def run_result(self, method: str, seed: int) -> Path:
         return self.run_dir(method, seed) / "result.json"
 
+    def runs(self) -> list[Path]:
+        """The ``result.json`` of every finished run (``runs/*/seed_*/``), in path order: what the eval
+        stage, the report and the protocol's pooling read."""
+        return sorted(self.root.glob("runs/*/seed_*/result.json"))
+
     @property
     def results(self) -> Path:
         return self.root / "results.json"

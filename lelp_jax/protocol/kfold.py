@@ -8,7 +8,7 @@
 For every fold f of ``data.num_folds`` (lelp_jax.data.folds) the pipeline runs in
 ``WORKDIR/fold_f/`` with ``data.fold = f``: its own teacher, trained and selected
 without fold f, and its students. With grid axes (``--grid``, ``--default-grids``: the
-flags of ``lelp sweep``, :func:`lelp_jax.protocol.sweep.add_grid_arguments`) each fold is a
+flags of ``lelp sweep``, :func:`lelp_jax.protocol.sweep.protocol_parser`) each fold is a
 ``lelp sweep`` over that fold's one shared teacher (``WORKDIR/fold_f/sweep/POINT/``).
 Because the k test folds partition the dataset, pooling is exact: for each setting,
 method and seed,
@@ -37,7 +37,6 @@ paired by test seed to kd and ce (95 % t-intervals, oracle-room fraction;
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -51,12 +50,10 @@ from lelp_jax import pipeline
 from lelp_jax.core import atomic
 from lelp_jax.runtime import sharding
 from lelp_jax.protocol import sweep
-from lelp_jax.config import load_config
 from lelp_jax.data import load_split
 from lelp_jax.data.splits import data_config
 from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.protocol.grids import point_config
-from lelp_jax.config.overrides import split_overrides
 from lelp_jax.protocol.paired import fmt_mean_std, mean_std, method_summary, paired_table
 from lelp_jax.pipeline import read_json
 from lelp_jax.protocol.selection import choose
@@ -69,7 +66,7 @@ Grids = Mapping[str, Mapping[str, Sequence[Any]]]
 def _fold_runs(folder: Path) -> dict[tuple[str, int], dict]:
     """(method, seed) -> result.json of every run in one workdir."""
     out = {}
-    for path in sorted(folder.glob("runs/*/seed_*/result.json")):
+    for path in pipeline.Workdir(folder).runs():
         r = read_json(path)
         out[(r["method"], int(r["seed"]))] = r
     return out
@@ -285,18 +282,10 @@ def table(pooled: Mapping[str, Any]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``lelp kfold --config FILE --workdir DIR [--grid [METHOD:]KEY=V1,V2] [--default-grids] [--methods] [--seeds]
     [--test-seeds] [--pool-only]``."""
-    rest, overrides = split_overrides(list(argv) if argv is not None else [])
-    p = argparse.ArgumentParser(prog="lelp kfold", description="Run every fold of a k-fold config and pool them.")
-    p.add_argument("--config", required=True, help="Python config file or a name in configs/")
-    p.add_argument("--workdir", required=True, help="root; fold f goes to WORKDIR/fold_f/")
-    sweep.add_grid_arguments(p)
-    p.add_argument("--methods", default=None, help="comma-separated methods (default: the config's)")
-    p.add_argument("--seeds", default=None, help="comma-separated (selection) seeds (default: the config's)")
-    p.add_argument("--pool-only", action="store_true", help="only pool the folds already finished")
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(rest)
-    config = load_config(args.config, overrides, methods=args.methods, seeds=args.seeds)
-    grid, own, test_seeds = sweep.grid_arguments(args, config)
+    p = sweep.protocol_parser("lelp kfold", "Run every fold of a k-fold config and pool them.",
+                              workdir="root; fold f goes to WORKDIR/fold_f/",
+                              switch=("--pool-only", "only pool the folds already finished"))
+    args, config, grid, own, test_seeds = sweep.parse_protocol(p, argv)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     if args.pool_only:
         pooled = pool_folds(config, args.workdir, grid, own_grids=own, test_seeds=test_seeds)

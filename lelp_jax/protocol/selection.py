@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lelp_jax.pipeline.workdir import Workdir
 from lelp_jax.protocol.paired import fmt_mean_std, mean_std, method_summary
 
 __all__ = ["Choice", "choose", "point_runs", "selection_section"]
@@ -61,11 +62,10 @@ def choose(points: Sequence[Mapping[str, Any]], method: str, seeds: Sequence[int
 
 def point_runs(root: Path, point: Mapping[str, Any]) -> list[dict]:
     """A point's runs: ``ROOT/sweep/NAME/results.json`` (or the recorded workdir), else its per-run result files."""
-    for folder in (Path(root) / "sweep" / point["name"], Path(point.get("workdir", ""))):
-        if (folder / "results.json").is_file():
-            with open(folder / "results.json") as f:
-                return list(json.load(f).get("runs", []))
-        files = sorted(folder.glob("runs/*/seed_*/result.json")) if folder.is_dir() else []
+    for wd in (Workdir(Path(root) / "sweep" / point["name"]), Workdir(point.get("workdir", ""))):
+        if wd.results.is_file():
+            return list(json.loads(wd.results.read_text()).get("runs", []))
+        files = wd.runs()
         if files:
             return [json.loads(p.read_text()) for p in files]
     return []

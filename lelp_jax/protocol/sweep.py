@@ -63,7 +63,7 @@ from lelp_jax.config.overrides import get_value, split_overrides, split_values
 from lelp_jax.protocol.paired import method_summary
 from lelp_jax.protocol.selection import choose
 
-__all__ = ["check_test_seeds", "add_grid_arguments", "grid_arguments", "run_sweep", "main"]
+__all__ = ["check_test_seeds", "protocol_parser", "parse_protocol", "run_sweep", "main"]
 
 _TEACHER_KEYS = ("teacher.", "data.", "smoke")
 def _summarize(results: Mapping[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
@@ -117,8 +117,14 @@ def check_test_seeds(seeds: Sequence[int], test_seeds: Optional[Sequence[int]]) 
     return test_seeds
 
 
-def add_grid_arguments(p: argparse.ArgumentParser) -> None:
-    """``--grid``, ``--default-grids`` and ``--test-seeds``: the selection flags of ``lelp sweep`` and ``lelp kfold``."""
+def protocol_parser(prog: str, description: str, *, workdir: str,
+                    switch: tuple[str, str]) -> argparse.ArgumentParser:
+    """The command line of ``lelp sweep`` and ``lelp kfold``: ``--config``, ``--workdir`` (``workdir``: its help),
+    the selection flags ``--grid``, ``--default-grids``, ``--test-seeds``, then ``--methods``, ``--seeds``, the
+    command's own ``switch`` (flag, help) and ``--quiet``; read it with :func:`parse_protocol`."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", required=True, help="Python config file or a name in configs/")
+    p.add_argument("--workdir", required=True, help=workdir)
     p.add_argument("--grid", action="append", default=[],
                    help="one axis: lelp.beta=0.5,1,2 (every method) or kd:kd.tau=1,2,4 (one method); repeat")
     p.add_argument("--default-grids", action="store_true",
@@ -126,12 +132,22 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-seeds", default=None,
                    help="comma-separated fresh seeds: each method's settings chosen on validation over --seeds "
                         "are run again on these")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: the config's)")
+    p.add_argument("--seeds", default=None, help="comma-separated (selection) seeds (default: the config's)")
+    p.add_argument(switch[0], action="store_true", help=switch[1])
+    p.add_argument("--quiet", action="store_true")
+    return p
 
 
-def grid_arguments(args: argparse.Namespace, config: ml_collections.ConfigDict
-                   ) -> tuple[dict[str, list[str]], dict[str, dict[str, list[str]]], list[int]]:
-    """(shared axes, {method: own axes}, test seeds) from :func:`add_grid_arguments`' flags; ``--default-grids``
-    fills every method of ``config.methods`` without a ``METHOD:`` axis; test seeds checked against ``config.seeds``."""
+def parse_protocol(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
+                   ) -> tuple[argparse.Namespace, ml_collections.ConfigDict, dict[str, list[str]],
+                              dict[str, dict[str, list[str]]], list[int]]:
+    """(flags, config, shared axes, {method: own axes}, test seeds) of a :func:`protocol_parser` command line:
+    the config with its ``--config.K=V`` overrides, ``--methods`` and ``--seeds``; ``--default-grids`` fills
+    every method of ``config.methods`` without a ``METHOD:`` axis; test seeds checked against ``config.seeds``."""
+    rest, overrides = split_overrides(list(argv) if argv is not None else [])
+    args = parser.parse_args(rest)
+    config = load_config(args.config, overrides, methods=args.methods, seeds=args.seeds)
     shared, own = parse_grids(args.grid)
     if args.default_grids:
         own = {**{m: g for m, g in default_grids(config, config.methods).items() if m not in own}, **own}
@@ -139,7 +155,7 @@ def grid_arguments(args: argparse.Namespace, config: ml_collections.ConfigDict
         test_seeds = [int(x) for x in split_values(args.test_seeds or "")]
     except ValueError:
         raise ConfigError(f"--test-seeds must be comma-separated ints, got {args.test_seeds!r}.") from None
-    return shared, own, check_test_seeds(config.seeds, test_seeds)
+    return args, config, shared, own, check_test_seeds(config.seeds, test_seeds)
 
 
 def run_sweep(
@@ -272,18 +288,10 @@ def run_sweep(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``lelp sweep --config FILE --workdir DIR --grid [METHOD:]KEY=V1,V2 ... [--default-grids] [--methods]
     [--seeds] [--test-seeds] [--config.k=v ...]``."""
-    rest, overrides = split_overrides(list(argv) if argv is not None else [])
-    p = argparse.ArgumentParser(prog="lelp sweep", description="Run a grid of config overrides, one workdir per point.")
-    p.add_argument("--config", required=True, help="Python config file or a name in configs/")
-    p.add_argument("--workdir", required=True, help="the sweep's root; points go to WORKDIR/sweep/KEY=VALUE,.../")
-    add_grid_arguments(p)
-    p.add_argument("--methods", default=None, help="comma-separated methods (default: the config's)")
-    p.add_argument("--seeds", default=None, help="comma-separated (selection) seeds (default: the config's)")
-    p.add_argument("--no-share-teacher", action="store_true", help="train a teacher in every point")
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(rest)
-    config = load_config(args.config, overrides, methods=args.methods, seeds=args.seeds)
-    shared, own, test_seeds = grid_arguments(args, config)
+    p = protocol_parser("lelp sweep", "Run a grid of config overrides, one workdir per point.",
+                        workdir="the sweep's root; points go to WORKDIR/sweep/KEY=VALUE,.../",
+                        switch=("--no-share-teacher", "train a teacher in every point"))
+    args, config, shared, own, test_seeds = parse_protocol(p, argv)
     sharding.initialize_distributed(config.distributed)
     sharding.enable_compilation_cache()  # every point compiles the same steps: later points hit the cache
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))

@@ -1,4 +1,8 @@
-"""What `lelp report` reads from one workdir (result files only: never a checkpoint, never a model)."""
+"""What `lelp report` reads from one workdir (result files only: never a checkpoint, never a model).
+
+Paths are the pipeline's own (:class:`lelp_jax.pipeline.workdir.Workdir`), so a run the pipeline writes is a
+run the report finds.
+"""
 from __future__ import annotations
 
 import json
@@ -8,12 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from lelp_jax.pipeline.workdir import Workdir, read_json
+
 __all__ = ["load_workdir"]
-
-
-def _read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -38,36 +39,37 @@ def load_workdir(workdir: str | os.PathLike) -> dict[str, Any]:
     a ``history`` gets one from its metrics.jsonl. Raises ValueError when the folder holds
     no results at all.
     """
-    root = Path(workdir)
+    wd = Workdir(workdir)
+    root = wd.root
     if not root.is_dir():
         raise ValueError(f"lelp report: {str(root)!r} is not a folder; pass workdirs written by `lelp run`.")
     out: dict[str, Any] = {"root": root, "dataset": None, "config_name": None, "teacher": {}, "runs": [],
                            "eigenvalues": None, "sweep": None, "subclass_teacher": None}
-    if (root / "results.json").exists():
-        res = _read_json(root / "results.json")
+    if wd.results.exists():
+        res = read_json(wd.results)
         out.update(dataset=res.get("dataset"), config_name=res.get("config_name"), teacher=res.get("teacher") or {},
                    runs=list(res.get("runs", [])))
     else:
-        out["runs"] = [_read_json(p) for p in sorted(root.glob("runs/*/seed_*/result.json"))]
-        if (root / "teacher" / "teacher.json").exists():
-            out["teacher"] = _read_json(root / "teacher" / "teacher.json")
-    if (root / "config.json").exists() and (out["dataset"] is None or out["config_name"] is None):
-        cfg = _read_json(root / "config.json")
+        out["runs"] = [read_json(p) for p in wd.runs()]
+        if wd.teacher_json.exists():
+            out["teacher"] = read_json(wd.teacher_json)
+    if wd.config_json.exists() and (out["dataset"] is None or out["config_name"] is None):
+        cfg = read_json(wd.config_json)
         out["dataset"] = out["dataset"] or cfg.get("data", {}).get("name")
         out["config_name"] = out["config_name"] or cfg.get("name")
     for run in out["runs"]:
         if not run.get("history"):
-            mpath = root / "runs" / str(run.get("method")) / f"seed_{run.get('seed')}" / "metrics.jsonl"
+            mpath = wd.run_dir(str(run.get("method")), run.get("seed")) / "metrics.jsonl"
             if mpath.exists():
                 run["history"] = [r for r in _read_jsonl(mpath) if "val_accuracy" in r]
-    if (root / "subclass_teacher" / "result.json").exists():
-        out["subclass_teacher"] = _read_json(root / "subclass_teacher" / "result.json")
-    if (root / "projections.npz").exists():
-        with np.load(root / "projections.npz", allow_pickle=False) as z:
+    if (wd.subclass_teacher / "result.json").exists():
+        out["subclass_teacher"] = read_json(wd.subclass_teacher / "result.json")
+    if wd.projections().exists():
+        with np.load(wd.projections(), allow_pickle=False) as z:
             if "eigenvalues" in z:
                 out["eigenvalues"] = np.asarray(z["eigenvalues"], np.float64)
     if (root / "sweep" / "summary.json").exists():
-        out["sweep"] = _read_json(root / "sweep" / "summary.json")
+        out["sweep"] = read_json(root / "sweep" / "summary.json")
         out["dataset"] = out["dataset"] or out["sweep"].get("dataset")
         out["config_name"] = out["config_name"] or out["sweep"].get("config_name")
     if not out["runs"] and out["sweep"] is None and out["eigenvalues"] is None:

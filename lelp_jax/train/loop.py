@@ -24,6 +24,7 @@ from flax import serialization
 from jax.sharding import Mesh
 
 from lelp_jax.core import atomic
+from lelp_jax.data.iterator import eval_batches
 from lelp_jax.runtime import sharding as shd
 from lelp_jax.models.summary import count_params
 from lelp_jax.runtime.progress import Progress
@@ -246,8 +247,8 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
                                compute_dtype=c["compute_dtype"])
 
     def accuracy(source: Any, params: Any, batch_stats: Any) -> float:
-        batches = make_iterator(source, global_batch_size=plan.eval_batch_size, seed=0, shuffle=False,
-                                num_epochs=1, process_index=pidx, process_count=pcount, drop_remainder=False)
+        batches = eval_batches(source, plan.eval_batch_size, process_index=pidx, process_count=pcount,
+                               make_iterator=make_iterator)
         return evaluate(eval_step, params, batch_stats, batches, mesh)
 
     it = make_iterator(train_source, global_batch_size=plan.batch_size, seed=seed, shuffle=True, num_epochs=None,

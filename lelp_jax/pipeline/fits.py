@@ -110,7 +110,8 @@ def calibrate_fit(method, aux, inputs: FitInputs):
     if config.lelp.target_entropy is None or method.scores is None:
         return aux
     emb, _ = inputs.outputs()
-    scores = jax.jit(lambda a, h: method.scores(a, h, config))
+    options = method.parse_options(config)
+    scores = jax.jit(lambda a, h: method.scores(a, h, options))
     z = _in_chunks(lambda h: scores(aux, jnp.asarray(h)), emb)
     betas = calibrate_betas(z, fit_labels(inputs), target_entropy=float(config.lelp.target_entropy))
     return aux.replace(betas=jnp.asarray(betas, jnp.float32))
@@ -259,7 +260,8 @@ def split_diagnostics(method, aux, config: ml_collections.ConfigDict, workdir: s
         return {}
     emb, _ = train_outputs(config, workdir, env)
     labels, fine = source_labels(env.split("train")[0])
-    split = jax.jit(lambda a, h, b: method.split(a, h, b, config))
+    options = method.parse_options(config)
+    split = jax.jit(lambda a, h, b: method.split(a, h, b, options))
     parts = []
     for i in range(0, len(emb), _ROWS):
         batch = {"label": jnp.asarray(labels[i:i + _ROWS])}

@@ -71,8 +71,7 @@ def stage_teacher(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         src = teacher_source_dir(config, workdir)
         variables = train.load_variables(str(src), which="best", mesh=env.mesh)
         ce = get_method("ce")
-        eval_step = train.make_eval_step(model=model, method=ce, num_classes=info.num_classes, method_cfg=config,
-                                         mesh=env.mesh)
+        eval_step = train.make_eval_step(model=model, method=ce, num_classes=info.num_classes, mesh=env.mesh)
         test_acc = evaluate_split(eval_step, variables, sources["test_source"], config, env)
         val_acc = evaluate_split(eval_step, variables, sources["val_source"], config, env)
         record = {"source": "checkpoint", "checkpoint": str(src.resolve()), "test_accuracy": test_acc,

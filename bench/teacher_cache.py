@@ -75,12 +75,14 @@ def run_mode(mode: str, *, a, mesh, source, teacher, teacher_vars, teacher_dim: 
     import jax
 
     from lelp_jax.runtime import sharding as shd
+    from lelp_jax.config import base_config
     from lelp_jax.data import make_iterator
     from lelp_jax.methods import get_method
     from lelp_jax.pipeline.teacher import cache_teacher_outputs
     from lelp_jax.train import init_train_state, make_optimizer, make_train_step
 
-    cfg = {"kd": {"tau": 2.0, "alpha": 0.0}, "train": {"optimizer": "adam", "learning_rate": 1e-3}}
+    cfg = base_config()
+    cfg.update({"kd": {"tau": 2.0, "alpha": 0.0}, "train": {"optimizer": "adam", "learning_rate": 1e-3}})
     method = get_method("kd")
     optimizer = make_optimizer(cfg["train"], num_steps=10_000)
     sample = {k: np.asarray(v)[None] for k, v in source[0].items()}

@@ -43,12 +43,14 @@ def jax_side(kind: str, batch_np: dict, teacher_dim: int):
     import jax
     import jax.numpy as jnp
 
+    from lelp_jax.config import base_config
     from lelp_jax.methods import get_method
     from lelp_jax.models import build_model
     from lelp_jax.train import init_train_state, make_optimizer, make_train_step
 
-    cfg = {"kd": {"tau": TAU, "alpha": 0.0}, "train": {"optimizer": "adam", "learning_rate": 1e-3,
-                                                       "schedule": "constant"}}
+    cfg = base_config()
+    cfg.update({"kd": {"tau": TAU, "alpha": 0.0}, "train": {"optimizer": "adam", "learning_rate": 1e-3,
+                                                            "schedule": "constant"}})
     if kind == "small_cnn":
         model = build_model("small_cnn", num_outputs=NUM_CLASSES, conv_features=(8, 16), hidden=(32,))
     else:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
 
 import numpy as np
 
@@ -43,10 +42,15 @@ import _common as C  # noqa: E402
 NUM_CLASSES = 2
 
 
-def method_cfg(num_subclasses: int) -> dict[str, Any]:
-    return {"kd": {"tau": 2.0, "alpha": 0.0},
-            "lelp": {"num_subclasses": num_subclasses, "beta": 1.0, "tau": 1.0, "standardize": False},
-            "train": {"optimizer": "adam", "learning_rate": 1e-3, "schedule": "constant"}}
+def method_cfg(num_subclasses: int):
+    """``base_config()`` with the benchmark's method and optimizer settings (the methods read a complete config)."""
+    from lelp_jax.config import base_config
+
+    c = base_config()
+    c.update({"kd": {"tau": 2.0, "alpha": 0.0},
+              "lelp": {"num_subclasses": num_subclasses, "beta": 1.0, "tau": 1.0, "standardize": False},
+              "train": {"optimizer": "adam", "learning_rate": 1e-3, "schedule": "constant"}})
+    return c
 
 
 def make_batch(kind: str, *, batch_size: int, seq_len: int, image_size: int, teacher_dim: int, seed: int):
@@ -89,7 +93,7 @@ def build_variant(kind: str, method_name: str, s: int, batch, teacher_dim: int, 
 
     cfg = method_cfg(s)
     method = get_method(method_name)
-    heads = method.head_outputs(NUM_CLASSES, cfg)
+    heads = method.student_outputs(NUM_CLASSES, cfg)
     if kind == "text" and a.text_student == "text_transformer":
         model = build_model("text_transformer", num_outputs=heads, d_model=64, num_layers=2, num_heads=4,
                             max_len=max(a.seq_len, 16))

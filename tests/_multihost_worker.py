@@ -63,16 +63,16 @@ def mlp(num_outputs: int = NUM_CLASSES, hidden: int = 8, dropout: float = 0.0, b
 
 
 def small_config(**train: Any):
-    import ml_collections
+    """``base_config()`` (complete: every method reads its options from it) with a short training run."""
+    from lelp_jax.config import base_config
 
-    c = ml_collections.ConfigDict()
-    c.train = ml_collections.ConfigDict(dict(
-        batch_size=16, num_steps=30, learning_rate=1e-2, optimizer="adam", eval_every=10,
-        checkpoint_every=10, log_every=5, schedule="cosine", warmup_steps=2))
+    c = base_config()
+    c.train.update(dict(batch_size=16, num_steps=30, learning_rate=1e-2, optimizer="adam", eval_every=10,
+                        checkpoint_every=10, log_every=5, schedule="cosine", warmup_steps=2))
     c.train.update(train)
-    c.kd = ml_collections.ConfigDict(dict(tau=2.0, alpha=0.0))
-    c.lelp = ml_collections.ConfigDict(dict(num_subclasses=2, beta=1.0, tau=1.0, null_space=True, rotate=True,
-                                            standardize=False, fit_labels="labels", alpha=0.0, seed=0))
+    c.kd.update(dict(tau=2.0, alpha=0.0))
+    c.lelp.update(dict(num_subclasses=2, beta=1.0, tau=1.0, null_space=True, rotate=True, standardize=False,
+                       fit_labels="labels", alpha=0.0, seed=0))
     return c
 
 

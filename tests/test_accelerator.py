@@ -152,7 +152,7 @@ def test_bfloat16_training_matches_float32(rng):
     for dtype in ("float32", "bfloat16"):
         step = train.make_train_step(model=student, method=ce, optimizer=opt, num_classes=NUM_CLASSES, method_cfg=cfg,
                                      mesh=mesh, compute_dtype=dtype)
-        evaluate = train.make_eval_step(model=student, method=ce, num_classes=NUM_CLASSES, method_cfg=cfg, mesh=mesh,
+        evaluate = train.make_eval_step(model=student, method=ce, num_classes=NUM_CLASSES, mesh=mesh,
                                         compute_dtype=dtype)
         state, losses = sharding.replicate(state0, mesh), []
         for i in range(100):

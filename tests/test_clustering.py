@@ -132,15 +132,16 @@ def test_oracle_gets_one_slot_per_fine_label_whatever_lelp_s(rng):
     cfg = _method_cfg(s=2)
     method = methods.get_method("oracle")
     assert method.student_outputs(c, cfg, slots) == c * 7
-    with pytest.raises(ValueError, match="known from its OracleSlots"):
-        method.head_outputs(c, cfg)
+    assert method.head_outputs(c, method.parse_options(cfg)) is None  # the slots fix the width
+    with pytest.raises(ValueError, match="comes from its fitted artifact"):
+        method.student_outputs(c, cfg)
     l, r = rng.normal(size=(b, c)), rng.normal(size=(b, c * 7))
     m = (rng.random(b) < 0.8).astype(np.float64)
     batch = {"label": jnp.asarray(y), "fine_label": jnp.asarray(fine), "mask": jnp.asarray(m, jnp.float32)}
 
     def loss(r_):
-        return method.loss(student_logits=r_, student_embedding=None, batch=batch, teacher_embedding=None,
-                           teacher_logits=jnp.asarray(l, jnp.float32), aux=slots, method_params={}, cfg=cfg)
+        return method.loss(methods.LossInputs(student_logits=r_, batch=batch, teacher_logits=jnp.asarray(l, jnp.float32),
+                                              aux=slots), method.parse_options(cfg))
 
     got, grad = jax.jit(jax.value_and_grad(loss))(jnp.asarray(r, jnp.float32))
     p = np.exp(_np_log_softmax(l / 2.0))
@@ -189,11 +190,12 @@ def _np_log_softmax(x):
 
 
 def _method_cfg(tau=2.0, beta=0.7, alpha=0.25, s=3):
-    import ml_collections
+    from lelp_jax.config import base_config
 
-    return ml_collections.ConfigDict(dict(
-        lelp=dict(num_subclasses=s, tau=tau, alpha=alpha, seed=0),
-        kmeans=dict(num_iters=5, temperature=beta, scale="gmm")))
+    c = base_config()
+    c.update(dict(lelp=dict(num_subclasses=s, tau=tau, alpha=alpha, seed=0),
+                  kmeans=dict(num_iters=5, temperature=beta, scale="gmm")))
+    return c
 
 
 def _np_lelp_loss(r, t, y, m, alpha, c):
@@ -210,18 +212,18 @@ def test_kmeans_method_loss_matches_numpy(rng):
     b, c, s, d = 8, 2, 3, 5
     cfg = _method_cfg(s=s)
     method = methods.get_method("kmeans")
-    assert method.needs_teacher and method.fit == "kmeans" and method.head_outputs(c, cfg) == c * s
+    assert method.needs_teacher and method.fit == "kmeans" and method.student_outputs(c, cfg) == c * s
     agg = methods.get_method("agglomerative")  # other clusters, the same targets and loss
-    assert agg.fit == "agglomerative" and agg.loss is method.loss and agg.head_outputs(c, cfg) == c * s
+    assert agg.fit == "agglomerative" and agg.loss is method.loss and agg.student_outputs(c, cfg) == c * s
     fit = cl.KMeansFit(centroids=jnp.asarray(rng.normal(size=(c, s, d)), jnp.float32),
                        scale=jnp.asarray(rng.uniform(0.1, 1.0, c), jnp.float32), inertia=jnp.ones(c), count=jnp.ones(c))
     h, l, r = rng.normal(size=(b, d)), rng.normal(size=(b, c)) * 2, rng.normal(size=(b, c * s))
     y, m = rng.integers(0, c, b), (rng.random(b) < 0.8).astype(np.float64)
     m[0] = 1.0
-    got = _j(method.loss, student_logits=jnp.asarray(r, jnp.float32), student_embedding=None,
+    got = _j(method.loss, methods.LossInputs(student_logits=jnp.asarray(r, jnp.float32),
              batch={"label": jnp.asarray(y), "mask": jnp.asarray(m, jnp.float32)},
              teacher_embedding=jnp.asarray(h, jnp.float32), teacher_logits=jnp.asarray(l, jnp.float32),
-             aux=fit, method_params={}, cfg=cfg)
+             aux=fit), method.parse_options(cfg))
     p = np.exp(_np_log_softmax(l / 2.0))
     z = -((h[:, None, None] - np.asarray(fit.centroids, np.float64)[None]) ** 2).sum(-1) * np.asarray(fit.scale, np.float64)[None, :, None]
     t = (p[:, :, None] * np.exp(_np_log_softmax(z / 0.7))).reshape(b, c * s)
@@ -242,10 +244,10 @@ def test_oracle_method_loss_matches_numpy(rng):
     assert method.needs_fine_labels and method.fit == "oracle" and method.student_outputs(c, cfg, slots) == c * s
     l, r = rng.normal(size=(b, c)), rng.normal(size=(b, c * s))
     m = np.ones(b)
-    got = _j(method.loss, student_logits=jnp.asarray(r, jnp.float32), student_embedding=None,
-             batch={"label": jnp.asarray(y), "fine_label": jnp.asarray(fine), "mask": jnp.asarray(m, jnp.float32)},
-             teacher_embedding=None, teacher_logits=jnp.asarray(l, jnp.float32), aux=slots,
-             method_params={}, cfg=cfg)
+    got = _j(method.loss, methods.LossInputs(
+        student_logits=jnp.asarray(r, jnp.float32),
+        batch={"label": jnp.asarray(y), "fine_label": jnp.asarray(fine), "mask": jnp.asarray(m, jnp.float32)},
+        teacher_logits=jnp.asarray(l, jnp.float32), aux=slots), method.parse_options(cfg))
     p = np.exp(_np_log_softmax(l / 2.0))
     t = np.zeros((b, c, s))
     for i in range(b):

@@ -88,6 +88,57 @@ def test_extending_examples_run_as_written(tmp_path):
         assert rerun[r["method"]]["test_accuracy_best_val"] == r["test_accuracy_best_val"]
 
 
+def _extension_files(folder: Path) -> None:
+    """EXTENDING.md's ``# file: NAME`` blocks, written to ``folder``."""
+    files: dict[str, str] = {}
+    for lang, body in _blocks(DOCS / "EXTENDING.md"):
+        first = body.splitlines()[0]
+        if lang == "python" and first.startswith("# file: "):
+            name = first[len("# file: "):].split()[0]
+            files[name] = files.get(name, "") + body + "\n"
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+_METHOD_CHECK = """
+import jax, jax.numpy as jnp, numpy as np
+import my_extensions, blobs_config
+from lelp_jax import methods
+from lelp_jax.core import projections, statistics
+
+config = blobs_config.get_config()
+config.lelp_kd.weight = 0.0  # without its KD term, lelp_kd is LELP (alpha 0)
+config.lock()
+rng = np.random.default_rng(0)
+b, c, d, s = 8, 2, 16, 3
+h, l = jnp.asarray(rng.normal(size=(b, d)), jnp.float32), jnp.asarray(rng.normal(size=(b, c)), jnp.float32)
+y = jnp.asarray(np.arange(b) % c)
+w = jnp.asarray(rng.normal(size=(c, d)), jnp.float32)
+fit = projections.fit_projections(statistics.batch_moments(h, y, num_classes=c), classifier_weights=w,
+                                  **methods.get_method("lelp_kd").fit_options(config))
+inputs = methods.LossInputs(student_logits=jnp.asarray(rng.normal(size=(b, c * s)), jnp.float32), batch={"label": y},
+                            teacher_embedding=h, teacher_logits=l, aux=fit)
+got = {}
+for name in ("lelp_kd", "lelp", "mean_kd"):
+    m = methods.get_method(name)
+    assert m.student_outputs(c, config, fit) == (c if name == "mean_kd" else c * s), name
+    x = inputs if name != "mean_kd" else inputs.replace(student_logits=inputs.student_logits[:, :c], aux=h[:c])
+    options = m.parse_options(config)
+    got[name] = float(jax.jit(lambda x: m.loss(x, options))(x))
+np.testing.assert_allclose(got["lelp_kd"], got["lelp"], rtol=1e-6)
+assert np.isfinite(got["mean_kd"])
+print("ok", got)
+"""
+
+
+def test_extending_method_example_registers_and_computes(tmp_path):
+    """The doc's new methods, registered from its file blocks in a fresh process, run through the typed
+    contract: ``lelp_kd`` with ``lelp_kd.weight = 0`` gives LELP's loss; ``mean_kd`` reuses KD's options."""
+    _extension_files(tmp_path)
+    (tmp_path / "method_check.py").write_text(_METHOD_CHECK)
+    assert "ok" in _run([sys.executable, "method_check.py"], tmp_path)
+
+
 def _shell_commands(doc: Path) -> list[list[str]]:
     return [argv for lang, body in _blocks(doc) if lang == "bash" for argv in _lelp_commands(body)]
 

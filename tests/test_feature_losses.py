@@ -179,12 +179,20 @@ def test_subclass_teacher_and_student_losses_match_numpy(rng):
 
 
 def _cfg():
-    import ml_collections
+    from lelp_jax.config import base_config
 
-    return ml_collections.ConfigDict(dict(
-        kd=dict(tau=2.0, alpha=0.3), fitnet=dict(weight=0.5), rkd=dict(distance_weight=3.0, angle_weight=5.0),
-        subclass=dict(num_subclasses=3, aux_weight=0.4, aux_temperature=0.8, tau=1.5, alpha=0.2),
-        teacher=dict(model="mlp", model_kwargs=dict(hidden=(7,)))))
+    c = base_config()
+    c.update(dict(kd=dict(tau=2.0, alpha=0.3), fitnet=dict(weight=0.5), rkd=dict(distance_weight=3.0, angle_weight=5.0),
+                  subclass=dict(num_subclasses=3, aux_weight=0.4, aux_temperature=0.8, tau=1.5, alpha=0.2),
+                  teacher=dict(model="mlp", model_kwargs=dict(hidden=(7,)))))
+    return c
+
+
+def _loss(method, cfg, **inputs):
+    """``method.loss(LossInputs(**inputs), options)``, compiled, with the options parsed from ``cfg``."""
+    from lelp_jax import methods
+
+    return _j(method.loss, methods.LossInputs(**inputs), method.parse_options(cfg))
 
 
 def _np_kd(r, l, y, m, tau, alpha):
@@ -205,18 +213,19 @@ def test_fitnet_and_rkd_methods_match_numpy(rng):
     y, m = rng.integers(0, c, b), np.ones(b)
     m[-1] = 0.0
     fit = methods.get_method("fitnet")
-    adapter = fit.init_params(jax.random.PRNGKey(0), student_embedding_dim=ds, teacher_embedding_dim=dt, cfg=cfg)
+    adapter = fit.init_params(jax.random.PRNGKey(0), student_embedding_dim=ds, teacher_embedding_dim=dt,
+                              options=fit.parse_options(cfg))
     assert adapter["kernel"].shape == (ds, dt) and adapter["bias"].shape == (dt,)
     adapter = {"kernel": _f32(rng.normal(size=(ds, dt))), "bias": _f32(rng.normal(size=dt))}
     kw = dict(student_logits=_f32(r), student_embedding=_f32(s_emb), teacher_embedding=_f32(t_emb),
-              teacher_logits=_f32(l), batch={"label": jnp.asarray(y), "mask": _f32(m)}, aux=None, cfg=cfg)
+              teacher_logits=_f32(l), batch={"label": jnp.asarray(y), "mask": _f32(m)})
     kd = _np_kd(r, l, y, m, 2.0, 0.3)
     a = np.asarray(adapter["kernel"], np.float64), np.asarray(adapter["bias"], np.float64)
     mse = (m * (((s_emb @ a[0] + a[1]) - t_emb) ** 2).mean(1)).sum() / m.sum()
-    np.testing.assert_allclose(float(_j(fit.loss, method_params=adapter, **kw)), kd + 0.5 * mse, rtol=1e-4)
+    np.testing.assert_allclose(float(_loss(fit, cfg, method_params=adapter, **kw)), kd + 0.5 * mse, rtol=1e-4)
     rkd = methods.get_method("rkd")
     want = kd + 3.0 * _np_rkd_distance(s_emb, t_emb, m) + 5.0 * _np_rkd_angle(s_emb, t_emb, m)
-    np.testing.assert_allclose(float(_j(rkd.loss, method_params={}, **kw)), want, rtol=1e-4)
+    np.testing.assert_allclose(float(_loss(rkd, cfg, **kw)), want, rtol=1e-4)
 
 
 def test_subclass_methods_use_the_subclass_teacher(rng):
@@ -225,7 +234,7 @@ def test_subclass_methods_use_the_subclass_teacher(rng):
     cfg = _cfg()
     b, c, s = 6, 2, 3
     student = methods.get_method("subclass")
-    assert student.fit == "subclass_teacher" and not student.needs_teacher and student.head_outputs(c, cfg) == c * s
+    assert student.fit == "subclass_teacher" and not student.needs_teacher and student.student_outputs(c, cfg) == c * s
     teacher = methods.subclass_teacher_model(cfg, c)
     x = rng.normal(size=(b, 4)).astype(np.float32)
     t_vars = jax.jit(teacher.init)(jax.random.PRNGKey(0), {"features": jnp.asarray(x[:1])})
@@ -233,13 +242,11 @@ def test_subclass_methods_use_the_subclass_teacher(rng):
     _, z = jax.jit(teacher.apply)(t_vars, batch)
     assert z.shape == (b, c * s)
     r = _f32(rng.normal(size=(b, c * s)))
-    got = _j(student.loss, student_logits=r, student_embedding=None, batch=batch, teacher_embedding=None,
-             teacher_logits=None, aux=t_vars, method_params={}, cfg=cfg)
+    got = _loss(student, cfg, student_logits=r, batch=batch, aux=t_vars)
     want = _j(sd.subclass_student_loss, r, z, tau=1.5, num_classes=c, labels=batch["label"], alpha=0.2,
               mask=batch["mask"])
     np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
-    got_t = _j(methods.SUBCLASS_TEACHER.loss, student_logits=z, student_embedding=None, batch=batch,
-               teacher_embedding=None, teacher_logits=None, aux=None, method_params={}, cfg=cfg)
+    got_t = _loss(methods.SUBCLASS_TEACHER, cfg, student_logits=z, batch=batch)
     want_t = _j(sd.subclass_teacher_loss, z, batch["label"], num_classes=c, aux_weight=0.4, aux_temperature=0.8,
                 mask=batch["mask"])
     np.testing.assert_allclose(float(got_t), float(want_t), rtol=1e-6)

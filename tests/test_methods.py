@@ -9,7 +9,11 @@ from lelp_jax import methods, train
 from lelp_jax.core import feature_losses, losses, projections, statistics, targets
 from lelp_jax.config import schema
 from lelp_jax.runtime import sharding
-from lelp_jax.methods import registry
+
+
+def _loss(method, cfg, **inputs):
+    """``method.loss`` on ``LossInputs(**inputs)`` with the options parsed from ``cfg``."""
+    return method.loss(methods.LossInputs(**inputs), method.parse_options(cfg))
 
 
 def test_registry_names_and_error():
@@ -27,8 +31,8 @@ def test_method_requirements_and_fit_options():
     assert methods.get_method("kd").needs_teacher and not methods.get_method("kd").needs_projections
     for name in ("lelp", "random", "pca"):
         m = methods.get_method(name)
-        assert m.needs_teacher and m.needs_projections and m.head_outputs(2, cfg) == 6
-    assert methods.get_method("ce").head_outputs(2, cfg) == 2
+        assert m.needs_teacher and m.needs_projections and m.student_outputs(2, cfg) == 6
+    assert methods.get_method("ce").student_outputs(2, cfg) == 2
     assert methods.get_method("lelp").fit_options(cfg) == dict(num_subclasses=3, null_space=True, rotate=True,
                                                                 directions="pca", key=0)
     assert methods.get_method("random").fit_options(cfg)["directions"] == "random"
@@ -64,31 +68,16 @@ def _step_loss(mesh, cfg, teacher, t_vars, student, method, opt, state, batch, a
     return float(metrics["loss"]), params
 
 
-@pytest.fixture
-def other_defaults(monkeypatch):
-    """``base_config()`` with other method defaults (the methods cache it: cleared on both sides)."""
-    base = schema.base_config
-
-    def patched():
-        c = base()
-        c.kd.tau = 3.0
-        c.lelp.num_subclasses = 5
-        c.rkd.distance_weight, c.rkd.angle_weight = 7.0, 11.0
-        c.subclass.num_subclasses = 3
-        return c
-
-    registry._base_config.cache_clear()
-    monkeypatch.setattr(schema, "base_config", patched)
-    yield
-    registry._base_config.cache_clear()
-
-
-def test_method_defaults_come_from_base_config(rng, other_defaults):
-    """A key the run's config lacks takes base_config()'s value: change it there, the methods follow."""
-    cfg = {"train": {"label_smoothing": 0.0}}  # no kd, lelp, rkd or subclass section
-    assert methods.get_method("lelp").head_outputs(2, cfg) == 10
+def test_methods_read_their_options_from_the_config(rng):
+    """Each method's options come from its own section of the (complete) config: change it there, the methods follow."""
+    cfg = schema.base_config()
+    cfg.kd.tau = 3.0
+    cfg.lelp.num_subclasses = 5
+    cfg.rkd.distance_weight, cfg.rkd.angle_weight = 7.0, 11.0
+    cfg.subclass.num_subclasses = 3
+    assert methods.get_method("lelp").student_outputs(2, cfg) == 10
     assert methods.get_method("lelp").fit_options(cfg)["num_subclasses"] == 5
-    assert methods.get_method("subclass").head_outputs(2, cfg) == 6
+    assert methods.get_method("subclass").student_outputs(2, cfg) == 6
     b, c, d = 12, 3, 5
     r, l = rng.normal(size=(b, c)), rng.normal(size=(b, c))
     h_s, h_t = rng.normal(size=(b, d)), rng.normal(size=(b, d))
@@ -97,7 +86,7 @@ def test_method_defaults_come_from_base_config(rng, other_defaults):
     batch = {"label": jnp.asarray(rng.integers(0, c, b)), "mask": jnp.asarray(m, jnp.float32)}
     args = dict(student_logits=jnp.asarray(r, jnp.float32), student_embedding=jnp.asarray(h_s, jnp.float32),
                 batch=batch, teacher_embedding=jnp.asarray(h_t, jnp.float32),
-                teacher_logits=jnp.asarray(l, jnp.float32), aux=None, method_params={}, cfg=cfg)
+                teacher_logits=jnp.asarray(l, jnp.float32), aux=None, method_params={})
 
     def log_softmax(x):
         x = x - x.max(1, keepdims=True)
@@ -106,22 +95,31 @@ def test_method_defaults_come_from_base_config(rng, other_defaults):
     tau = 3.0  # float64 reference: tau^2 * masked mean of -sum_c softmax(l/tau)_c log softmax(r/tau)_c
     per = -(np.exp(log_softmax(l / tau)) * log_softmax(r / tau)).sum(1)
     want_kd = tau ** 2 * (m * per).sum() / m.sum()
-    got_kd = float(methods.get_method("kd").loss(**args))
+    got_kd = float(_loss(methods.get_method("kd"), cfg, **args))
     np.testing.assert_allclose(got_kd, want_kd, rtol=1e-5)
     # RKD is linear in its weights: the method's extra term = 7 * distance + 11 * angle.
     parts = [float(feature_losses.rkd_loss(args["student_embedding"], args["teacher_embedding"], distance_weight=dw,
                                            angle_weight=aw, mask=batch["mask"])) for dw, aw in ((1.0, 0.0), (0.0, 1.0))]
-    got_rkd = float(methods.get_method("rkd").loss(**args)) - got_kd
+    got_rkd = float(_loss(methods.get_method("rkd"), cfg, **args)) - got_kd
     np.testing.assert_allclose(got_rkd, 7.0 * parts[0] + 11.0 * parts[1], rtol=1e-4, atol=1e-6)
 
 
-def test_base_config_defaults_match_the_methods_unpatched():
-    """With the shipped defaults (kd.tau 2, S 4, rkd 25/50), an empty config reads exactly those."""
+def test_options_are_frozen_dataclasses_of_the_shipped_defaults():
+    """``parse_options(base_config())`` reads the shipped defaults (kd.tau 2, S 4, rkd 25/50) into frozen values."""
+    import dataclasses
+
     base = schema.base_config()
-    for name, key in (("kd", "tau"), ("lelp", "num_subclasses"), ("rkd", "distance_weight"),
-                      ("rkd", "angle_weight"), ("subclass", "num_subclasses"), ("lelp", "beta")):
-        assert methods.option({}, name, key) == base[name][key]
-    assert methods.get_method("lelp").head_outputs(2, {}) == 2 * base.lelp.num_subclasses
+    kd = methods.get_method("kd").parse_options(base)
+    assert kd == methods.KDOptions(label_smoothing=0.0, tau=2.0, alpha=0.0, student_tau=None,
+                                   tau_squared_scaling=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        kd.tau = 3.0
+    rkd = methods.get_method("rkd").parse_options(base)
+    assert (rkd.distance_weight, rkd.angle_weight) == (25.0, 50.0)
+    lelp = methods.get_method("lelp").parse_options(base)
+    assert isinstance(lelp, methods.ProjectionOptions) and (lelp.num_subclasses, lelp.beta) == (4, 1.0)
+    assert methods.get_method("lelp").head_outputs(2, lelp) == 2 * base.lelp.num_subclasses
+    assert methods.get_method("oracle").head_outputs(2, methods.split_options(base)) is None  # the artifact says
 
 
 def test_ce_and_kd_losses_match_core(rng):
@@ -223,12 +221,10 @@ def _aux_for(name, rng, c, s, d):
 def test_label_smoothing_reaches_every_hard_term(rng, name):
     """loss(eps) - loss(0) = alpha * (H_eps - H_0) with H the hard term on the class log-probabilities
     (float64 NumPy), and eps leaves the loss unchanged when alpha = 0."""
-    import ml_collections
-
     b, c, s, d = 12, 2, 3, 10
     method = methods.get_method(name)
     aux = _aux_for(name, rng, c, s, d)
-    width = method.student_outputs(c, None, aux) if aux is not None else c
+    width = method.student_outputs(c, schema.base_config(), aux) if aux is not None else c
     width = c * s if name in ("lelp", "kmeans") else width
     y = np.arange(b) % c
     fine = (np.arange(b) % (c * s)) if name == "oracle" else None
@@ -241,14 +237,16 @@ def test_label_smoothing_reaches_every_hard_term(rng, name):
     r.reshape(b, c, -1)[np.arange(b), y] += 3.0  # confident on the true class: smoothing clearly costs
     t_emb, t_logits = rng.normal(size=(b, d)).astype(np.float32), rng.normal(size=(b, c)).astype(np.float32)
     params = method.init_params(jax.random.PRNGKey(0), student_embedding_dim=d, teacher_embedding_dim=d,
-                                cfg=None) if method.init_params else {}
+                                options=method.parse_options(schema.base_config())) if method.init_params else {}
 
     def loss(eps, alpha):
-        cfg = ml_collections.ConfigDict(dict(train=dict(label_smoothing=eps), kd=dict(tau=2.0, alpha=alpha),
-                                             lelp=dict(num_subclasses=s, tau=1.5, alpha=alpha)))
-        return float(method.loss(student_logits=jnp.asarray(r), student_embedding=jnp.asarray(t_emb[:, ::-1].copy()),
-                                 batch=batch, teacher_embedding=jnp.asarray(t_emb),
-                                 teacher_logits=jnp.asarray(t_logits), aux=aux, method_params=params, cfg=cfg))
+        cfg = schema.base_config()
+        cfg.update(dict(train=dict(label_smoothing=eps), kd=dict(tau=2.0, alpha=alpha),
+                        lelp=dict(num_subclasses=s, tau=1.5, alpha=alpha)))
+        return float(_loss(method, cfg, student_logits=jnp.asarray(r),
+                           student_embedding=jnp.asarray(t_emb[:, ::-1].copy()), batch=batch,
+                           teacher_embedding=jnp.asarray(t_emb), teacher_logits=jnp.asarray(t_logits), aux=aux,
+                           method_params=params))
 
     x = r.astype(np.float64)
     logq = x - x.max(1, keepdims=True)
@@ -309,30 +307,32 @@ def test_lelp_needs_projections(rng):
 
 def test_subclass_class_log_probs_matches_numpy(rng):
     logits = rng.normal(size=(5, 6)).astype(np.float32)
-    got = methods.get_method("lelp").class_log_probs(jnp.asarray(logits), 2, None)
+    got = methods.get_method("lelp").class_log_probs(jnp.asarray(logits), 2)
     x = logits.astype(np.float64)
     logq = x - np.log(np.exp(x).sum(1, keepdims=True))
     want = np.log(np.exp(logq.reshape(5, 2, 3)).sum(-1))
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="plain-head"):
-        methods.get_method("kd").class_log_probs(jnp.asarray(logits), 2, None)
+        methods.get_method("kd").class_log_probs(jnp.asarray(logits), 2)
 
 
 def _adapter_method():
     """A FitNet-style method built from the registry's parts: extra trainable params via ``init_params``."""
     from lelp_jax.core import feature_losses
 
-    def init_params(key, *, student_embedding_dim, teacher_embedding_dim, cfg):
+    def init_params(key, *, student_embedding_dim, teacher_embedding_dim, options):
         return {"kernel": 0.1 * jax.random.normal(key, (student_embedding_dim, teacher_embedding_dim)),
                 "bias": jnp.zeros((teacher_embedding_dim,))}
 
-    def loss(*, student_logits, student_embedding, batch, teacher_embedding, method_params, **_):
-        mask = methods.batch_mask(batch)
-        return (losses.cross_entropy(student_logits, batch["label"], mask=mask)
-                + feature_losses.fitnet_loss(student_embedding, teacher_embedding, method_params, mask=mask))
+    def loss(inputs: methods.LossInputs, options: None) -> jax.Array:
+        mask = methods.batch_mask(inputs.batch)
+        return (losses.cross_entropy(inputs.student_logits, inputs.batch["label"], mask=mask)
+                + feature_losses.fitnet_loss(inputs.student_embedding, inputs.teacher_embedding,
+                                             inputs.method_params, mask=mask))
 
-    return methods.Method(name="adapter_test", needs_teacher=True, loss=loss, head_outputs=lambda c, cfg: c,
-                          class_log_probs=methods.plain_class_log_probs, init_params=init_params)
+    return methods.Method(name="adapter_test", needs_teacher=True, parse_options=lambda config: None, loss=loss,
+                          head_outputs=methods.plain_head, class_log_probs=methods.plain_class_log_probs,
+                          init_params=init_params)
 
 
 def test_method_params_are_trained_and_checkpointed(rng, tmp_path):
@@ -373,3 +373,22 @@ def test_method_params_are_trained_and_checkpointed(rng, tmp_path):
                                      teacher_apply=teacher.apply, teacher_variables=t_vars, progress=False)
     assert rec["resumed_from_step"] is None and again["resumed_from_step"] == 4  # restored, not retrained
     assert again["history"] == rec["history"]
+
+
+def test_every_method_loss_has_the_typed_signature():
+    """``loss(inputs: LossInputs, options: O) -> jax.Array`` for every method (no ``**`` swallowing), with
+    ``O`` the frozen dataclass ``parse_options`` builds from the complete config."""
+    import dataclasses
+    import inspect
+    import typing
+
+    base = schema.base_config()
+    for method in (*methods.METHODS.values(), methods.SUBCLASS_TEACHER):
+        params = inspect.signature(method.loss).parameters
+        assert list(params) == ["inputs", "options"], method.name
+        assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params.values()), method.name
+        hints = typing.get_type_hints(method.loss)
+        assert hints["inputs"] is methods.LossInputs and hints["return"] is jax.Array, method.name
+        options = method.parse_options(base)
+        assert isinstance(options, hints["options"]), method.name
+        assert dataclasses.is_dataclass(options) and type(options).__dataclass_params__.frozen, method.name

@@ -325,8 +325,9 @@ def test_method_aux_builds_kmeans_and_oracle_artifacts(finished_run):
     run = pipeline.Run(config, wd)
 
     def fake(fit):
-        return Method(name=f"fake_{fit}", needs_teacher=True, loss=lambda **_: 0.0, head_outputs=lambda c, _: c,
-                      class_log_probs=lambda r, c, _: r, fit=fit)
+        return Method(name=f"fake_{fit}", needs_teacher=True, parse_options=lambda config: None,
+                      loss=lambda inputs, options: 0.0, head_outputs=lambda c, _: c,
+                      class_log_probs=lambda r, c: r, fit=fit)
 
     km = pipeline.method_aux(fake("kmeans"), run)
     assert km.centroids.shape == (2, 5, 256)
@@ -374,7 +375,8 @@ def test_target_entropy_calibrates_every_splitting_fit_on_the_train_split(finish
             "kmeans": pipeline.method_aux(get_method("kmeans"), run)}
     for name, fit in fits.items():
         assert fit.betas is not None and fit.betas.shape == (2,), name
-        split = np.asarray(get_method(name).split(fit, emb, {"label": labels}, config), np.float64)
+        method = get_method(name)
+        split = np.asarray(method.split(fit, emb, {"label": labels}, method.parse_options(config)), np.float64)
         for k in range(2):
             assert abs(normalized_entropy(split[labels == k, k]).mean() - 0.6) < 0.01, (name, k)
 
@@ -461,8 +463,9 @@ def test_register_fit_makes_a_new_kind_one_registration(rng):
         e, _ = inputs.outputs()
         return np.stack([e[inputs.labels()[0] == c].mean(0) for c in range(inputs.num_classes)])
 
-    method = Method(name="means", needs_teacher=True, loss=lambda **_: 0.0, head_outputs=lambda c, _: c,
-                    class_log_probs=lambda r, c, _: r, fit="test_class_means")
+    method = Method(name="means", needs_teacher=True, parse_options=lambda config: None,
+                    loss=lambda inputs, options: 0.0, head_outputs=lambda c, _: c, class_log_probs=lambda r, c: r,
+                    fit="test_class_means")
     with pytest.raises(ValueError, match=r"register_fit\('test_class_means', fn\)"):
         pipeline.build_fit(method, inputs)
     pipeline.register_fit("test_class_means", means)

@@ -1,12 +1,11 @@
 """Scale-free sharpness: standardised LELP scores, entropy calibration, split diagnostics (float64 references)."""
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from lelp_jax import methods
 from lelp_jax.core import sharpness, targets
-from lelp_jax.config import load_config
+from lelp_jax.config import base_config, load_config
 from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.core.projections import fit_projections
 from lelp_jax.core.statistics import batch_moments
@@ -128,22 +127,23 @@ def test_lelp_loss_uses_calibrated_betas_and_refuses_a_missing_calibration(rng):
     moments = batch_moments(jnp.asarray(h, jnp.float32), jnp.asarray(y), num_classes=c)
     proj = fit_projections(moments, classifier_weights=jnp.asarray(rng.normal(size=(c, d)), jnp.float32),
                            num_subclasses=s, key=0)
-    cfg = ml_collections.ConfigDict(dict(lelp=dict(num_subclasses=s, beta=1.0, tau=1.0, alpha=0.0, standardize=True,
-                                                   target_entropy=0.5)))
+    cfg = base_config()
+    cfg.lelp.update(dict(num_subclasses=s, beta=1.0, tau=1.0, alpha=0.0, standardize=True, target_entropy=0.5))
     method = methods.get_method("lelp")
-    kw = dict(student_logits=jnp.asarray(rng.normal(size=(b, c * s)), jnp.float32), student_embedding=None,
+    options = method.parse_options(cfg)
+    kw = dict(student_logits=jnp.asarray(rng.normal(size=(b, c * s)), jnp.float32),
               batch={"label": jnp.asarray(y[:b])}, teacher_embedding=jnp.asarray(h[:b], jnp.float32),
-              teacher_logits=jnp.asarray(rng.normal(size=(b, c)), jnp.float32), method_params={}, cfg=cfg)
+              teacher_logits=jnp.asarray(rng.normal(size=(b, c)), jnp.float32))
     with pytest.raises(ValueError, match="no calibrated betas"):
-        method.loss(aux=proj, **kw)
-    z = np.asarray(method.scores(proj, jnp.asarray(h, jnp.float32), cfg))
+        method.loss(methods.LossInputs(aux=proj, **kw), options)
+    z = np.asarray(method.scores(proj, jnp.asarray(h, jnp.float32), options))
     betas = sharpness.calibrate_betas(z, y, target_entropy=0.5)
     cal = proj.replace(betas=jnp.asarray(betas, jnp.float32))
-    split = np.asarray(method.split(cal, jnp.asarray(h, jnp.float32), {"label": jnp.asarray(y)}, cfg), np.float64)
+    split = np.asarray(method.split(cal, jnp.asarray(h, jnp.float32), {"label": jnp.asarray(y)}, options), np.float64)
     assert sharpness.split_diagnostics(split, y)["split_entropy"] == pytest.approx(0.5, abs=0.01)
     t = (np_softmax(np.asarray(kw["teacher_logits"], np.float64))[:, :, None] * split[:b]).reshape(b, c * s)
     want = -(t * np.log(np_softmax(np.asarray(kw["student_logits"], np.float64)))).sum(-1).mean()
-    assert float(method.loss(aux=cal, **kw)) == pytest.approx(want, rel=1e-4)
+    assert float(method.loss(methods.LossInputs(aux=cal, **kw), options)) == pytest.approx(want, rel=1e-4)
 
 
 @pytest.mark.parametrize("override,match", [

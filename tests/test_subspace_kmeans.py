@@ -1,13 +1,12 @@
 """lelp_kmeans: k-means inside each class's null-space top-k principal subspace (float64 references)."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from lelp_jax import methods
 from lelp_jax.core import sharpness
-from lelp_jax.config import load_config
+from lelp_jax.config import base_config, load_config
 from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.core.projections import fit_projections
 from lelp_jax.core.statistics import batch_moments
@@ -64,16 +63,18 @@ def test_lelp_kmeans_fit_and_targets_match_float64_reference(rng):
     assert sharpness.normalized_mutual_info(y * s + hard, y * s + sub) > 0.95
     # the method's loss: t = softmax(l / tau) * softmax((2 y.m - |m|^2) / sigma_c / beta), float64
     b, tau, beta, alpha = 7, 2.0, 0.6, 0.25
-    cfg = ml_collections.ConfigDict(dict(lelp=dict(num_subclasses=s, tau=tau, beta=beta, alpha=alpha, standardize=True,
-                                                   target_entropy=None), lelp_kmeans=dict(subspace_dim=k)))
+    cfg = base_config()
+    cfg.update(dict(lelp=dict(num_subclasses=s, tau=tau, beta=beta, alpha=alpha, standardize=True,
+                              target_entropy=None), lelp_kmeans=dict(subspace_dim=k)))
     method = methods.get_method("lelp_kmeans")
-    assert method.fit == "subspace_kmeans" and method.head_outputs(c, cfg) == c * s
+    assert method.fit == "subspace_kmeans" and method.student_outputs(c, cfg) == c * s
     logits, r = rng.normal(size=(b, c)), rng.normal(size=(b, c * s))
     mask = np.ones(b)
-    got = method.loss(student_logits=jnp.asarray(r, jnp.float32), student_embedding=None,
-                      batch={"label": jnp.asarray(y[:b]), "mask": jnp.asarray(mask, jnp.float32)},
-                      teacher_embedding=jnp.asarray(h[:b], jnp.float32), teacher_logits=jnp.asarray(logits, jnp.float32),
-                      aux=fit, method_params={}, cfg=cfg)
+    got = method.loss(methods.LossInputs(
+        student_logits=jnp.asarray(r, jnp.float32),
+        batch={"label": jnp.asarray(y[:b]), "mask": jnp.asarray(mask, jnp.float32)},
+        teacher_embedding=jnp.asarray(h[:b], jnp.float32), teacher_logits=jnp.asarray(logits, jnp.float32),
+        aux=fit), method.parse_options(cfg))
     yb = np.einsum("ncd,cdk->nck", h[:b, None] - mu[None], v)
     sigma = np.asarray(fit.clusters.score_std, np.float64)
     z = -((yb[:, :, None] - m[None]) ** 2).sum(-1) / sigma[None, :, None]
@@ -87,6 +88,6 @@ def test_lelp_kmeans_fit_and_targets_match_float64_reference(rng):
 def test_lelp_kmeans_bad_input():
     with pytest.raises(ConfigError, match="lelp_kmeans.subspace_dim must be >= 1"):
         load_config("configs/digits_binary.py", ["--config.lelp_kmeans.subspace_dim=0"])
-    cfg = ml_collections.ConfigDict(dict(lelp=dict(num_subclasses=2)))
+    options = methods.split_options(base_config())
     with pytest.raises(ValueError, match="needs a SubspaceKMeans"):
-        methods.get_method("lelp_kmeans").scores(None, jnp.zeros((2, 3)), cfg)
+        methods.get_method("lelp_kmeans").scores(None, jnp.zeros((2, 3)), options)

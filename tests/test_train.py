@@ -120,7 +120,7 @@ def test_make_optimizer_schedule_and_errors():
     for bad, match in (({"optimizer": "lamb"}, "optimizer"), ({"schedule": "step"}, "schedule"),
                        ({"compute_dtype": "float16"}, "compute_dtype")):
         with pytest.raises(ValueError, match=match):
-            train.make_optimizer({**dict(cfg.train), **bad}, num_steps=10)
+            train.make_optimizer(small_config(**bad).train, num_steps=10)
 
 
 def test_train_and_evaluate_writes_record_and_resumes_to_same_result(tmp_path, capsys):
@@ -153,7 +153,7 @@ def test_train_and_evaluate_writes_record_and_resumes_to_same_result(tmp_path, c
     ce = methods.get_method("ce")
     for mesh in (sharding.make_mesh(), sharding.make_mesh(1)):
         v = train.load_variables(wd, which="last", mesh=mesh)
-        ev = train.make_eval_step(model=mlp(), method=ce, num_classes=NUM_CLASSES, method_cfg=None, mesh=mesh)
+        ev = train.make_eval_step(model=mlp(), method=ce, num_classes=NUM_CLASSES, mesh=mesh)
         from lelp_jax.data import make_iterator
 
         batches = make_iterator(source(64, 2), global_batch_size=64, seed=0, shuffle=False, num_epochs=1,
@@ -240,7 +240,7 @@ def test_supervised_teacher_on_digits_binary_beats_chance(tmp_path):
     majority = max(np.mean(labels), 1 - np.mean(labels))
     assert rec["test_accuracy_best_val"] > majority + 0.2, (rec, majority)
     best = train.load_variables(str(tmp_path / "teacher"), which="best", mesh=mesh)
-    ev = train.make_eval_step(model=model, method=methods.get_method("ce"), num_classes=2, method_cfg=cfg, mesh=mesh)
+    ev = train.make_eval_step(model=model, method=methods.get_method("ce"), num_classes=2, mesh=mesh)
     batches = make_iterator(test_src, global_batch_size=64, seed=0, shuffle=False, num_epochs=1, drop_remainder=False)
     assert train.evaluate(ev, best["params"], {}, batches, mesh) == rec["test_accuracy_best_val"]
 
@@ -264,30 +264,25 @@ def test_init_variables_start_from_given_params_and_reject_mismatch(rng):
                                method_cfg=cfg, init_variables={"params": wrong})
 
 
-def test_train_defaults_come_from_base_config(tmp_path, monkeypatch, rng):
-    """A key the train section leaves out takes base_config()'s default: patching base_config changes
-    the intervals of a run, and the learning rate of the optimizer (SGD, no momentum: update = -lr)."""
+def test_train_section_is_read_whole_and_a_partial_one_is_refused(tmp_path, rng):
+    """``train_config`` reads the complete section (base_config() writes every default, nothing fills in a
+    second time); a section missing keys is refused by name. The section's intervals drive a run, and its
+    learning rate the optimizer (SGD, no momentum: update = -lr)."""
     import ml_collections
 
-    from lelp_jax.config import schema
+    from lelp_jax.config import base_config
 
-    base = schema.base_config
-
-    def patched():
-        c = base()
-        c.train.update(eval_every=3, checkpoint_every=2, learning_rate=0.25, optimizer="sgd", momentum=0.0,
-                       schedule="constant")
-        return c
-
-    assert train.train_config(None) == base().train.to_dict()
-    monkeypatch.setattr(schema, "base_config", patched)
-    assert train.train_config({"eval_every": None, "batch_size": 8}) == {**patched().train.to_dict(), "batch_size": 8}
+    assert train.train_config(base_config().train) == base_config().train.to_dict()
+    with pytest.raises(ValueError, match="lacks .*checkpoint_every.*base_config"):
+        train.train_config(ml_collections.ConfigDict({"batch_size": 8, "num_steps": 6}))
+    cfg = base_config()
+    cfg.train.update(dict(batch_size=16, num_steps=6, eval_every=3, checkpoint_every=2, learning_rate=0.25,
+                          optimizer="sgd", momentum=0.0, schedule="constant"))
     params = {"w": jnp.zeros(())}
-    opt = train.make_optimizer({}, num_steps=5)
+    opt = train.make_optimizer(cfg.train, num_steps=5)
     updates, _ = opt.update({"w": jnp.ones(())}, opt.init(params), params)
     assert float(updates["w"]) == pytest.approx(-0.25, abs=1e-7)
 
-    cfg = ml_collections.ConfigDict({"train": {"batch_size": 16, "num_steps": 6}})  # no intervals given
     wd = str(tmp_path / "run")
     rec = train.train_and_evaluate(model=mlp(), method=methods.get_method("ce"), cfg=cfg,
                                    train_source=source(64, int(rng.integers(1 << 30))), val_source=source(32, 1),

@@ -1,6 +1,6 @@
 """The config schema: every key any stage reads, its one default, and the checks of its values.
 
-``base_config()`` is the only place a default is written: the methods (``lelp_jax.methods.option``),
+``base_config()`` is the only place a default is written: the methods (each ``parse_options``),
 the data layer (``lelp_jax.data.default_data_config``) and training read theirs from it. Config
 files edit a copy (``from lelp_jax.config import base_config``; :mod:`lelp_jax.config` loads,
 overrides and locks them). ``validate_values`` rejects values no stage can use; the checks that

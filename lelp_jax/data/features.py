@@ -28,12 +28,12 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from lelp_jax.core.atomic import save_npz
-from lelp_jax.data.sources import read_records
+from lelp_jax.data.sources import DataSection, read_records
 from lelp_jax.data.tokenizer import pad_to, pick_bucket
 
 __all__ = [
@@ -249,7 +249,7 @@ class FeatureSource:
         return [{**r, "features": self.features[int(i)]} for r, i in zip(records, idx)]
 
 
-def feature_view(source: Any, *, data_config: Mapping[str, Any] | Any, split: str, dataset: str,
+def feature_view(source: Any, *, data_config: DataSection, split: str, dataset: str,
                  progress: bool = True) -> FeatureSource:
     """``source`` with ``features`` from the encoder named by ``data.features`` (cached, see module doc).
 
@@ -260,7 +260,7 @@ def feature_view(source: Any, *, data_config: Mapping[str, Any] | Any, split: st
 
     from lelp_jax.data.loaders import resolve_data_dir
 
-    get = data_config.get if hasattr(data_config, "get") else lambda k, d=None: getattr(data_config, k, d)
+    get = data_config.get
     encoder = get_encoder(str(get("features", "")))
     features, _ = cached_features(
         source, encoder, cache_dir=Path(resolve_data_dir(data_config)) / "lelp_features", dataset=dataset,

@@ -19,7 +19,8 @@ from lelp_jax.data import builders, catalogue, local
 from lelp_jax.data.folds import load_fold_split
 from lelp_jax.data.regroup import regroup
 from lelp_jax.data.synthetic import load_synthetic
-from lelp_jax.data.sources import ArraySource, DatasetInfo, MappedSource, TextSource, read_records
+from lelp_jax.data.sources import (ArraySource, DataSection, DatasetInfo, MappedSource, TextSource, plain,
+                                   read_records)
 from lelp_jax.data.tokenizer import bucket_lengths, load_tokenizer, tokenize
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -28,12 +29,12 @@ def default_data_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(schema.base_config().data.to_dict())
 
 
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+def _get(config: DataSection, key: str, default: Any = None) -> Any:
+    value = config.get(key, default)
     return default if value is None else value
 
 
-def resolve_data_dir(config: Any) -> str:
+def resolve_data_dir(config: DataSection) -> str:
     """data.data_dir, else $LELP_DATA_DIR, else ~/tensorflow_datasets."""
     d = _get(config, "data_dir") or os.environ.get("LELP_DATA_DIR") or "~/tensorflow_datasets"
     return os.path.expanduser(str(d))
@@ -71,7 +72,7 @@ def _text_view(input_kind: str | None) -> None:
         raise ValueError(f"input_kind {input_kind!r} does not apply to a text dataset; use 'text' or None.")
 
 
-def _source(raw: Any, fn: Callable[[Any], dict], config: Any, rows: np.ndarray | None = None):
+def _source(raw: Any, fn: Callable[[Any], dict], config: DataSection, rows: np.ndarray | None = None):
     """MappedSource of raw tfds records; with data.in_memory the raw records (uint8
     images stay uint8) are first read once into NumPy arrays: faster epochs."""
     if _get(config, "in_memory", False):
@@ -92,7 +93,7 @@ def _image_fn(kind: str, scale: float, fine: bool) -> Callable[[Mapping[str, Any
     return fn
 
 
-def _load_builder(builder_cls: type, name: str, config: Any, split: str):
+def _load_builder(builder_cls: type, name: str, config: DataSection, split: str):
     b = builders.prepared_builder(
         builder_cls, data_dir=resolve_data_dir(config),
         max_examples_per_split=_get(config, "max_examples_per_split"),
@@ -130,7 +131,7 @@ def _flattened(fn: Callable[[Any], dict], kind: str, record: Any) -> dict:
     return out
 
 
-def _load_catalogue(entry: Mapping[str, Any], name: str, config: Any, split: str):
+def _load_catalogue(entry: Mapping[str, Any], name: str, config: DataSection, split: str):
     _check_split(name, split, entry["splits"])
     b = catalogue.catalogue_builder(name, entry, data_dir=resolve_data_dir(config),
                                     tfds_config=_get(config, "tfds_config"))
@@ -165,9 +166,8 @@ def _announce_classes(class_names: tuple[str, ...]) -> None:
         print("classes: " + ", ".join(f"{n}={i}" for i, n in enumerate(class_names)), flush=True)
 
 
-def _load_local(name: str, config: Any, split: str):
-    files = _get(config, "files", {})
-    files = files.to_dict() if hasattr(files, "to_dict") else dict(files)
+def _load_local(name: str, config: DataSection, split: str):
+    files = plain(_get(config, "files", {}))
     if split not in files:
         raise ValueError(f"local data: no file for split {split!r}; set data.files['{split}'] "
                          f"(have {sorted(files)}).")
@@ -264,7 +264,7 @@ register_dataset("local", _load_local)
 register_dataset("synthetic_subclasses", load_synthetic)
 
 
-def load_split(data_config: Any, split: str) -> tuple[Any, DatasetInfo]:
+def load_split(data_config: DataSection, split: str) -> tuple[Any, DatasetInfo]:
     """The random-access source of one split and the dataset's `DatasetInfo`.
 
     `data_config` is the `data` section of the config (ConfigDict or mapping);
@@ -279,7 +279,6 @@ def load_split(data_config: Any, split: str) -> tuple[Any, DatasetInfo]:
         if class_one or per_fine:
             raise ValueError("data.num_folds cannot be combined with data.class_one_fine / train_per_fine_class; "
                              "unset one of them.")
-        config = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
-        return load_fold_split(name, config, split, DATASETS[name])
+        return load_fold_split(name, plain(data_config), split, DATASETS[name])
     source, info = DATASETS[name](name, data_config, split)
     return regroup(source, info, split, class_one_fine=class_one, train_per_fine_class=per_fine)

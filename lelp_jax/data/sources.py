@@ -9,11 +9,21 @@ sources hold ragged token ids; the iterator pads each batch to a bucket length.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Union
 
+import ml_collections
 import numpy as np
 
 INPUT_KINDS = ("image", "features", "text")
+
+# The data section a loader reads: ``config.data`` (a ConfigDict) or the plain dict of it the pipeline
+# hands the data layer (``lelp_jax.data.splits.data_config``); both are read with ``.get``.
+DataSection = Union[ml_collections.ConfigDict, Mapping[str, Any]]
+
+
+def plain(section: DataSection) -> dict[str, Any]:
+    """``section`` as a plain dict (nested ConfigDicts too)."""
+    return section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
 
 
 def read_records(source: Any, idx: Sequence[int]) -> list[Any]:

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lelp_jax.data.sources import ArraySource, DatasetInfo
+from lelp_jax.data.sources import ArraySource, DataSection, DatasetInfo, plain
 
 __all__ = ["synthetic_defaults", "synthetic_arrays", "load_synthetic"]
 
@@ -84,18 +84,17 @@ def synthetic_arrays(options: Mapping[str, Any] | None = None) -> dict[str, dict
     return out
 
 
-def load_synthetic(name: str, config: Any, split: str) -> tuple[ArraySource, DatasetInfo]:
+def load_synthetic(name: str, config: DataSection, split: str) -> tuple[ArraySource, DatasetInfo]:
     """The loader registered as `synthetic_subclasses` in `lelp_jax.data.DATASETS`."""
     if split not in SPLITS:
         raise ValueError(f"{name}: unknown split {split!r}; choose one of {list(SPLITS)}.")
-    options = config.get("synthetic") if hasattr(config, "get") else getattr(config, "synthetic", None)
-    options = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
-    input_kind = config.get("input_kind") if hasattr(config, "get") else None
+    options = plain(config.get("synthetic") or {})
+    input_kind = config.get("input_kind")
     if input_kind not in (None, "features"):
         raise ValueError(f"{name} has feature inputs; input_kind {input_kind!r} does not apply (use None).")
     k = _knobs(options)
     arrays = synthetic_arrays(k)[split]
-    cap = config.get("max_examples_per_split") if hasattr(config, "get") else None
+    cap = config.get("max_examples_per_split")
     if cap is not None:
         arrays = {key: v[:int(cap)] for key, v in arrays.items()}
     c, m = int(k["num_classes"]), int(k["modes_per_class"])

@@ -1,52 +1,128 @@
-"""The method registry: the :class:`Method` contract, ``register_method``, and the helpers every
-method's loss is built from (config options, the batch mask, the hard-label term, class log-probs).
+"""The method registry: the typed :class:`Method` contract, the loss's :class:`LossInputs`,
+``register_method``, and the helpers every method's loss is built from (the hard-label term,
+class log-probs, head widths).
 
-The contract of each field is in :mod:`lelp_jax.methods`' docstring.
+A method is a frozen value: its options are parsed once from the run's locked, complete
+``ml_collections.ConfigDict`` (``parse_options``, outside any compiled function) into a frozen
+dataclass of the method's own, and every other callable takes that dataclass, never the config.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping
-from typing import Any, Optional
+from typing import Any, Generic, Optional, Protocol, TypeVar
 
 import jax
-import jax.numpy as jnp
+import ml_collections
 import optax
+from flax import struct
 
 from lelp_jax.core import losses, targets
-from lelp_jax.config import schema
 from lelp_jax.data.batch import batch_mask
 
 __all__ = [
-    "Method", "METHODS", "register_method", "get_method", "method_names",
-    "section", "option", "batch_mask", "hard_label_loss", "mix_hard_labels", "plain_class_log_probs",
-    "subclass_class_log_probs", "plain_head", "lelp_head",
+    "Method", "LossInputs", "InitParams", "METHODS", "register_method", "get_method", "method_names",
+    "batch_mask", "hard_label_loss", "mix_hard_labels", "plain_class_log_probs",
+    "subclass_class_log_probs", "plain_head",
 ]
+
+Batch = Mapping[str, jax.Array]
+PyTree = Any  # a JAX pytree (nested dicts/dataclasses of arrays): fitted artifacts, parameters
+O = TypeVar("O")  # a method's options: a frozen dataclass
+O_contra = TypeVar("O_contra", contravariant=True)
+
+
+@struct.dataclass
+class LossInputs:
+    """Everything a method's loss may read, one pytree (built inside the train step).
+
+    ``student_logits (B, H)`` (H = the head width), ``student_embedding (B, D_s)``, ``batch`` (the
+    batch dict: ``label (B,)``, ``mask (B,)``, inputs, ...), ``teacher_embedding (B, D_t)`` and
+    ``teacher_logits (B, C)`` (None unless ``needs_teacher``), ``aux`` (the fitted artifact of the
+    method's ``fit``, or None), ``method_params`` (the method's trainable params, ``{}`` if none).
+    """
+
+    student_logits: jax.Array
+    batch: Batch
+    student_embedding: Optional[jax.Array] = None
+    teacher_embedding: Optional[jax.Array] = None
+    teacher_logits: Optional[jax.Array] = None
+    aux: PyTree = None
+    method_params: PyTree = struct.field(default_factory=dict)
+
+
+class InitParams(Protocol[O_contra]):
+    """``init_params(key, *, student_embedding_dim, teacher_embedding_dim, options) -> params``."""
+
+    def __call__(self, key: jax.Array, *, student_embedding_dim: int, teacher_embedding_dim: Optional[int],
+                 options: O_contra) -> PyTree: ...
+
+
+def _no_fit_kwargs(options: Any) -> dict[str, Any]:
+    return {}
 
 
 @dataclasses.dataclass(frozen=True)
-class Method:
-    """A distillation method (see the module docstring for each field's contract)."""
+class Method(Generic[O]):
+    """A distillation method: what the train step must provide, and what it computes.
+
+    Fields (``O`` is the method's options dataclass):
+
+    - ``name``: the registry key (``--methods NAME``, the runs' folder names).
+    - ``needs_teacher``: the train step must provide ``teacher_embedding`` / ``teacher_logits``.
+    - ``parse_options(config) -> O``: the method's settings, read once from the locked, complete
+      config (its own section, e.g. ``config.kd``); the train step closes over the result (static).
+    - ``loss(inputs: LossInputs, options: O) -> scalar``: jittable, built from the core
+      (:mod:`lelp_jax.core.losses`, :mod:`lelp_jax.core.targets`); padding rows (``batch['mask']`` 0)
+      carry no weight.
+    - ``head_outputs(num_classes, options) -> int | None``: the student head width (C, or C*S);
+      None when the fitted artifact fixes it (the oracle: C * most fine labels in a class, its
+      ``aux.head_outputs``), see :meth:`student_outputs`.
+    - ``class_log_probs(student_logits, num_classes) -> (B, C)``: class log-probabilities of the
+      student's logits (argmax = the prediction).
+    - ``fit``: the kind of artifact the pipeline builds before training and passes as ``aux``
+      (``'projections'``, ``'kmeans'``, ``'agglomerative'``, ``'subspace_kmeans'``, ``'oracle'``,
+      ``'subclass_teacher'``, a registered kind, or None); ``fit_kwargs(options)``: that fit's keyword
+      arguments (e.g. of :func:`lelp_jax.core.projections.fit_projections`).
+    - ``init_params`` (:class:`InitParams`): the method's own trainable params (a FitNet adapter),
+      or None.
+    - ``needs_fine_labels``: the dataset must carry ``fine_label`` (the oracle).
+    - ``description``: one line for listings.
+    - ``scores(aux, teacher_embedding, options) -> (B, C, S)``: for a method splitting each class by
+      ``softmax_s(z_{c,.} / beta_c)``, its scores z (the pipeline calibrates beta_c on them for
+      ``lelp.target_entropy``); None otherwise.
+    - ``split(aux, teacher_embedding, batch, options) -> (B, C, S)``: the split t_{c,s} / p_c its
+      targets use (rows over s sum to 1), for the diagnostics every run records; None when the
+      method does not split.
+    """
 
     name: str
     needs_teacher: bool
-    loss: Callable[..., jax.Array]
-    head_outputs: Callable[[int, Any], int]
-    class_log_probs: Callable[[jax.Array, int, Any], jax.Array]
+    parse_options: Callable[[ml_collections.ConfigDict], O]
+    loss: Callable[[LossInputs, O], jax.Array]
+    head_outputs: Callable[[int, O], Optional[int]]
+    class_log_probs: Callable[[jax.Array, int], jax.Array]
     fit: Optional[str] = None
-    fit_options: Callable[[Any], Mapping[str, Any]] = lambda cfg: {}
-    init_params: Optional[Callable[..., Any]] = None
+    fit_kwargs: Callable[[O], Mapping[str, Any]] = _no_fit_kwargs
+    init_params: Optional[InitParams[O]] = None
     needs_fine_labels: bool = False
     description: str = ""
-    scores: Optional[Callable[..., jax.Array]] = None
-    split: Optional[Callable[..., jax.Array]] = None
+    scores: Optional[Callable[[PyTree, jax.Array, O], jax.Array]] = None
+    split: Optional[Callable[[PyTree, jax.Array, Batch, O], jax.Array]] = None
 
-    def student_outputs(self, num_classes: int, cfg: Any, aux: Any = None) -> int:
-        """The student's head width: ``aux.head_outputs`` when the fitted artifact fixes it (the
-        oracle: C * most fine labels in a class), else ``head_outputs(num_classes, cfg)``."""
+    def fit_options(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        """The keyword arguments of this method's fit under ``config``."""
+        return dict(self.fit_kwargs(self.parse_options(config)))
+
+    def student_outputs(self, num_classes: int, config: ml_collections.ConfigDict, aux: PyTree = None) -> int:
+        """The student's head width: ``aux.head_outputs`` when the fitted artifact fixes it, else
+        ``head_outputs(num_classes, options)``."""
         width = getattr(aux, "head_outputs", None)
-        return int(width) if width is not None else int(self.head_outputs(num_classes, cfg))
+        if width is None:
+            width = self.head_outputs(num_classes, self.parse_options(config))
+        if width is None:
+            raise ValueError(f"method {self.name!r}: its head width comes from its fitted artifact; pass it as aux.")
+        return int(width)
 
     @property
     def needs_projections(self) -> bool:
@@ -54,10 +130,10 @@ class Method:
         return self.fit == "projections"
 
 
-METHODS: dict[str, Method] = {}
+METHODS: dict[str, Method[Any]] = {}
 
 
-def register_method(method: Method) -> Method:
+def register_method(method: Method[Any]) -> Method[Any]:
     """Add ``method`` to the registry (a name can be registered once)."""
     if method.name in METHODS:
         raise ValueError(f"register_method: {method.name!r} is already registered; pick another name.")
@@ -70,7 +146,7 @@ def method_names() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str) -> Method[Any]:
     """The registered method called ``name``; unknown names list the valid ones."""
     try:
         return METHODS[name]
@@ -78,36 +154,7 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}.") from None
 
 
-def section(cfg: Any, name: str) -> Any:
-    """``cfg[name]`` (ConfigDict/Mapping/attribute), or an empty dict when absent."""
-    if cfg is None:
-        return {}
-    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-        out = cfg.get(name)
-    else:
-        out = getattr(cfg, name, None)
-    return {} if out is None else out
-
-
-_BASE = object()
-
-
-@functools.lru_cache(maxsize=1)
-def _base_config() -> Any:
-    return schema.base_config()
-
-
-def option(cfg: Any, name: str, key: str, default: Any = _BASE) -> Any:
-    """``cfg[name][key]``; when absent or None, ``default``, or without one ``base_config()[name][key]``
-    (:mod:`lelp_jax.config.schema`: every method's defaults are written there, once)."""
-    sec = section(cfg, name)
-    value = sec.get(key) if hasattr(sec, "get") else getattr(sec, key, None)
-    if value is not None:
-        return value
-    return _base_config()[name][key] if default is _BASE else default
-
-
-def plain_class_log_probs(student_logits: jax.Array, num_classes: int, cfg: Any) -> jax.Array:
+def plain_class_log_probs(student_logits: jax.Array, num_classes: int) -> jax.Array:
     """C-way head: ``log_softmax(logits)``."""
     if student_logits.shape[-1] != num_classes:
         raise ValueError(f"student has {student_logits.shape[-1]} logits for {num_classes} classes; a plain-head "
@@ -115,42 +162,37 @@ def plain_class_log_probs(student_logits: jax.Array, num_classes: int, cfg: Any)
     return jax.nn.log_softmax(student_logits, axis=-1)
 
 
-def subclass_class_log_probs(student_logits: jax.Array, num_classes: int, cfg: Any) -> jax.Array:
+def subclass_class_log_probs(student_logits: jax.Array, num_classes: int) -> jax.Array:
     """C*S-way head: ``log q_c = logsumexp_s log_softmax(r)_{c,s}`` (:func:`lelp_jax.core.targets.class_log_probs`)."""
     return targets.class_log_probs(student_logits, num_classes=num_classes)
 
 
-def plain_head(num_classes: int, cfg: Any) -> int:
-    """A C-way head."""
+def plain_head(num_classes: int, options: Any) -> int:
+    """A C-way head (whatever the options)."""
     return num_classes
 
 
-def lelp_head(num_classes: int, cfg: Any) -> int:
-    """A C*S head, S = ``lelp.num_subclasses``."""
-    return num_classes * int(option(cfg, "lelp", "num_subclasses"))
-
-
-def hard_label_loss(class_logits: jax.Array, batch: Mapping[str, jax.Array], cfg: Any) -> jax.Array:
+def hard_label_loss(class_logits: jax.Array, batch: Batch, label_smoothing: float) -> jax.Array:
     """Every method's hard-label term: CE(y, softmax(class_logits)) with label smoothing
-    eps = ``cfg.train.label_smoothing``, target (1 - eps) onehot(y) + eps / C (Szegedy et al. 2016).
+    eps = ``label_smoothing`` (``train.label_smoothing``), target (1 - eps) onehot(y) + eps / C
+    (Szegedy et al. 2016).
 
     ``class_logits (B, C)``: a C-way head's logits, or a C*S head's class log-probabilities
     ``log q_c`` (log_softmax leaves normalised log-probabilities unchanged).
     """
     mask = batch_mask(batch)
-    eps = float(option(cfg, "train", "label_smoothing"))
-    if eps:
+    if label_smoothing:
         smooth = optax.smooth_labels(jax.nn.one_hot(batch["label"], class_logits.shape[-1],
-                                                    dtype=class_logits.dtype), eps)
+                                                    dtype=class_logits.dtype), label_smoothing)
         return losses.soft_cross_entropy(class_logits, smooth, mask=mask)
     return losses.cross_entropy(class_logits, batch["label"], mask=mask)
 
 
-def mix_hard_labels(soft: jax.Array, class_logits: jax.Array, batch: Mapping[str, jax.Array], cfg: Any,
-                    alpha: float) -> jax.Array:
+def mix_hard_labels(soft: jax.Array, class_logits: jax.Array, batch: Batch, *, alpha: float,
+                    label_smoothing: float) -> jax.Array:
     """``(1 - alpha) * soft + alpha * hard_label_loss(class_logits)`` (just ``soft`` when alpha = 0)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (weight of the hard-label term), got {alpha!r}.")
     if alpha == 0.0:
         return soft
-    return (1.0 - alpha) * soft + alpha * hard_label_loss(class_logits, batch, cfg)
+    return (1.0 - alpha) * soft + alpha * hard_label_loss(class_logits, batch, label_smoothing)

@@ -109,7 +109,8 @@ def calibrate_fit(method, aux, inputs: FitInputs):
     if config.lelp.target_entropy is None or method.scores is None:
         return aux
     emb, _ = inputs.outputs()
-    scores = jax.jit(lambda a, h: method.scores(a, h, config))
+    options = method.parse_options(config)
+    scores = jax.jit(lambda a, h: method.scores(a, h, options))
     z = np.concatenate([np.asarray(scores(aux, jnp.asarray(emb[rows]))) for rows in _row_chunks(len(emb))])
     betas = calibrate_betas(z, fit_labels(inputs), target_entropy=float(config.lelp.target_entropy))
     return aux.replace(betas=jnp.asarray(betas, jnp.float32))
@@ -257,7 +258,8 @@ def split_diagnostics(method: Method, aux: Any, run: Run) -> dict:
     config = run.config
     emb, _ = run.train_outputs
     labels, fine = run.train_labels
-    split = jax.jit(lambda a, h, b: method.split(a, h, b, config))
+    options = method.parse_options(config)
+    split = jax.jit(lambda a, h, b: method.split(a, h, b, options))
     parts = []
     for rows in _row_chunks(len(emb)):
         batch = {"label": jnp.asarray(labels[rows])}

@@ -66,7 +66,7 @@ def stage_teacher(run: Run) -> dict:
         src = run.teacher_dir
         variables = train.load_variables(str(src), which="best", mesh=run.mesh)
         eval_step = train.make_eval_step(model=run.teacher_model, method=get_method("ce"),
-                                         num_classes=run.info.num_classes, method_cfg=config, mesh=run.mesh)
+                                         num_classes=run.info.num_classes, mesh=run.mesh)
         sources = run.sources()
         test_acc = evaluate_split(eval_step, variables, sources["test_source"], run)
         val_acc = evaluate_split(eval_step, variables, sources["val_source"], run)

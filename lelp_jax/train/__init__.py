@@ -1,6 +1,6 @@
 """Training, one module per concern.
 
-- :mod:`~lelp_jax.train.optim`: the train section's settings (defaults from ``base_config()``),
+- :mod:`~lelp_jax.train.optim`: the train section's settings (a complete section of ``base_config()``),
   the optimizer and its learning-rate schedule;
 - :mod:`~lelp_jax.train.step`: the train state, the one compiled train step for every method,
   the eval step (the batch format it reads: :mod:`lelp_jax.data.batch`);

@@ -13,18 +13,20 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import serialization
 from jax.sharding import Mesh
 
 from lelp_jax.core import atomic
 from lelp_jax.data.iterator import eval_batches
+from lelp_jax.methods.registry import Method, PyTree
 from lelp_jax.runtime import sharding as shd
 from lelp_jax.models.summary import count_params
 from lelp_jax.runtime.progress import Progress
@@ -33,9 +35,28 @@ from lelp_jax.train.metrics import MetricsLog
 from lelp_jax.train.optim import make_optimizer, num_train_steps, train_config
 from lelp_jax.train.step import TrainState, evaluate, init_train_state, make_eval_step, make_train_step, strip
 
+if TYPE_CHECKING:
+    from lelp_jax.data.iterator import BatchIterator
+
 __all__ = ["train_and_evaluate"]
 
 log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    """A random-access split (:mod:`lelp_jax.data.sources`): ``len(source)``, ``source[i]`` -> one example."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> Mapping[str, np.ndarray]: ...
+
+
+class TeacherLookup(Protocol):
+    """Cached teacher outputs over the train split (:class:`lelp_jax.pipeline.teacher.TeacherCache`)."""
+
+    embedding_dim: int
+
+    def lookup(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +71,11 @@ class _Plan:
     log_every: int
 
 
-def _plan(c: Mapping[str, Any], cfg: Any, mesh: Mesh, num_train: int) -> _Plan:
-    """Batch sizes (each divisible by the mesh's devices), steps and intervals."""
+def _plan(c: Mapping[str, Any], cfg: ml_collections.ConfigDict, mesh: Mesh, num_train: int) -> _Plan:
+    """Batch sizes (each divisible by the mesh's devices; eval: ``train.eval_batch_size``, else
+    ``data.eval_batch_size``, else the batch size), steps and intervals."""
     batch_size = int(c["batch_size"])
-    eval_bs = int(c["eval_batch_size"]) or int(_data_eval_batch_size(cfg) or batch_size)
+    eval_bs = int(c["eval_batch_size"]) or int(cfg.data.eval_batch_size or batch_size)
     n_dev = mesh.devices.size
     for name, bs in (("batch_size", batch_size), ("eval_batch_size", eval_bs)):
         if bs % n_dev:
@@ -65,8 +87,8 @@ def _plan(c: Mapping[str, Any], cfg: Any, mesh: Mesh, num_train: int) -> _Plan:
                  checkpoint_every=int(c["checkpoint_every"]) or num_steps, log_every=max(1, int(c["log_every"])))
 
 
-def _check_teacher_args(method: Any, teacher_apply: Optional[Callable], teacher_variables: Any,
-                        teacher_cache: Any) -> None:
+def _check_teacher_args(method: Method, teacher_apply: Optional[Callable], teacher_variables: Optional[PyTree],
+                        teacher_cache: Optional[TeacherLookup]) -> None:
     if method.needs_teacher and teacher_variables is None and teacher_cache is None:
         raise ValueError(f"method {method.name!r} needs a teacher: pass teacher_apply+teacher_variables "
                          "or teacher_cache.")
@@ -74,9 +96,11 @@ def _check_teacher_args(method: Any, teacher_apply: Optional[Callable], teacher_
         raise ValueError("teacher_variables given without teacher_apply.")
 
 
-def _initial_state(*, model: nn.Module, method: Any, optimizer: Any, train_source: Any, seed: int, cfg: Any,
-                   teacher_apply: Optional[Callable], teacher_variables: Any, teacher_cache: Any,
-                   init_variables: Optional[Mapping[str, Any]]) -> TrainState:
+def _initial_state(*, model: nn.Module, method: Method, optimizer: optax.GradientTransformation,
+                   train_source: Source, seed: int, cfg: ml_collections.ConfigDict,
+                   teacher_apply: Optional[Callable], teacher_variables: Optional[PyTree],
+                   teacher_cache: Optional[TeacherLookup],
+                   init_variables: Optional[Mapping[str, PyTree]]) -> TrainState:
     """``init_train_state`` on one training row; the teacher's embedding width when the method needs it."""
     sample = _sample_batch(train_source)
     t_dim = None
@@ -95,10 +119,10 @@ class _Loop:
     the running train-loss sum since the last evaluation.
     """
 
-    def __init__(self, *, plan: _Plan, state: TrainState, best: dict, meta: dict, batches: Any,
-                 train_step: Callable, validate: Callable[[Any, Any], float], ckpts: Checkpoints,
-                 metrics: MetricsLog, bar: Optional[Progress], mesh: Mesh, teacher_cache: Any,
-                 online_teacher: Any, aux: Any):
+    def __init__(self, *, plan: _Plan, state: TrainState, best: dict, meta: dict, batches: BatchIterator,
+                 train_step: Callable, validate: Callable[[PyTree, PyTree], float], ckpts: Checkpoints,
+                 metrics: MetricsLog, bar: Optional[Progress], mesh: Mesh, teacher_cache: Optional[TeacherLookup],
+                 online_teacher: Optional[PyTree], aux: PyTree):
         self.plan, self.state, self.best, self.meta = plan, state, best, meta
         self.batches, self.train_step, self.validate = batches, train_step, validate
         self.ckpts, self.metrics, self.bar, self.mesh = ckpts, metrics, bar, mesh
@@ -166,7 +190,7 @@ class _Loop:
         self.metrics.emit(step, {"train_loss": train_loss, "val_accuracy": val_acc})
 
 
-def _resume(ckpts: Checkpoints, state: TrainState, best: dict, batches: Any, meta: dict,
+def _resume(ckpts: Checkpoints, state: TrainState, best: dict, batches: BatchIterator, meta: dict,
             workdir: str) -> tuple[TrainState, dict, bool]:
     """Restore state, best-val variables, iterator position and ``meta`` from the newest readable checkpoint."""
     restored = ckpts.restore_latest(checkpoint_tree(state, best))
@@ -181,14 +205,15 @@ def _resume(ckpts: Checkpoints, state: TrainState, best: dict, batches: Any, met
     return state, best, True
 
 
-def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source: Any, val_source: Any,
-                       test_source: Any, mesh: Mesh, workdir: str, seed: int, num_classes: int,
-                       teacher_apply: Optional[Callable] = None, teacher_variables: Any = None,
-                       teacher_cache: Any = None, aux: Any = None, train_cfg: Any = None,
+def train_and_evaluate(*, model: nn.Module, method: Method, cfg: ml_collections.ConfigDict, train_source: Source,
+                       val_source: Source, test_source: Source, mesh: Mesh, workdir: str, seed: int,
+                       num_classes: int, teacher_apply: Optional[Callable] = None,
+                       teacher_variables: Optional[PyTree] = None, teacher_cache: Optional[TeacherLookup] = None,
+                       aux: PyTree = None, train_cfg: Optional[ml_collections.ConfigDict] = None,
                        record_extra: Optional[Mapping[str, Any]] = None, progress: bool = True,
                        progress_desc: Optional[str] = None,
                        make_iterator: Optional[Callable] = None,
-                       init_variables: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+                       init_variables: Optional[Mapping[str, PyTree]] = None) -> dict[str, Any]:
     """Train ``model`` with ``method``, evaluate, checkpoint, resume; return the result record.
 
     ``init_variables``: start from these params/batch_stats (fine-tuning a pretrained
@@ -201,14 +226,12 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
     steps and at the end, under ``workdir/checkpoints``; a later call with the same
     arguments resumes from the newest readable one. Process 0 writes
     ``workdir/metrics.jsonl``, TensorBoard events and ``workdir/result.json`` (atomic).
-    A key the train section leaves out (or sets to None) takes its
-    ``lelp_jax.config.base_config().train`` default (``eval_every`` 200,
-    ``checkpoint_every`` 500); 0 means only at the end.
+    An interval of 0 means only at the end.
 
     Teacher outputs: online (``teacher_apply`` + ``teacher_variables``), or cached
     (``teacher_cache``: a TeacherCache over ``train_source``, looked up by ``index``).
-    ``cfg`` is the full config (``cfg.train`` unless ``train_cfg`` is given; the
-    method reads its own section). ``record_extra`` is merged into the record
+    ``cfg`` is the run's locked, complete config (``cfg.train`` unless ``train_cfg`` is given;
+    the method parses its own options from it once). ``record_extra`` is merged into the record
     (e.g. overrides, teacher accuracy). Also used for supervised teacher training
     (method 'ce').
 
@@ -219,7 +242,7 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
     """
     t_start = time.time()
     if train_cfg is None:
-        train_cfg = cfg.get("train") if hasattr(cfg, "get") else getattr(cfg, "train", None)
+        train_cfg = cfg.train
     else:
         cfg = _with_train_section(cfg, train_cfg)
     c = train_config(train_cfg)
@@ -243,10 +266,10 @@ def train_and_evaluate(*, model: nn.Module, method: Any, cfg: Any, train_source:
                                  compute_dtype=c["compute_dtype"],
                                  teacher_sharding=None if online_teacher is None
                                  else shd.param_shardings(online_teacher, mesh))
-    eval_step = make_eval_step(model=model, method=method, num_classes=num_classes, method_cfg=cfg, mesh=mesh,
+    eval_step = make_eval_step(model=model, method=method, num_classes=num_classes, mesh=mesh,
                                compute_dtype=c["compute_dtype"])
 
-    def accuracy(source: Any, params: Any, batch_stats: Any) -> float:
+    def accuracy(source: Source, params: PyTree, batch_stats: PyTree) -> float:
         batches = eval_batches(source, plan.eval_batch_size, process_index=pidx, process_count=pcount,
                                make_iterator=make_iterator)
         return evaluate(eval_step, params, batch_stats, batches, mesh)
@@ -306,35 +329,23 @@ def _default_make_iterator():
     return make_iterator
 
 
-def _sample_batch(source: Any) -> dict[str, np.ndarray]:
+def _sample_batch(source: Source) -> dict[str, np.ndarray]:
     """One-row batch from ``source[0]`` (for shape inference at init); numeric entries only."""
     return strip({k: np.asarray(v)[None] for k, v in source[0].items()})
 
 
-def _with_train_section(cfg: Any, train_cfg: Any) -> Any:
+def _with_train_section(cfg: ml_collections.ConfigDict,
+                        train_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """``cfg`` with its ``train`` section replaced (teacher training reads ``cfg.teacher.train``:
     the method's hard-label terms then see that section's ``label_smoothing``)."""
-    if isinstance(cfg, ml_collections.ConfigDict):
-        if cfg.get("train") is train_cfg:
-            return cfg
-        out = cfg.copy_and_resolve_references()
-        with out.unlocked():
-            out.train = train_cfg
-        return out
-    if isinstance(cfg, Mapping):
-        return {**cfg, "train": train_cfg}
-    if cfg is None:
-        return {"train": train_cfg}
-    raise ValueError(f"cfg must be a ConfigDict or a Mapping, got {type(cfg).__name__}.")
+    if cfg.train is train_cfg:
+        return cfg
+    out = cfg.copy_and_resolve_references()
+    with out.unlocked():
+        out.train = train_cfg
+    return out
 
 
-def _data_eval_batch_size(cfg: Any) -> Optional[int]:
-    data = cfg.get("data") if hasattr(cfg, "get") else getattr(cfg, "data", None)
-    if data is None:
-        return None
-    return data.get("eval_batch_size") if hasattr(data, "get") else getattr(data, "eval_batch_size", None)
-
-
-def _copy(tree: Any) -> Any:
+def _copy(tree: PyTree) -> PyTree:
     """Fresh buffers (the train step donates the state's, so a kept reference must not alias them)."""
     return jax.tree_util.tree_map(lambda x: x.copy(), tree)

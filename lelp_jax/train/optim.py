@@ -1,8 +1,7 @@
 """Optimisation settings, the optimizer and its learning-rate schedule, the number of steps.
 
-Every default comes from ``lelp_jax.config.schema.base_config().train`` (the one place a
-default is written); a caller's train section (ConfigDict, Mapping or None) overrides
-the keys it sets to a value other than None.
+The train section read here is complete (``base_config().train`` edited by a config file:
+the one place a default is written); a section missing keys is refused, not filled in.
 """
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import ml_collections
 import optax
 
 from lelp_jax.config import schema
@@ -17,20 +17,19 @@ from lelp_jax.config import schema
 __all__ = ["train_config", "make_optimizer", "num_train_steps"]
 
 
-def train_config(train_cfg: Any) -> dict[str, Any]:
-    """``base_config().train`` overridden by the entries of ``train_cfg`` that are not None, checked by
+def train_config(train_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The train section (``config.train`` or ``config.teacher.train``) as a dict, checked by
     :func:`lelp_jax.config.schema.validate_train`."""
-    out = schema.base_config().train.to_dict()
-    if train_cfg is not None:
-        items = train_cfg.items() if hasattr(train_cfg, "items") else vars(train_cfg).items()
-        for k, v in items:
-            if v is not None:
-                out[k] = v
+    out = train_cfg.to_dict()
+    missing = sorted(set(schema.base_config().train) - set(out))
+    if missing:
+        raise ValueError(f"the train section lacks {', '.join(missing)}; build configs from "
+                         "lelp_jax.config.base_config() (it writes every default).")
     schema.validate_train(out)
     return out
 
 
-def make_optimizer(train_cfg: Any, *, num_steps: int) -> optax.GradientTransformation:
+def make_optimizer(train_cfg: ml_collections.ConfigDict, *, num_steps: int) -> optax.GradientTransformation:
     """optax AdamW or SGD(momentum) with linear warmup then cosine decay (or constant).
 
     lr(t) = lr0 * t / warmup for t < warmup, then lr0 * (1 + cos(pi * u)) / 2 with

@@ -25,6 +25,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import struct
@@ -32,6 +33,7 @@ from jax.sharding import Mesh
 
 from lelp_jax.runtime import sharding as shd
 from lelp_jax.data.batch import TEACHER_KEYS, batch_mask, cast_floats, model_inputs
+from lelp_jax.methods.registry import Batch, LossInputs, Method, PyTree
 
 __all__ = [
     "TrainState",
@@ -55,18 +57,18 @@ class TrainState:
     """
 
     step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: optax.OptState
     rng: jax.Array
-    method_params: Any = dataclasses.field(default_factory=dict)
+    method_params: PyTree = dataclasses.field(default_factory=dict)
 
-    def variables(self) -> dict[str, Any]:
+    def variables(self) -> dict[str, PyTree]:
         """The model variables (``params`` and, when present, ``batch_stats``)."""
         return model_variables(self.params, self.batch_stats)
 
 
-def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+def model_variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
     """Flax variables ``{'params'[, 'batch_stats']}`` (``batch_stats`` only when non-empty)."""
     out = {"params": params}
     if batch_stats:
@@ -79,8 +81,8 @@ def strip(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {k: v for k, v in batch.items() if np.asarray(v).dtype.kind in "biuf"}
 
 
-def _forward(apply_fn: Callable, params: Any, batch_stats: Any, batch: Mapping, *, train: bool,
-             rng: Optional[jax.Array], dtype) -> tuple[jax.Array, jax.Array, Any]:
+def _forward(apply_fn: Callable, params: PyTree, batch_stats: PyTree, batch: Batch, *, train: bool,
+             rng: Optional[jax.Array], dtype: jnp.dtype) -> tuple[jax.Array, jax.Array, PyTree]:
     """(embedding, logits) in float32 and the updated batch_stats (train mode)."""
     variables = model_variables(cast_floats(params, dtype), batch_stats)
     inputs = model_inputs(batch, dtype)
@@ -94,8 +96,8 @@ def _forward(apply_fn: Callable, params: Any, batch_stats: Any, batch: Mapping, 
     return emb.astype(jnp.float32), logits.astype(jnp.float32), new_stats
 
 
-def _teacher_outputs(teacher_apply: Optional[Callable], teacher_variables: Any, batch: Mapping,
-                     dtype) -> tuple[Optional[jax.Array], Optional[jax.Array]]:
+def _teacher_outputs(teacher_apply: Optional[Callable], teacher_variables: Optional[PyTree], batch: Batch,
+                     dtype: jnp.dtype) -> tuple[Optional[jax.Array], Optional[jax.Array]]:
     if teacher_variables is not None:
         if teacher_apply is None:
             raise ValueError("teacher_variables were given but make_train_step got no teacher_apply.")
@@ -108,35 +110,37 @@ def _teacher_outputs(teacher_apply: Optional[Callable], teacher_variables: Any, 
     return None, None
 
 
-def _masked_accuracy(method: Any, logits: jax.Array, batch: Mapping[str, jax.Array], num_classes: int,
-                     method_cfg: Any) -> tuple[jax.Array, jax.Array]:
+def _masked_accuracy(method: Method, logits: jax.Array, batch: Batch,
+                     num_classes: int) -> tuple[jax.Array, jax.Array]:
     """(sum of correct, sum of mask): prediction = argmax_c of ``method.class_log_probs(logits)``."""
     mask = batch_mask(batch)
-    predicted = jnp.argmax(method.class_log_probs(logits, num_classes, method_cfg), axis=-1)
+    predicted = jnp.argmax(method.class_log_probs(logits, num_classes), axis=-1)
     correct = (predicted == batch["label"]).astype(jnp.float32)
     return jnp.sum(correct * mask), jnp.sum(mask)
 
 
-def make_train_step(*, model: nn.Module, method: Any, optimizer: optax.GradientTransformation,
-                    num_classes: int, method_cfg: Any, teacher_apply: Optional[Callable] = None,
-                    mesh: Optional[Mesh] = None, compute_dtype: str = "float32",
-                    teacher_sharding: Any = None) -> Callable:
+def make_train_step(*, model: nn.Module, method: Method, optimizer: optax.GradientTransformation,
+                    num_classes: int, method_cfg: ml_collections.ConfigDict,
+                    teacher_apply: Optional[Callable] = None, mesh: Optional[Mesh] = None,
+                    compute_dtype: str = "float32", teacher_sharding: Optional[PyTree] = None) -> Callable:
     """Build the one jitted train step ``(state, batch, teacher_variables, aux) -> (state, metrics)``.
 
     Per step: key = fold_in(state.rng, state.step) (dropout); teacher outputs from a
     forward pass (``teacher_variables`` not None) or from ``batch['teacher_*']``;
-    loss = ``method.loss(...)``; grads of (params, method_params); optax update.
+    loss = ``method.loss(LossInputs(...), options)``; grads of (params, method_params); optax update.
     Metrics (replicated scalars): ``loss``, ``accuracy`` (masked, class argmax of
-    ``method.class_log_probs``), ``grad_norm``. ``method_cfg`` is closed over
-    (static hyper-parameters); ``aux`` (e.g. projections) is a traced pytree.
+    ``method.class_log_probs``), ``grad_norm``. ``options = method.parse_options(method_cfg)``
+    (the locked, complete config) is parsed here, once, and closed over (static
+    hyper-parameters); ``aux`` (e.g. projections) is a traced pytree.
     With ``mesh``, state/teacher/aux are declared replicated and the batch split
     over ``'data'`` (``teacher_sharding``, e.g. ``sharding.param_shardings(teacher_variables,
     mesh)``, declares the teacher split along ``'model'`` instead); without it,
     shardings follow the inputs.
     """
     dtype = jnp.dtype(compute_dtype)
+    options = method.parse_options(method_cfg)
 
-    def step_fn(state: TrainState, batch: dict, teacher_variables: Any, aux: Any):
+    def step_fn(state: TrainState, batch: Batch, teacher_variables: Optional[PyTree], aux: PyTree):
         rng = jax.random.fold_in(state.rng, state.step)
         if method.needs_teacher:
             t_emb, t_logits = _teacher_outputs(teacher_apply, teacher_variables, batch, dtype)
@@ -148,20 +152,19 @@ def make_train_step(*, model: nn.Module, method: Any, optimizer: optax.GradientT
         else:
             t_emb = t_logits = None
 
-        def loss_fn(trainable):
+        def loss_fn(trainable: tuple[PyTree, PyTree]):
             params, method_params = trainable
             emb, logits, new_stats = _forward(model.apply, params, state.batch_stats, batch, train=True,
                                               rng=rng, dtype=dtype)
-            loss = method.loss(student_logits=logits, student_embedding=emb, batch=batch,
-                               teacher_embedding=t_emb, teacher_logits=t_logits, aux=aux,
-                               method_params=method_params, cfg=method_cfg)
-            return loss, (logits, new_stats)
+            inputs = LossInputs(student_logits=logits, student_embedding=emb, batch=batch, teacher_embedding=t_emb,
+                                teacher_logits=t_logits, aux=aux, method_params=method_params)
+            return method.loss(inputs, options), (logits, new_stats)
 
         (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             (state.params, state.method_params))
         updates, opt_state = optimizer.update(grads, state.opt_state, (state.params, state.method_params))
         params, method_params = optax.apply_updates((state.params, state.method_params), updates)
-        correct, count = _masked_accuracy(method, logits, batch, num_classes, method_cfg)
+        correct, count = _masked_accuracy(method, logits, batch, num_classes)
         new_state = state.replace(step=state.step + 1, params=params, method_params=method_params,
                                   batch_stats=new_stats, opt_state=opt_state)
         metrics = {"loss": loss, "accuracy": correct / jnp.maximum(count, 1.0),
@@ -175,8 +178,8 @@ def make_train_step(*, model: nn.Module, method: Any, optimizer: optax.GradientT
     return jax.jit(step_fn, in_shardings=(rep, bat, teacher, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
-def make_eval_step(*, model: nn.Module, method: Any, num_classes: int, method_cfg: Any,
-                   mesh: Optional[Mesh] = None, compute_dtype: str = "float32") -> Callable:
+def make_eval_step(*, model: nn.Module, method: Method, num_classes: int, mesh: Optional[Mesh] = None,
+                   compute_dtype: str = "float32") -> Callable:
     """Jitted ``(params, batch_stats, batch) -> {'correct', 'count'}`` (sums over real rows).
 
     Prediction: argmax_c of ``method.class_log_probs(student_logits)``; padding rows
@@ -184,9 +187,9 @@ def make_eval_step(*, model: nn.Module, method: Any, num_classes: int, method_cf
     """
     dtype = jnp.dtype(compute_dtype)
 
-    def eval_fn(params, batch_stats, batch):
+    def eval_fn(params: PyTree, batch_stats: PyTree, batch: Batch):
         _, logits, _ = _forward(model.apply, params, batch_stats, batch, train=False, rng=None, dtype=dtype)
-        correct, count = _masked_accuracy(method, logits, batch, num_classes, method_cfg)
+        correct, count = _masked_accuracy(method, logits, batch, num_classes)
         return {"correct": correct, "count": count}
 
     if mesh is None:
@@ -195,14 +198,15 @@ def make_eval_step(*, model: nn.Module, method: Any, num_classes: int, method_cf
     return jax.jit(eval_fn, in_shardings=(rep, rep, bat), out_shardings=rep)
 
 
-def init_train_state(*, model: nn.Module, method: Any, optimizer: optax.GradientTransformation,
-                     sample_batch: Mapping[str, np.ndarray], seed: int, method_cfg: Any,
+def init_train_state(*, model: nn.Module, method: Method, optimizer: optax.GradientTransformation,
+                     sample_batch: Mapping[str, np.ndarray], seed: int, method_cfg: ml_collections.ConfigDict,
                      teacher_embedding_dim: Optional[int] = None,
-                     init_variables: Optional[Mapping[str, Any]] = None) -> TrainState:
+                     init_variables: Optional[Mapping[str, PyTree]] = None) -> TrainState:
     """Initial (host-local) state: model.init on a sample batch with key(seed).
 
     Keys: ``init, dropout, method_init, train = split(PRNGKey(seed), 4)``; ``method.init_params``
-    (if the method has trainable params) gets the student/teacher embedding widths.
+    (if the method has trainable params) gets the student/teacher embedding widths and the options
+    parsed from ``method_cfg``.
     ``init_variables`` (e.g. a pretrained encoder + fresh head) replaces the random
     ``params``/``batch_stats``; its tree must match the model's. ``model.init`` is jitted:
     un-jitted it runs op by op, dozens of small compilations for a deep model.
@@ -219,13 +223,14 @@ def init_train_state(*, model: nn.Module, method: Any, optimizer: optax.Gradient
     method_params = {}
     if method.init_params is not None:
         method_params = method.init_params(k_method, student_embedding_dim=int(emb.shape[-1]),
-                                           teacher_embedding_dim=teacher_embedding_dim, cfg=method_cfg)
+                                           teacher_embedding_dim=teacher_embedding_dim,
+                                           options=method.parse_options(method_cfg))
     opt_state = optimizer.init((params, method_params))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=opt_state, rng=k_train, method_params=method_params)
 
 
-def _checked_init_variables(fresh: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+def _checked_init_variables(fresh: Mapping[str, PyTree], given: Mapping[str, PyTree]) -> dict[str, PyTree]:
     """``given`` params/batch_stats in place of ``fresh`` ones, after checking tree and shapes agree."""
     out = dict(fresh)
     for col in ("params", "batch_stats"):
@@ -241,7 +246,7 @@ def _checked_init_variables(fresh: Mapping[str, Any], given: Mapping[str, Any]) 
     return out
 
 
-def evaluate(eval_step: Callable, params: Any, batch_stats: Any, batches: Iterable[Mapping[str, np.ndarray]],
+def evaluate(eval_step: Callable, params: PyTree, batch_stats: PyTree, batches: Iterable[Mapping[str, np.ndarray]],
              mesh: Mesh) -> float:
     """Accuracy over a split: sum of correct / sum of mask over (host-local, padded) batches."""
     correct = count = 0.0

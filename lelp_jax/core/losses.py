@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lelp_jax.core.targets import class_log_probs
-from lelp_jax.core.validation import check, host_value, require_rank
+from lelp_jax.core.validation import host_value, require, require_labels, require_rank
 
 __all__ = ["REDUCTIONS", "soft_cross_entropy", "cross_entropy", "kd_loss", "lelp_loss"]
 
@@ -53,17 +53,12 @@ def _check_options(fn: str, rows: int, mask, reduction: str) -> None:
 
 def _check_alpha(alpha, labels, fn: str) -> None:
     """alpha in [0, 1]; an alpha that may be > 0 (a positive or a traced one) needs labels."""
-    a = host_value(alpha)
-    if a is None:
-        if labels is None:
+    require((alpha >= 0) & (alpha <= 1), f"{fn}: alpha must be in [0, 1] (weight of the hard-label term), got {{}}.",
+            alpha)
+    if labels is None and _hard_term(alpha, True):
+        if host_value(alpha) is None:
             raise ValueError(f"{fn}: alpha is traced, so it may be > 0, and the hard-label term needs labels; "
                              "pass labels=..., or pass alpha as a Python number (alpha=0 needs no labels).")
-        check(alpha, lambda: (alpha >= 0) & (alpha <= 1),
-              f"{fn}: alpha must be in [0, 1] (weight of the hard-label term), got {{alpha}}.", alpha=alpha)
-        return
-    if not 0.0 <= float(a) <= 1.0:
-        raise ValueError(f"{fn}: alpha must be in [0, 1] (weight of the hard-label term), got {alpha!r}.")
-    if float(a) > 0 and labels is None:
         raise ValueError(f"{fn}: alpha={alpha} > 0 needs labels; pass labels=batch['label'] or alpha=0.")
 
 
@@ -74,11 +69,7 @@ def _hard_term(alpha, labels) -> bool:
 
 
 def _check_temperature(name: str, value, fn: str) -> None:
-    v = host_value(value)
-    if v is not None and not float(v) > 0:
-        raise ValueError(f"{fn}: {name} must be > 0, got {value!r}; it is the softmax temperature (try 1.0).")
-    check(value, lambda: value > 0, f"{fn}: {name} must be > 0, got {{value}}; it is the softmax temperature.",
-          value=value)
+    require(value > 0, f"{fn}: {name} must be > 0, got {{}}; it is the softmax temperature (try 1.0).", value)
 
 
 def soft_cross_entropy(logits: jax.Array, target_probs: jax.Array, *,
@@ -115,13 +106,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Ar
     if labels.shape != logits.shape[:1]:
         raise ValueError(f"{fn}: labels must be ({logits.shape[0]},), got {labels.shape}.")
     _check_options(fn, logits.shape[0], mask, reduction)
-    lab = host_value(labels)
-    if lab is not None:
-        if lab.size and (lab.min() < 0 or lab.max() >= k):
-            raise ValueError(f"{fn}: labels must lie in [0, {k}), got range [{lab.min()}, "
-                             f"{lab.max()}]; check the label column or the number of logits.")
-    check(labels, lambda: (labels >= 0) & (labels < k),
-          f"{fn}: labels must lie in [0, {k}); check the label column or the number of logits.")
+    require_labels(labels, k, fn, "check the label column or the number of logits")
     return _hard_ce(logits, labels, mask, reduction=reduction)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from lelp_jax.core.atomic import atomic_open
 from lelp_jax.core.statistics import ClassMoments, covariance
-from lelp_jax.core.validation import check, host_value
+from lelp_jax.core.validation import require
 
 __all__ = [
     "Projections",
@@ -286,21 +286,12 @@ def _validate(moments: ClassMoments, classifier_weights, num_subclasses: int, nu
     if classifier_weights is not None:
         arrays["classifier_weights"] = classifier_weights
     for name, arr in arrays.items():
-        message = (f"{fn}: {name} contains NaN or inf; check the teacher embeddings (and the mask "
-                   "of padded rows) that built the moments.")
-        value = host_value(arr)
-        if value is not None and not np.all(np.isfinite(value)):
-            raise ValueError(message)
-        check(arr, lambda arr=arr: jnp.isfinite(arr), message)
-    few = (f"{fn}: class {{k}} has {{n}} examples, fewer than num_subclasses + 1 = {s + 1} needed for an "
-           "S-dimensional covariance; lower num_subclasses or add examples of class {k} (check fit_labels).")
-    counts = host_value(moments.count)
-    if counts is not None:
-        for k, n in enumerate(counts):
-            if n < s + 1:
-                raise ValueError(few.format(k=k, n=f"{n:g}"))
-    check(moments.count, lambda: moments.count >= s + 1, few,
-          k=jnp.argmin(moments.count), n=jnp.min(moments.count))
+        require(jnp.isfinite(arr), f"{fn}: {name} contains NaN or inf; check the teacher embeddings (and the mask "
+                "of padded rows) that built the moments.")
+    k = jnp.argmin(moments.count)
+    require(moments.count >= s + 1, f"{fn}: class {{}} has {{:g}} examples, fewer than num_subclasses + 1 = {s + 1} "
+            "needed for an S-dimensional covariance; lower num_subclasses or add examples of class {} (check "
+            "fit_labels).", k, moments.count[k], k)
 
 
 def fit_projections(

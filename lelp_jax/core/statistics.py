@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from lelp_jax.core.validation import check, host_value, require_rank
+from lelp_jax.core.validation import require_labels, require_rank
 
 __all__ = [
     "ClassMoments",
@@ -202,21 +202,7 @@ def update_moments(
     if embeddings.shape[1] != d:
         raise ValueError(f"{fn}: embeddings must be (B, {d}), got {embeddings.shape}; the moments were "
                          f"initialised with dim={d}.")
-    lab = host_value(labels)
-    if lab is not None:
-        weights = None if mask is None else host_value(mask)
-        valid = lab if weights is None else lab[weights != 0]
-        if valid.size and (valid.min() < 0 or valid.max() >= c):
-            raise ValueError(
-                f"{fn}: labels must lie in [0, {c}), got range [{valid.min()}, {valid.max()}]; "
-                "fix the labels or init_moments(num_classes=...)."
-            )
-    def in_range():  # the labels of weighted rows
-        lab = labels if mask is None else jnp.where(mask != 0, labels, 0)
-        return (lab >= 0) & (lab < c)
-
-    check((labels, mask), in_range, f"{fn}: labels must lie in [0, {c}); fix the labels or "
-          "init_moments(num_classes=...).")
+    require_labels(labels, c, fn, "fix the labels or init_moments(num_classes=...)", mask=mask)
     batch = batch_moments(embeddings.astype(moments.mean.dtype), labels, num_classes=c, mask=mask)
     return merge_moments(moments, batch)
 

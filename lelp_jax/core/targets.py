@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lelp_jax.core.projections import Projections
-from lelp_jax.core.validation import check, host_value, require_rank
+from lelp_jax.core.validation import require, require_rank
 
 __all__ = ["subclass_targets", "projection_scores", "split_targets", "class_log_probs"]
 
@@ -30,19 +30,11 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _check_positive(name: str, value, fn: str) -> None:
-    v = host_value(value)
-    if v is not None and not np.all(np.asarray(v, np.float64) > 0):
-        raise ValueError(f"{fn}: {name} must be > 0, got {value!r}; it is a temperature (try 1.0).")
-    check(value, lambda: jnp.asarray(value) > 0,
-          f"{fn}: {name} must be > 0, got {{value}}; it is a temperature (try 1.0).", value=value)
+    require(jnp.asarray(value) > 0, f"{fn}: {name} must be > 0, got {{}}; it is a temperature (try 1.0).", value)
 
 
 def _check_finite(name: str, x, fn: str) -> None:
-    message = f"{fn}: {name} contains NaN or inf; check the teacher outputs for this batch."
-    v = host_value(x)
-    if v is not None and not np.all(np.isfinite(v)):
-        raise ValueError(message)
-    check(x, lambda: jnp.isfinite(x), message)
+    require(jnp.isfinite(x), f"{fn}: {name} contains NaN or inf; check the teacher outputs for this batch.")
 
 
 def split_targets(class_probs: jax.Array, subclass_scores: jax.Array, *, beta) -> jax.Array:

@@ -236,20 +236,45 @@ def fit_projections(
 ) -> Projections:
     """Fit the LELP directions U_c (C x D x S) from per-class moments.
 
-    ``directions='pca'``: U_c = top-S eigenvectors of ``P Sigma_c P`` (one batched,
-    jitted eigh for all classes; Sigma_c the population covariance, ddof=0), times
-    a Haar-random S x S rotation when ``rotate``. ``directions='random'``: the
-    ablation, Haar-random orthonormal D x S frames (within range(P) when
-    ``null_space``). ``null_space=False`` uses P = I. ``key`` is a PRNG key or an
-    int seed (recorded as ``seed``); the same key gives the same result. It is needed
-    only when something is random (``rotate`` or ``directions='random'``).
+        P     = I - W^T (W W^T)^+ W                 (or I when null_space=False)
+        V_c   = top-S eigenvectors of P Sigma_c P   (one batched, jitted eigh; Sigma_c with ddof=0)
+        U_c   = V_c Q_c,  Q_c Haar-random S x S orthogonal (when rotate; equalises the variances)
 
-    The options are static (a Python int, bools, a string); the arrays may be traced,
-    so the fit runs inside ``jit``/``vmap`` too. Validation runs before any
-    compilation and raises ValueError for: S < 1, D < C + S with the null space on,
-    classifier_weights not (C, D), a random fit without ``key``; for concrete inputs
-    (and under :func:`lelp_jax.checked`): NaN/inf in the moments or weights, a class
-    with fewer than S + 1 examples.
+    ``directions='random'`` is the ablation: Haar-random orthonormal D x S frames (within
+    range(P) when ``null_space``) in place of V_c. ``null_space=False, rotate=False`` is plain
+    per-class PCA. The options are static; the arrays may be traced, so the fit runs inside
+    ``jit``/``vmap`` too.
+
+    Args:
+      moments: :class:`~lelp_jax.core.statistics.ClassMoments` ``(C,), (C, D), (C, D, D)``.
+      classifier_weights: ``(C, D)`` teacher head W, needed when ``null_space``.
+      num_subclasses: S >= 1 (D >= C + S with the null space on).
+      key: a PRNG key or an int seed (recorded as ``seed``); needed only when something is
+        random (``rotate`` or ``directions='random'``); the same key gives the same result.
+      null_space, rotate: the fit's steps (static bools).
+      directions: ``'pca'`` or ``'random'``.
+      seed: recorded in the artifact when ``key`` is a PRNG key.
+      settings: free provenance (beta, tau, label source, teacher identity, ...), JSON values.
+    Returns:
+      :class:`Projections`: ``directions (C, D, S)``, ``means (C, D)``, ``eigenvalues (C, D)``,
+      ``scales (C, S)``, ``counts (C,)``.
+
+    Validation runs before any compilation and raises ValueError for: S < 1, D < C + S with
+    the null space on, classifier_weights not (C, D), a random fit without ``key``; for
+    concrete inputs (and under :func:`lelp_jax.checked`): NaN/inf in the moments or weights,
+    a class with fewer than S + 1 examples.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> h = np.random.default_rng(0).normal(size=(60, 6)).astype(np.float32)
+      >>> w = np.random.default_rng(1).normal(size=(2, 6)).astype(np.float32)
+      >>> moments = lj.update_moments(lj.init_moments(2, 6), h, np.arange(60) % 2)
+      >>> p = lj.fit_projections(moments, classifier_weights=w, num_subclasses=3, key=0)
+      >>> p.directions.shape, p.means.shape, p.scales.shape, int(p.seed)
+      ((2, 6, 3), (2, 6), (2, 3), 0)
+      >>> u = np.asarray(p.directions[0])
+      >>> np.allclose(u.T @ u, np.eye(3), atol=1e-5), np.allclose(w @ u, 0, atol=1e-5)  # orthonormal, in null(W)
+      (True, True)
     """
     _validate(moments, classifier_weights, num_subclasses, null_space, directions)
     random = directions == "random"
@@ -277,8 +302,26 @@ def fit_projections(
 
 
 def save_projections(path: Union[str, os.PathLike], projections: Projections) -> None:
-    """Write an ``.npz``: the five arrays (and ``betas`` when calibrated) plus a JSON ``metadata`` entry;
-    atomic (:func:`lelp_jax.core.atomic.atomic_open`: tmp, fsync, os.replace)."""
+    """Write an ``.npz``: the arrays (``betas`` when calibrated) plus a JSON ``metadata`` entry, atomically.
+
+    Atomic through :func:`lelp_jax.core.atomic.atomic_open` (tmp file, fsync, ``os.replace``):
+    a crash never leaves a half-written artifact next to the checkpoints. No pickle: the
+    settings must be JSON-serialisable (ValueError otherwise).
+
+    Args:
+      path: the file to write (its folder is created).
+      projections: the :class:`Projections` to store.
+
+    Examples:
+      >>> import os, tempfile, numpy as np, lelp_jax as lj
+      >>> h = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+      >>> m = lj.update_moments(lj.init_moments(2, 4), h, np.arange(20) % 2)
+      >>> p = lj.fit_projections(m, num_subclasses=2, null_space=False, key=3, settings={"teacher": "mlp"})
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     lj.save_projections(os.path.join(tmp, "projections.npz"), p)
+      ...     sorted(np.load(os.path.join(tmp, "projections.npz")).files)
+      ['counts', 'directions', 'eigenvalues', 'means', 'metadata', 'scales']
+    """
     seed = projections.seed
     meta = {
         "num_subclasses": projections.num_subclasses,
@@ -301,7 +344,24 @@ def save_projections(path: Union[str, os.PathLike], projections: Projections) ->
 
 
 def load_projections(path: Union[str, os.PathLike]) -> Projections:
-    """Read a file written by ``save_projections`` (no pickle)."""
+    """Read a file written by :func:`save_projections` (no pickle): the same arrays and static fields.
+
+    Args:
+      path: an ``.npz`` written by :func:`save_projections`.
+    Returns:
+      :class:`Projections` equal to the saved one, of the same pytree structure.
+
+    Examples:
+      >>> import os, tempfile, numpy as np, lelp_jax as lj
+      >>> h = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+      >>> m = lj.update_moments(lj.init_moments(2, 4), h, np.arange(20) % 2)
+      >>> p = lj.fit_projections(m, num_subclasses=2, null_space=False, key=3, settings={"teacher": "mlp"})
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     lj.save_projections(os.path.join(tmp, "p.npz"), p)
+      ...     back = lj.load_projections(os.path.join(tmp, "p.npz"))
+      >>> bool((back.directions == p.directions).all()), int(back.seed), back.null_space, dict(back.settings)
+      (True, 3, False, {'teacher': 'mlp'})
+    """
     with np.load(os.fspath(path), allow_pickle=False) as data:
         missing = [k for k in (*_ARRAY_FIELDS, "metadata") if k not in data.files]
         if missing:

@@ -24,11 +24,26 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 @jax.jit
 def null_space_projector(classifier_weights: jax.Array, *, rcond: float = 1e-6) -> jax.Array:
-    """``P = I - W^T (W W^T)^+ W`` (D x D) for classifier weights W (C x D).
+    """``P = I - W^T (W W^T)^+ W``: the projector onto the null space of the classifier weights W.
 
+    The row space of W is what vanilla KD already conveys; LELP looks only at the rest.
     Computed from the SVD ``W = A diag(s) V^T`` as ``P = I - V_r V_r^T`` over the
     singular values ``s > rcond * max(s)``: the same matrix as the pseudo-inverse
     formula, but symmetric and idempotent to rounding, also for rank-deficient W.
+
+    Args:
+      classifier_weights: ``(C, D)`` W, classes first (a Flax Dense kernel transposed).
+      rcond: singular values below ``rcond * max(s)`` count as zero.
+    Returns:
+      ``(D, D)`` P, symmetric, ``P @ P = P`` and ``W @ P = 0``.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> p = lj.null_space_projector(np.array([[1., 1., 0.]], np.float32))
+      >>> print(np.round(np.asarray(p), 4))
+      [[ 0.5 -0.5  0. ]
+       [-0.5  0.5  0. ]
+       [ 0.   0.   1. ]]
     """
     w = jnp.asarray(classifier_weights)
     if w.ndim != 2:

@@ -124,9 +124,27 @@ def checked(fn: Callable, *, errors=checkify.user_checks) -> Callable:
     ``ValueError`` (``checkify.JaxRuntimeError``) with the first failed check's
     message: the bad inputs that raise eagerly (labels out of range, temperatures
     <= 0, NaN/inf inputs, a class with too few examples for its subclasses, ...) then
-    raise inside ``jax.jit``, ``vmap`` and ``shard_map`` too. ``fn`` may itself be
-    jitted, and ``jax.jit(checkify.checkify(fn))`` is the compiled form of the same
-    thing; add ``checkify.nan_checks`` etc. to ``errors`` for JAX's automatic checks.
+    raise inside ``jax.jit``, ``vmap`` and ``shard_map`` too. Plain ``jit`` drops the
+    checks (no cost); this is how to keep them where they matter.
+
+    Args:
+      fn: a function of arrays, possibly jitted (``jax.jit(checkify.checkify(fn))`` is the
+        compiled form of the same thing).
+      errors: the checkify error set; add ``checkify.nan_checks`` etc. for JAX's automatic checks.
+    Returns:
+      A function with ``fn``'s signature and outputs that raises on a failed check.
+
+    Examples:
+      >>> import jax, numpy as np, lelp_jax as lj
+      >>> step = jax.jit(lambda r, y: lj.cross_entropy(r, y))
+      >>> r, bad = np.zeros((2, 3), np.float32), np.array([0, 3])
+      >>> print(step(r, bad))  # plain jit: the check is dropped
+      nan
+      >>> try:
+      ...     lj.checked(step)(r, bad)
+      ... except ValueError as err:
+      ...     print(str(err).split(";")[0])
+      cross_entropy: labels must lie in [0, 3), got 3 at row 1
     """
     functional = checkify.checkify(fn, errors=errors)
 

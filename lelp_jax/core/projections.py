@@ -15,6 +15,9 @@ Centring (the paper is silent): targets use ``z_c = U_c^T (h - mu_c)`` with
 every column of ``U_c`` lies in range(P) (P symmetric, P U_c = U_c),
 ``U_c^T (P h - P mu_c) = U_c^T (h - mu_c)``: applying P to h before projecting is
 unnecessary, raw embeddings can be used directly.
+
+The linear algebra of steps 1-4 is :mod:`lelp_jax.core.subspaces`; this module checks the
+inputs and holds the artifact (:class:`Projections`) and its file.
 """
 from __future__ import annotations
 

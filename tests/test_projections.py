@@ -204,3 +204,53 @@ def test_validation_errors(rng):
         lj.fit_projections(nan, classifier_weights=w, num_subclasses=2, key=0)
     with pytest.raises(ValueError, match="must be \\(C, D\\)"):
         lj.null_space_projector(w[0])
+
+
+def test_projections_is_a_struct_dataclass_whose_provenance_never_splits_a_jit_cache(rng, tmp_path):
+    import dataclasses
+
+    from lelp_jax.core.projections import Projections, Settings
+
+    m, h, _ = make_moments(rng, d=8)
+    w = rng.standard_normal((2, 8)).astype(np.float32)
+    a = lj.fit_projections(m, classifier_weights=w, num_subclasses=2, key=0,
+                           settings={"beta": 1.0, "teacher": "mlp-a", "seed": 0})
+    assert dataclasses.is_dataclass(a)
+    static = {f.name for f in dataclasses.fields(a) if not f.metadata.get("pytree_node", True)}
+    assert static == {"null_space", "rotate", "directions_kind", "settings", "num_subclasses"}
+    # (c) the leaves are the arrays (betas None: no leaf), keyed by field name.
+    paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(a)[0]]
+    assert paths == [".directions", ".means", ".eigenvalues", ".scales", ".counts", ".seed"]
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(a))
+    # (b) per-run values (seed, settings, betas' values, the arrays' values) reuse one compilation;
+    # the static flags are readable inside jit.
+    b = lj.fit_projections(m.replace(mean=m.mean + 1.0), classifier_weights=w, num_subclasses=2, key=1,
+                           settings={"beta": 4.0, "teacher": "mlp-b", "seed": 1, "extra": [1, 2]})
+    step = jax.jit(lambda p, x: lj.projection_scores(p, x, standardize=p.null_space).sum())
+    step(a, h[:4]), step(b, h[:4]), step(a.replace(seed=7), h[:4])
+    assert step._cache_size() == 1
+    calibrated = jax.jit(lambda p: (p.betas * p.scales[:, 0]).sum())
+    calibrated(a.replace(betas=np.ones(2, np.float32))), calibrated(b.replace(betas=np.full(2, 3.0, np.float32)))
+    assert calibrated._cache_size() == 1
+    assert hash(a.settings) == hash(b.settings) and a.settings == b.settings and a.settings != dict(b.settings)
+    # A different kind of fit is a different treedef (and may be branched on inside jit).
+    step(lj.fit_projections(m, num_subclasses=2, key=0, null_space=False), h[:4])
+    assert step._cache_size() == 2
+    # Settings are hidden inside a transformation and on what it returns; kept by tree.map outside.
+    assert jax.jit(lambda p: p)(a).settings == Settings(hidden=True)
+    with pytest.raises(AttributeError, match="not available inside jit"):
+        dict(jax.jit(lambda p: p)(b).settings)
+    assert dict(jax.tree.map(np.asarray, b).settings) == dict(b.settings)
+    # (a) save/load round-trips every field.
+    lj.save_projections(tmp_path / "b.npz", b.replace(betas=np.array([0.5, 2.0], np.float32)))
+    back = lj.load_projections(tmp_path / "b.npz")
+    for name in ("directions", "means", "eigenvalues", "scales", "counts", "betas", "seed"):
+        np.testing.assert_array_equal(np.asarray(getattr(back, name)), np.asarray(getattr(b, name)) if name != "betas"
+                                      else [0.5, 2.0])
+    assert (back.null_space, back.rotate, back.directions_kind, back.num_subclasses) == (True, True, "pca", 2)
+    assert dict(back.settings) == {"beta": 4.0, "teacher": "mlp-b", "seed": 1, "extra": [1, 2]}
+    # Positional and keyword constructor calls as before; the frozen dataclass copies with replace.
+    p = Projections(a.directions, a.means, a.eigenvalues, a.scales, a.counts, None, 3, rotate=False)
+    assert int(p.seed) == 3 and p.seed.dtype == np.int32 and not p.rotate and p.settings == {}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.seed = 4

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from lelp_jax.core.losses import REDUCTIONS
-from lelp_jax.core.validation import check, host_value
+from lelp_jax.core.validation import host_value, require
 
 __all__ = [
     "fitnet_loss",
@@ -190,11 +190,9 @@ def subclass_aux_loss(
     """
     if subclass_logits.ndim != 2:
         raise ValueError(f"subclass_aux_loss: subclass_logits must be (B, C*S), got {subclass_logits.shape}.")
+    require(temperature > 0, "subclass_aux_loss: temperature must be > 0, got {} (the paper's code uses 1).",
+            temperature)
     t = host_value(temperature)
-    if t is not None and not float(t) > 0:
-        raise ValueError(f"subclass_aux_loss: temperature must be > 0, got {temperature!r} (the paper's code uses 1).")
-    check(temperature, lambda: temperature > 0,
-          "subclass_aux_loss: temperature must be > 0, got {t} (the paper's code uses 1).", t=temperature)
     temperature = float(t) if t is not None else temperature
     m = _mask(mask, subclass_logits.shape[0])
     z = subclass_logits.astype(jnp.float32)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lelp_jax.core.targets import class_log_probs
-from lelp_jax.core.validation import check, host_value, require_rank
+from lelp_jax.core.validation import host_value, require, require_labels, require_rank
 
 __all__ = ["REDUCTIONS", "soft_cross_entropy", "cross_entropy", "kd_loss", "lelp_loss"]
 
@@ -53,17 +53,12 @@ def _check_options(fn: str, rows: int, mask, reduction: str) -> None:
 
 def _check_alpha(alpha, labels, fn: str) -> None:
     """alpha in [0, 1]; an alpha that may be > 0 (a positive or a traced one) needs labels."""
-    a = host_value(alpha)
-    if a is None:
-        if labels is None:
+    require((alpha >= 0) & (alpha <= 1), f"{fn}: alpha must be in [0, 1] (weight of the hard-label term), got {{}}.",
+            alpha)
+    if labels is None and _hard_term(alpha, True):
+        if host_value(alpha) is None:
             raise ValueError(f"{fn}: alpha is traced, so it may be > 0, and the hard-label term needs labels; "
                              "pass labels=..., or pass alpha as a Python number (alpha=0 needs no labels).")
-        check(alpha, lambda: (alpha >= 0) & (alpha <= 1),
-              f"{fn}: alpha must be in [0, 1] (weight of the hard-label term), got {{alpha}}.", alpha=alpha)
-        return
-    if not 0.0 <= float(a) <= 1.0:
-        raise ValueError(f"{fn}: alpha must be in [0, 1] (weight of the hard-label term), got {alpha!r}.")
-    if float(a) > 0 and labels is None:
         raise ValueError(f"{fn}: alpha={alpha} > 0 needs labels; pass labels=batch['label'] or alpha=0.")
 
 
@@ -74,18 +69,28 @@ def _hard_term(alpha, labels) -> bool:
 
 
 def _check_temperature(name: str, value, fn: str) -> None:
-    v = host_value(value)
-    if v is not None and not float(v) > 0:
-        raise ValueError(f"{fn}: {name} must be > 0, got {value!r}; it is the softmax temperature (try 1.0).")
-    check(value, lambda: value > 0, f"{fn}: {name} must be > 0, got {{value}}; it is the softmax temperature.",
-          value=value)
+    require(value > 0, f"{fn}: {name} must be > 0, got {{}}; it is the softmax temperature (try 1.0).", value)
 
 
 def soft_cross_entropy(logits: jax.Array, target_probs: jax.Array, *,
                        mask: Optional[jax.Array] = None, reduction: str = "mean") -> jax.Array:
-    """``-sum_k t_{b,k} log softmax(r_b)_k`` for logits r and target probabilities t (B, K), reduced.
+    """Soft-target cross-entropy ``l_b = -sum_k t_{b,k} log softmax(r_b)_k``, reduced over the batch.
 
     Equals KL(t || softmax(r)) + H(t); H(t) does not depend on r, so the gradient is the KL's.
+
+    Args:
+      logits: ``(B, K)`` student logits r.
+      target_probs: ``(B, K)`` target probabilities t (rows sum to 1).
+      mask: optional ``(B,)`` row weights (0 for padding rows).
+      reduction: ``'mean'`` (over the weighted rows), ``'sum'`` or ``'none'`` (static).
+    Returns:
+      A scalar, or ``(B,)`` for ``'none'``.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> r, t = np.zeros((2, 2), np.float32), np.array([[0.25, 0.75], [1.0, 0.0]], np.float32)
+      >>> print(round(float(lj.soft_cross_entropy(r, t)), 4))  # uniform q: log 2 for any t
+      0.6931
     """
     fn = "soft_cross_entropy"
     require_rank(logits, 2, fn, "logits", "(B, K)")
@@ -104,10 +109,26 @@ def _soft_ce(logits, target_probs, mask, *, reduction):
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None,
                   reduction: str = "mean") -> jax.Array:
-    """Hard-label cross-entropy ``-log softmax(r_b)_{y_b}`` for logits (B, K), int labels (B,), reduced.
+    """Hard-label cross-entropy ``l_b = -log softmax(r_b)_{y_b}``, reduced over the batch.
 
     Labels outside ``[0, K)`` raise for concrete inputs and under :func:`lelp_jax.checked`;
     under plain jit they give NaN (never a silent 0).
+
+    Args:
+      logits: ``(B, K)`` logits r.
+      labels: ``(B,)`` int labels y in ``[0, K)``.
+      mask: optional ``(B,)`` row weights (0 for padding rows).
+      reduction: ``'mean'``, ``'sum'`` or ``'none'`` (static).
+    Returns:
+      A scalar, or ``(B,)`` for ``'none'``.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> r, y = np.array([[0., 0.], [2., 0.]], np.float32), np.array([0, 1])
+      >>> print(np.round(np.asarray(lj.cross_entropy(r, y, reduction="none")), 4))  # log 2, log(1 + e^2)
+      [0.6931 2.1269]
+      >>> print(round(float(lj.cross_entropy(r, y, mask=np.array([1., 0.]))), 4))  # the padding row is ignored
+      0.6931
     """
     fn = "cross_entropy"
     require_rank(logits, 2, fn, "logits", "(B, K)")
@@ -115,13 +136,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Ar
     if labels.shape != logits.shape[:1]:
         raise ValueError(f"{fn}: labels must be ({logits.shape[0]},), got {labels.shape}.")
     _check_options(fn, logits.shape[0], mask, reduction)
-    lab = host_value(labels)
-    if lab is not None:
-        if lab.size and (lab.min() < 0 or lab.max() >= k):
-            raise ValueError(f"{fn}: labels must lie in [0, {k}), got range [{lab.min()}, "
-                             f"{lab.max()}]; check the label column or the number of logits.")
-    check(labels, lambda: (labels >= 0) & (labels < k),
-          f"{fn}: labels must lie in [0, {k}); check the label column or the number of logits.")
+    require_labels(labels, k, fn, "check the label column or the number of logits")
     return _hard_ce(logits, labels, mask, reduction=reduction)
 
 
@@ -154,6 +169,28 @@ def kd_loss(
     KL(p || q) up to the teacher entropy (a constant in the student). LELP's
     student has no temperature: ``kd_loss(r, l, tau=tau, student_tau=1,
     scale_by_tau_squared=False)`` is exactly ``lelp_loss`` with S = 1.
+
+    Args:
+      student_logits: ``(B, C)`` r.
+      teacher_logits: ``(B, C)`` l.
+      tau: teacher temperature > 0 (may be traced).
+      labels: ``(B,)`` int labels y, needed when ``alpha`` may be > 0.
+      alpha: weight of the hard-label term in [0, 1].
+      mask: optional ``(B,)`` row weights; ``reduction``: ``'mean'``, ``'sum'`` or ``'none'``.
+      student_tau: student temperature > 0 (default ``tau``).
+      scale_by_tau_squared: multiply the soft term by tau^2 (static).
+    Returns:
+      A scalar, or ``(B,)`` for ``'none'``.
+
+    Examples:
+      >>> import jax, numpy as np, lelp_jax as lj
+      >>> l = np.array([[2., 0.]], np.float32)
+      >>> print(round(float(lj.kd_loss(l, l, tau=2.0)), 3))  # r = l: tau^2 * H(softmax(l / 2))
+      2.329
+      >>> r = np.array([[0.5, -1.0]], np.float32)
+      >>> kd = lj.kd_loss(r, l, tau=2.0, student_tau=1.0, scale_by_tau_squared=False)
+      >>> bool(np.isclose(kd, lj.lelp_loss(r, jax.nn.softmax(l / 2.0))))  # LELP with S = 1
+      True
     """
     fn = "kd_loss"
     _check_alpha(alpha, labels, fn)
@@ -190,9 +227,27 @@ def lelp_loss(
 
     ``alpha = 0`` (default) is the paper's loss; ``alpha = 0.5`` is a half-and-half
     mix of soft targets and hard labels (the mix is convex, like ``kd_loss``).
-    The hard term needs ``labels`` and ``num_classes``; a traced ``alpha`` needs them
-    too (it may be > 0). No student temperature.
-    Also the loss of every pseudo-subclass method (k-means, oracle) given its targets.
+    No student temperature. Also the loss of every pseudo-subclass method (k-means,
+    oracle) given its targets.
+
+    Args:
+      student_logits: ``(B, C*S)`` r, class-major.
+      targets: ``(B, C*S)`` t, e.g. :func:`~lelp_jax.core.targets.subclass_targets`.
+      labels: ``(B,)`` int class labels y, needed when ``alpha`` may be > 0 (a traced one too).
+      alpha: weight of the hard-label term in [0, 1].
+      num_classes: C (static), needed with ``labels`` to aggregate the logits into classes.
+      mask: optional ``(B,)`` row weights; ``reduction``: ``'mean'``, ``'sum'`` or ``'none'``.
+    Returns:
+      A scalar, or ``(B,)`` for ``'none'``.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> r = np.zeros((2, 4), np.float32)  # uniform q over C*S = 4: the soft term is log 4
+      >>> t = np.array([[0.1, 0.4, 0.5, 0.0], [0.25, 0.25, 0.25, 0.25]], np.float32)
+      >>> print(round(float(lj.lelp_loss(r, t)), 4))
+      1.3863
+      >>> print(round(float(lj.lelp_loss(r, t, labels=np.array([0, 1]), alpha=0.5, num_classes=2)), 4))
+      1.0397
     """
     _check_alpha(alpha, labels, "lelp_loss")
     soft = soft_cross_entropy(student_logits, targets, mask=mask, reduction=reduction)

@@ -15,128 +15,149 @@ Centring (the paper is silent): targets use ``z_c = U_c^T (h - mu_c)`` with
 every column of ``U_c`` lies in range(P) (P symmetric, P U_c = U_c),
 ``U_c^T (P h - P mu_c) = U_c^T (h - mu_c)``: applying P to h before projecting is
 unnecessary, raw embeddings can be used directly.
+
+The linear algebra of steps 1-4 is :mod:`lelp_jax.core.subspaces`; this module checks the
+inputs and holds the artifact (:class:`Projections`) and its file.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
-from typing import Any, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from lelp_jax.core.atomic import atomic_open
-from lelp_jax.core.statistics import ClassMoments, covariance
-from lelp_jax.core.validation import check, host_value
+from lelp_jax.core.statistics import ClassMoments
+from lelp_jax.core.subspaces import fit_directions, null_space_projector
+from lelp_jax.core.validation import require
 
 __all__ = [
     "Projections",
+    "Settings",
     "null_space_projector",
     "fit_projections",
     "save_projections",
     "load_projections",
 ]
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 _ARRAY_FIELDS = ("directions", "means", "eigenvalues", "scales", "counts")
-_LEAVES = (*_ARRAY_FIELDS, "betas", "seed")
-_PROVENANCE = ("null_space", "rotate", "directions_kind", "settings")
 
 
-class _Provenance:
-    """How a ``Projections`` was fitted; the pytree's node data, equal to every other provenance.
+class Settings(Mapping):
+    """A fit's free provenance (beta, tau, label source, teacher identity, ...): a read-only mapping.
 
-    It describes the arrays but never changes a computation, so it must not split a jit
-    cache or block ``jax.tree.map`` over projections of different fits: all provenances
-    compare equal (and hash alike). ``values`` is None inside a transformation, where a
-    cache hit could otherwise show an earlier call's provenance.
+    It is static in the :class:`Projections` pytree, yet differs from run to run, so it must
+    not split a jit cache nor block ``jax.tree.map`` over two fits: every ``Settings``
+    compares equal to every other and hashes alike (against a plain mapping it compares by
+    content). Inside a transformation its values are hidden, reading them raises: a cache
+    hit would otherwise show the first call's settings.
     """
 
-    __slots__ = ("values",)
+    __slots__ = ("_values",)
 
-    def __init__(self, values: Optional[dict]):
-        self.values = values
+    def __init__(self, values: Optional[Mapping[str, Any]] = None, *, hidden: bool = False):
+        self._values = None if hidden else dict(values or {})
 
-    def __eq__(self, other):
-        return isinstance(other, _Provenance)
-
-    def __hash__(self):
-        return hash(_Provenance)
-
-    def __repr__(self):
-        return "_Provenance(hidden)" if self.values is None else f"_Provenance({self.values!r})"
-
-
-class Projections:
-    """The LELP projection artifact, a pytree whose leaves are its arrays.
-
-    Arrays: ``directions (C, D, S)`` U_c with orthonormal columns; ``means (C, D)``
-    mu_c (of P h when ``null_space``); ``eigenvalues (C, D)`` of P Sigma_c P, all of
-    them, sorted descending (for spectra plots); ``scales (C, S)`` the class std of
-    each projection, ``sqrt(U_c[:, s]^T Sigma_c U_c[:, s])``; ``counts (C,)``; ``betas (C,)``
-    the per-class split temperatures solved for a target entropy
-    (:func:`lelp_jax.core.sharpness.calibrate_betas`), or None (one ``beta`` for all classes);
-    ``seed`` the int seed of the fit (an int32 scalar array), or None.
-
-    Derived from shapes: ``num_classes`` C, ``dim`` D, ``num_subclasses`` S.
-
-    Provenance: ``null_space``, ``rotate``, ``directions_kind`` ('pca' or 'random') and a
-    free ``settings`` dict (beta, tau, label source, teacher identity, ...) filled by the
-    caller (JSON-serialisable values keep ``save_projections`` working). It rides beside
-    the pytree: projections of different seeds or settings share one jit compilation and
-    stack with ``jax.tree.map(lambda *xs: jnp.stack(xs), a, b)`` (keeping ``a``'s provenance and
-    both seeds); inside a transformation it is not available (reading it raises).
-    """
-
-    def __init__(self, directions, means, eigenvalues, scales, counts, betas=None, seed=None, *,
-                 null_space: bool = True, rotate: bool = True, directions_kind: str = "pca",
-                 settings: Optional[Mapping[str, Any]] = None, num_subclasses: Optional[int] = None):
-        if num_subclasses is not None and np.shape(directions)[-1] != num_subclasses:
-            raise ValueError(f"Projections: num_subclasses={num_subclasses} disagrees with directions "
-                             f"{np.shape(directions)} (C, D, S); S is read from the directions.")
-        if seed is not None and not isinstance(seed, jax.core.Tracer):
-            seed = _seed_array(seed)
-        arrays = dict(directions=directions, means=means, eigenvalues=eigenvalues, scales=scales,
-                      counts=counts, betas=betas, seed=seed)
-        for name, value in arrays.items():
-            object.__setattr__(self, f"_{name}", value)
-        object.__setattr__(self, "_provenance", _Provenance(_provenance_values(
-            null_space=null_space, rotate=rotate, directions_kind=directions_kind, settings=settings)))
-
-    def __setattr__(self, name, value):
-        raise AttributeError("Projections is immutable; use .replace(name=value).")
-
-    @classmethod
-    def _unflatten(cls, provenance: _Provenance, leaves) -> "Projections":
-        self = object.__new__(cls)
-        for name, value in zip(_LEAVES, leaves):
-            object.__setattr__(self, f"_{name}", value)
-        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
-        object.__setattr__(self, "_provenance", _Provenance(None) if traced else provenance)
-        return self
-
-    def _info(self, name: str):
-        values = self._provenance.values
-        if values is None:
+    def _read(self) -> dict:
+        if self._values is None:
             raise AttributeError(
-                f"Projections.{name} is provenance, kept beside the pytree so that it never splits a jit "
+                "Projections.settings is provenance, static yet equal across runs so that it never splits a jit "
                 "cache; it is not available inside jit/vmap/shard_map (nor on projections a transformation "
                 "returns): read it outside, from the projections passed in.")
-        return values[name]
+        return self._values
 
-    directions = property(lambda self: self._directions)
-    means = property(lambda self: self._means)
-    eigenvalues = property(lambda self: self._eigenvalues)
-    scales = property(lambda self: self._scales)
-    counts = property(lambda self: self._counts)
-    betas = property(lambda self: self._betas)
-    seed = property(lambda self: self._seed)
-    null_space = property(lambda self: self._info("null_space"))
-    rotate = property(lambda self: self._info("rotate"))
-    directions_kind = property(lambda self: self._info("directions_kind"))
-    settings = property(lambda self: self._info("settings"))
+    def __getitem__(self, key):
+        return self._read()[key]
+
+    def __iter__(self):
+        return iter(self._read())
+
+    def __len__(self):
+        return len(self._read())
+
+    def __eq__(self, other):
+        return True if isinstance(other, Settings) else Mapping.__eq__(self, other)
+
+    def __hash__(self):
+        return hash(Settings)
+
+    def __repr__(self):
+        return "Settings(hidden)" if self._values is None else f"Settings({self._values!r})"
+
+
+@struct.dataclass(eq=False)
+class Projections:
+    """The LELP projection artifact: per-class directions U_c and what z_{c,s} = U_c[:, s] . (h - mu_c) needs.
+
+    Leaves (arrays, traced under jit): ``directions (C, D, S)`` U_c with orthonormal columns;
+    ``means (C, D)`` mu_c (of P h when ``null_space``); ``eigenvalues (C, D)`` of P Sigma_c P,
+    all of them, descending (spectra plots); ``scales (C, S)`` the class std of each
+    projection, ``sqrt(U_c[:, s]^T Sigma_c U_c[:, s])``; ``counts (C,)``; ``betas (C,)`` the
+    per-class split temperatures solved for a target entropy
+    (:func:`lelp_jax.core.sharpness.calibrate_betas`) or None (one ``beta`` for all classes);
+    ``seed`` the fit's int seed (an int32 scalar, stacked fits an array) or None.
+
+    Static fields (the treedef), chosen so that two runs of one kind of fit share one
+    compilation: ``null_space``, ``rotate``, ``directions_kind`` ('pca' or 'random') and
+    ``num_subclasses`` S (read from the directions; a given value must agree), hashable and
+    the same across seeds, betas and teachers, readable inside jit; ``settings``, the
+    caller's free :class:`Settings` (JSON-serialisable values keep ``save_projections``
+    working), equal across runs and hidden inside transformations. Hence projections of two
+    seeds or settings hit one jit cache entry and stack with
+    ``jax.tree.map(lambda *xs: jnp.stack(xs), a, b)`` (``a``'s settings, both seeds).
+    ``num_classes`` C and ``dim`` D are read from the shapes; ``.replace(**fields)`` copies.
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> import lelp_jax as lj
+      >>> h = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
+      >>> moments = lj.update_moments(lj.init_moments(2, 5), h, np.arange(40) % 2)
+      >>> p = lj.fit_projections(moments, num_subclasses=2, null_space=False, key=0, settings={"beta": 1.0})
+      >>> p.directions.shape, p.num_subclasses, p.null_space, int(p.seed), dict(p.settings)
+      ((2, 5, 2), 2, False, 0, {'beta': 1.0})
+      >>> [leaf.shape for leaf in jax.tree.leaves(p)]
+      [(2, 5, 2), (2, 5), (2, 5), (2, 2), (2,), ()]
+      >>> mean_norm = jax.jit(lambda p: jax.numpy.linalg.norm(p.means))
+      >>> _ = mean_norm(p), mean_norm(p.replace(seed=1, settings={"beta": 2.0}))
+      >>> mean_norm._cache_size()  # another seed and settings: the same compilation
+      1
+    """
+
+    directions: jax.Array
+    means: jax.Array
+    eigenvalues: jax.Array
+    scales: jax.Array
+    counts: jax.Array
+    betas: Optional[jax.Array] = None
+    seed: Optional[jax.Array] = None
+    null_space: bool = struct.field(pytree_node=False, default=True, kw_only=True)
+    rotate: bool = struct.field(pytree_node=False, default=True, kw_only=True)
+    directions_kind: str = struct.field(pytree_node=False, default="pca", kw_only=True)
+    settings: Settings = struct.field(pytree_node=False, default=None, kw_only=True)
+    num_subclasses: Optional[int] = struct.field(pytree_node=False, default=None, kw_only=True)
+
+    def __post_init__(self):
+        # Runs on construction, .replace and every unflatten (jax calls the constructor).
+        shape = getattr(self.directions, "shape", None)  # None when a tree.map put non-arrays there
+        s = self.num_subclasses
+        if shape is not None and len(shape) >= 3:
+            if s is not None and s != shape[-1]:
+                raise ValueError(f"Projections: num_subclasses={s} disagrees with directions {tuple(shape)} "
+                                 "(C, D, S); S is read from the directions.")
+            s = int(shape[-1])
+        traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(
+            (self.directions, self.means, self.eigenvalues, self.scales, self.counts, self.betas, self.seed)))
+        settings = self.settings if isinstance(self.settings, Settings) else Settings(self.settings)
+        fixed = dict(num_subclasses=s, seed=_seed_array(self.seed), null_space=bool(self.null_space),
+                     rotate=bool(self.rotate), directions_kind=str(self.directions_kind),
+                     settings=Settings(hidden=True) if traced else settings)
+        for name, value in fixed.items():
+            object.__setattr__(self, name, value)
 
     @property
     def num_classes(self) -> int:
@@ -146,114 +167,24 @@ class Projections:
     def dim(self) -> int:
         return self.directions.shape[-2]
 
-    @property
-    def num_subclasses(self) -> int:
-        return self.directions.shape[-1]
-
-    def replace(self, **changes) -> "Projections":
-        """A copy with the named arrays or provenance fields replaced (arrays also inside jit)."""
-        unknown = set(changes) - set(_LEAVES) - set(_PROVENANCE)
-        if unknown:
-            raise TypeError(f"Projections.replace: unknown fields {sorted(unknown)}; known: "
-                            f"{sorted((*_LEAVES, *_PROVENANCE))}.")
-        if changes.get("seed") is not None and not isinstance(changes["seed"], jax.core.Tracer):
-            changes["seed"] = _seed_array(changes["seed"])
-        leaves = [changes.pop(k) if k in changes else getattr(self, f"_{k}") for k in _LEAVES]
-        provenance = self._provenance
-        if changes:
-            values = {name: self._info(name) for name in _PROVENANCE}
-            provenance = _Provenance(_provenance_values(**{**values, **changes}))
-        return Projections._unflatten(provenance, leaves)
-
     def __repr__(self):
         shapes = ", ".join(f"{k}={getattr(self, k).shape}" for k in _ARRAY_FIELDS)
-        return f"Projections({shapes}, {self._provenance!r})"
+        return (f"Projections({shapes}, null_space={self.null_space}, rotate={self.rotate}, "
+                f"directions_kind={self.directions_kind!r}, settings={self.settings!r})")
 
 
-jax.tree_util.register_pytree_with_keys(
-    Projections,
-    lambda p: ([(jax.tree_util.GetAttrKey(k), getattr(p, f"_{k}")) for k in _LEAVES], p._provenance),
-    Projections._unflatten,
-    lambda p: ([getattr(p, f"_{k}") for k in _LEAVES], p._provenance),
-)
-
-
-def _provenance_values(*, null_space, rotate, directions_kind, settings) -> dict:
-    return dict(null_space=bool(null_space), rotate=bool(rotate), directions_kind=str(directions_kind),
-                settings=dict(settings or {}))
-
-
-def _seed_array(seed) -> jax.Array:
-    """An int seed (or an array of them, e.g. stacked fits) as an integer array leaf."""
+def _seed_array(seed):
+    """An int seed (or a list/NumPy array of them, e.g. stacked fits) as an integer array leaf; any
+    other leaf (a jax array, a tracer, None, what a tree.map put there) as it is."""
     if isinstance(seed, (int, np.integer)):
         if not -2**31 <= int(seed) < 2**31:
             raise ValueError(f"Projections: seed must be an int in [-2^31, 2^31), got {seed!r}.")
         return jnp.asarray(int(seed), jnp.int32)
-    seed = jnp.asarray(seed)
-    if not jnp.issubdtype(seed.dtype, jnp.integer):
-        raise ValueError(f"Projections: seed must be an int (or an int array), got {seed!r}.")
+    if isinstance(seed, (float, list, tuple, np.ndarray)):
+        if not np.issubdtype(np.asarray(seed).dtype, np.integer):
+            raise ValueError(f"Projections: seed must be an int (or an int array), got {seed!r}.")
+        return jnp.asarray(seed)
     return seed
-
-
-@jax.jit
-def null_space_projector(classifier_weights: jax.Array, *, rcond: float = 1e-6) -> jax.Array:
-    """``P = I - W^T (W W^T)^+ W`` (D x D) for classifier weights W (C x D).
-
-    Computed from the SVD ``W = A diag(s) V^T`` as ``P = I - V_r V_r^T`` over the
-    singular values ``s > rcond * max(s)``: the same matrix as the pseudo-inverse
-    formula, but symmetric and idempotent to rounding, also for rank-deficient W.
-    """
-    w = jnp.asarray(classifier_weights)
-    if w.ndim != 2:
-        raise ValueError(f"null_space_projector: classifier_weights must be (C, D), got {w.shape}.")
-    _, s, vt = jnp.linalg.svd(w, full_matrices=False)
-    keep = (s > rcond * jnp.max(s)).astype(w.dtype)
-    row_space = jnp.einsum("k,kd,ke->de", keep, vt, vt, precision=_HIGHEST)
-    return jnp.eye(w.shape[1], dtype=w.dtype) - row_space
-
-
-def _haar_orthogonal(key: jax.Array, batch: int, rows: int, cols: int, dtype) -> jax.Array:
-    """Haar-random (rows x cols) orthonormal frames: QR of a Gaussian, signs fixed by diag(R)."""
-    g = jax.random.normal(key, (batch, rows, cols), dtype)
-    return _orthonormalize(g)
-
-
-def _orthonormalize(g: jax.Array) -> jax.Array:
-    q, r = jnp.linalg.qr(g)
-    sign = jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0).astype(g.dtype)
-    return q * sign[..., None, :]
-
-
-@functools.partial(jax.jit, static_argnames=("num_subclasses", "null_space", "rotate", "random"))
-def _fit(count, mean, m2, weights, key, *, num_subclasses, null_space, rotate, random):
-    moments = ClassMoments(count=count, mean=mean, m2=m2)
-    sigma = covariance(moments, ddof=0)
-    c, d = mean.shape
-    s = num_subclasses
-    proj = null_space_projector(weights) if null_space else jnp.eye(d, dtype=mean.dtype)
-    sigma_p = jnp.einsum("de,cef,fg->cdg", proj, sigma, proj, precision=_HIGHEST)
-    sigma_p = 0.5 * (sigma_p + jnp.swapaxes(sigma_p, 1, 2))
-    means = jnp.einsum("cd,ed->ce", mean, proj, precision=_HIGHEST)
-    # Shift the row space of W to a negative eigenvalue so the top-S eigenvectors always
-    # lie in range(P), even for degenerate classes; the shift is undone in the reported spectrum.
-    scale = jnp.maximum(jnp.trace(sigma_p, axis1=1, axis2=2), jnp.finfo(mean.dtype).tiny)
-    shifted = sigma_p - scale[:, None, None] * (jnp.eye(d, dtype=mean.dtype) - proj)[None]
-    evals, evecs = jnp.linalg.eigh(shifted)  # one batched call, ascending
-    evals = jnp.maximum(evals[:, ::-1], 0.0)  # descending; row space (and rounding) -> 0
-    evecs = evecs[:, :, ::-1][:, :, :s]
-    # Deterministic sign: the largest-magnitude entry of each eigenvector is positive.
-    idx = jnp.argmax(jnp.abs(evecs), axis=1)
-    sign = jnp.sign(jnp.take_along_axis(evecs, idx[:, None, :], axis=1))
-    evecs = evecs * jnp.where(sign == 0, 1.0, sign)
-    k_dir, k_rot = jax.random.split(key)
-    if random:
-        g = jax.random.normal(k_dir, (c, d, s), mean.dtype)
-        evecs = _orthonormalize(jnp.einsum("de,ces->cds", proj, g, precision=_HIGHEST))
-    if rotate:
-        q = _haar_orthogonal(k_rot, c, s, s, mean.dtype)
-        evecs = jnp.einsum("cds,cst->cdt", evecs, q, precision=_HIGHEST)
-    var = jnp.einsum("cds,cde,ces->cs", evecs, sigma_p, evecs, precision=_HIGHEST)
-    return evecs, means, evals, jnp.sqrt(jnp.maximum(var, 0.0))
 
 
 def _validate(moments: ClassMoments, classifier_weights, num_subclasses: int, null_space: bool,
@@ -286,21 +217,12 @@ def _validate(moments: ClassMoments, classifier_weights, num_subclasses: int, nu
     if classifier_weights is not None:
         arrays["classifier_weights"] = classifier_weights
     for name, arr in arrays.items():
-        message = (f"{fn}: {name} contains NaN or inf; check the teacher embeddings (and the mask "
-                   "of padded rows) that built the moments.")
-        value = host_value(arr)
-        if value is not None and not np.all(np.isfinite(value)):
-            raise ValueError(message)
-        check(arr, lambda arr=arr: jnp.isfinite(arr), message)
-    few = (f"{fn}: class {{k}} has {{n}} examples, fewer than num_subclasses + 1 = {s + 1} needed for an "
-           "S-dimensional covariance; lower num_subclasses or add examples of class {k} (check fit_labels).")
-    counts = host_value(moments.count)
-    if counts is not None:
-        for k, n in enumerate(counts):
-            if n < s + 1:
-                raise ValueError(few.format(k=k, n=f"{n:g}"))
-    check(moments.count, lambda: moments.count >= s + 1, few,
-          k=jnp.argmin(moments.count), n=jnp.min(moments.count))
+        require(jnp.isfinite(arr), f"{fn}: {name} contains NaN or inf; check the teacher embeddings (and the mask "
+                "of padded rows) that built the moments.")
+    k = jnp.argmin(moments.count)
+    require(moments.count >= s + 1, f"{fn}: class {{}} has {{:g}} examples, fewer than num_subclasses + 1 = {s + 1} "
+            "needed for an S-dimensional covariance; lower num_subclasses or add examples of class {} (check "
+            "fit_labels).", k, moments.count[k], k)
 
 
 def fit_projections(
@@ -317,20 +239,45 @@ def fit_projections(
 ) -> Projections:
     """Fit the LELP directions U_c (C x D x S) from per-class moments.
 
-    ``directions='pca'``: U_c = top-S eigenvectors of ``P Sigma_c P`` (one batched,
-    jitted eigh for all classes; Sigma_c the population covariance, ddof=0), times
-    a Haar-random S x S rotation when ``rotate``. ``directions='random'``: the
-    ablation, Haar-random orthonormal D x S frames (within range(P) when
-    ``null_space``). ``null_space=False`` uses P = I. ``key`` is a PRNG key or an
-    int seed (recorded as ``seed``); the same key gives the same result. It is needed
-    only when something is random (``rotate`` or ``directions='random'``).
+        P     = I - W^T (W W^T)^+ W                 (or I when null_space=False)
+        V_c   = top-S eigenvectors of P Sigma_c P   (one batched, jitted eigh; Sigma_c with ddof=0)
+        U_c   = V_c Q_c,  Q_c Haar-random S x S orthogonal (when rotate; equalises the variances)
 
-    The options are static (a Python int, bools, a string); the arrays may be traced,
-    so the fit runs inside ``jit``/``vmap`` too. Validation runs before any
-    compilation and raises ValueError for: S < 1, D < C + S with the null space on,
-    classifier_weights not (C, D), a random fit without ``key``; for concrete inputs
-    (and under :func:`lelp_jax.checked`): NaN/inf in the moments or weights, a class
-    with fewer than S + 1 examples.
+    ``directions='random'`` is the ablation: Haar-random orthonormal D x S frames (within
+    range(P) when ``null_space``) in place of V_c. ``null_space=False, rotate=False`` is plain
+    per-class PCA. The options are static; the arrays may be traced, so the fit runs inside
+    ``jit``/``vmap`` too.
+
+    Args:
+      moments: :class:`~lelp_jax.core.statistics.ClassMoments` ``(C,), (C, D), (C, D, D)``.
+      classifier_weights: ``(C, D)`` teacher head W, needed when ``null_space``.
+      num_subclasses: S >= 1 (D >= C + S with the null space on).
+      key: a PRNG key or an int seed (recorded as ``seed``); needed only when something is
+        random (``rotate`` or ``directions='random'``); the same key gives the same result.
+      null_space, rotate: the fit's steps (static bools).
+      directions: ``'pca'`` or ``'random'``.
+      seed: recorded in the artifact when ``key`` is a PRNG key.
+      settings: free provenance (beta, tau, label source, teacher identity, ...), JSON values.
+    Returns:
+      :class:`Projections`: ``directions (C, D, S)``, ``means (C, D)``, ``eigenvalues (C, D)``,
+      ``scales (C, S)``, ``counts (C,)``.
+
+    Validation runs before any compilation and raises ValueError for: S < 1, D < C + S with
+    the null space on, classifier_weights not (C, D), a random fit without ``key``; for
+    concrete inputs (and under :func:`lelp_jax.checked`): NaN/inf in the moments or weights,
+    a class with fewer than S + 1 examples.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> h = np.random.default_rng(0).normal(size=(60, 6)).astype(np.float32)
+      >>> w = np.random.default_rng(1).normal(size=(2, 6)).astype(np.float32)
+      >>> moments = lj.update_moments(lj.init_moments(2, 6), h, np.arange(60) % 2)
+      >>> p = lj.fit_projections(moments, classifier_weights=w, num_subclasses=3, key=0)
+      >>> p.directions.shape, p.means.shape, p.scales.shape, int(p.seed)
+      ((2, 6, 3), (2, 6), (2, 3), 0)
+      >>> u = np.asarray(p.directions[0])
+      >>> np.allclose(u.T @ u, np.eye(3), atol=1e-5), np.allclose(w @ u, 0, atol=1e-5)  # orthonormal, in null(W)
+      (True, True)
     """
     _validate(moments, classifier_weights, num_subclasses, null_space, directions)
     random = directions == "random"
@@ -347,7 +294,7 @@ def fit_projections(
     dtype = moments.mean.dtype
     weights = (jnp.zeros((c, d), dtype) if classifier_weights is None
                else jnp.asarray(classifier_weights, dtype))
-    u, mu, evals, scales = _fit(
+    u, mu, evals, scales = fit_directions(
         moments.count, moments.mean, moments.m2, weights, key, num_subclasses=int(num_subclasses),
         null_space=bool(null_space), rotate=bool(rotate), random=random,
     )
@@ -358,8 +305,26 @@ def fit_projections(
 
 
 def save_projections(path: Union[str, os.PathLike], projections: Projections) -> None:
-    """Write an ``.npz``: the five arrays (and ``betas`` when calibrated) plus a JSON ``metadata`` entry;
-    atomic (:func:`lelp_jax.core.atomic.atomic_open`: tmp, fsync, os.replace)."""
+    """Write an ``.npz``: the arrays (``betas`` when calibrated) plus a JSON ``metadata`` entry, atomically.
+
+    Atomic through :func:`lelp_jax.core.atomic.atomic_open` (tmp file, fsync, ``os.replace``):
+    a crash never leaves a half-written artifact next to the checkpoints. No pickle: the
+    settings must be JSON-serialisable (ValueError otherwise).
+
+    Args:
+      path: the file to write (its folder is created).
+      projections: the :class:`Projections` to store.
+
+    Examples:
+      >>> import os, tempfile, numpy as np, lelp_jax as lj
+      >>> h = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+      >>> m = lj.update_moments(lj.init_moments(2, 4), h, np.arange(20) % 2)
+      >>> p = lj.fit_projections(m, num_subclasses=2, null_space=False, key=3, settings={"teacher": "mlp"})
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     lj.save_projections(os.path.join(tmp, "projections.npz"), p)
+      ...     sorted(np.load(os.path.join(tmp, "projections.npz")).files)
+      ['counts', 'directions', 'eigenvalues', 'means', 'metadata', 'scales']
+    """
     seed = projections.seed
     meta = {
         "num_subclasses": projections.num_subclasses,
@@ -382,7 +347,24 @@ def save_projections(path: Union[str, os.PathLike], projections: Projections) ->
 
 
 def load_projections(path: Union[str, os.PathLike]) -> Projections:
-    """Read a file written by ``save_projections`` (no pickle)."""
+    """Read a file written by :func:`save_projections` (no pickle): the same arrays and static fields.
+
+    Args:
+      path: an ``.npz`` written by :func:`save_projections`.
+    Returns:
+      :class:`Projections` equal to the saved one, of the same pytree structure.
+
+    Examples:
+      >>> import os, tempfile, numpy as np, lelp_jax as lj
+      >>> h = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+      >>> m = lj.update_moments(lj.init_moments(2, 4), h, np.arange(20) % 2)
+      >>> p = lj.fit_projections(m, num_subclasses=2, null_space=False, key=3, settings={"teacher": "mlp"})
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     lj.save_projections(os.path.join(tmp, "p.npz"), p)
+      ...     back = lj.load_projections(os.path.join(tmp, "p.npz"))
+      >>> bool((back.directions == p.directions).all()), int(back.seed), back.null_space, dict(back.settings)
+      (True, 3, False, {'teacher': 'mlp'})
+    """
     with np.load(os.fspath(path), allow_pickle=False) as data:
         missing = [k for k in (*_ARRAY_FIELDS, "metadata") if k not in data.files]
         if missing:

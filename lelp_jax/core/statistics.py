@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from lelp_jax.core.validation import check, host_value, require_rank
+from lelp_jax.core.validation import require_labels, require_rank
 
 __all__ = [
     "ClassMoments",
@@ -42,10 +42,21 @@ _HIGHEST = jax.lax.Precision.HIGHEST  # full float32 matmuls also on TPU (defaul
 
 @struct.dataclass
 class ClassMoments:
-    """Centred per-class moments: ``count (C,)``, ``mean (C, D)``, ``m2 (C, D, D)``.
+    """Centred per-class moments, a pytree: ``count (C,)``, ``mean (C, D)``, ``m2 (C, D, D)``.
 
-    ``m2[c] = sum_{i in c} w_i (h_i - mean[c])(h_i - mean[c])^T``; classes without
-    examples have count 0, mean 0 and m2 0.
+        n_c    = sum_{i: y_i = c} w_i
+        mean_c = (1 / n_c) sum_{i: y_i = c} w_i h_i
+        m2_c   = sum_{i: y_i = c} w_i (h_i - mean_c)(h_i - mean_c)^T
+
+    Centred, not raw sums of h h^T, so that float32 stays accurate when the mean dwarfs the
+    spread. Classes without examples have count 0, mean 0 and m2 0. ``num_classes`` C and
+    ``dim`` D are read from the shapes.
+
+    Examples:
+      >>> import lelp_jax as lj
+      >>> m = lj.init_moments(num_classes=3, dim=4)
+      >>> m.count.shape, m.mean.shape, m.m2.shape, m.num_classes, m.dim
+      ((3,), (3, 4), (3, 4, 4), 3, 4)
     """
 
     count: jax.Array
@@ -62,9 +73,20 @@ class ClassMoments:
 
 
 def init_moments(num_classes: int, dim: int, *, dtype=None) -> ClassMoments:
-    """Empty moments (all zeros) for ``num_classes`` classes of ``dim``-dim embeddings.
+    """Empty moments (all zeros): the start of a stream of :func:`update_moments`.
 
-    ``dtype`` defaults to JAX's default float: float32, float64 under ``jax_enable_x64``.
+    Args:
+      num_classes: C >= 1.
+      dim: D >= 1, the embedding width.
+      dtype: defaults to JAX's default float: float32, float64 under ``jax_enable_x64``.
+    Returns:
+      :class:`ClassMoments` of zeros in ``dtype``: ``count (C,)``, ``mean (C, D)``, ``m2 (C, D, D)``.
+
+    Examples:
+      >>> import lelp_jax as lj
+      >>> m = lj.init_moments(2, 3)
+      >>> m.m2.shape, m.m2.dtype, float(m.count.sum())
+      ((2, 3, 3), dtype('float32'), 0.0)
     """
     if num_classes < 1 or dim < 1:
         raise ValueError(
@@ -86,7 +108,7 @@ def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
 
 @jax.jit
 def merge_moments(a: ClassMoments, b: ClassMoments) -> ClassMoments:
-    """Chan et al. parallel merge of two sets of centred moments, per class.
+    """Chan et al.'s parallel merge of two sets of centred moments, per class.
 
         n  = n_a + n_b,   delta = mu_b - mu_a
         mu = mu_a + delta * n_b / n
@@ -94,6 +116,25 @@ def merge_moments(a: ClassMoments, b: ClassMoments) -> ClassMoments:
 
     Exact in exact arithmetic; only differences of means are squared, so no
     cancellation. Empty sides (n = 0) leave the other side unchanged.
+
+    Args:
+      a: :class:`ClassMoments` ``(C,), (C, D), (C, D, D)``, e.g. of one batch, host or saved run.
+      b: :class:`ClassMoments` of the same C and D.
+    Returns:
+      :class:`ClassMoments` of the examples of ``a`` and ``b`` together.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> h = np.array([[1., 2.], [3., 2.], [0., 1.], [2., 5.]], np.float32)
+      >>> y = np.array([0, 0, 1, 1])
+      >>> odd, even = (lj.batch_moments(h[i::2], y[i::2], num_classes=2) for i in (0, 1))
+      >>> merged = lj.merge_moments(odd, even)
+      >>> print(np.asarray(merged.mean))
+      [[2. 2.]
+       [1. 3.]]
+      >>> print(np.asarray(merged.m2[1]))
+      [[2. 4.]
+       [4. 8.]]
     """
     if a.mean.shape != b.mean.shape:
         raise ValueError(
@@ -136,6 +177,8 @@ def batch_moments(
 ) -> ClassMoments:
     """Per-class moments of one batch, centred on the batch class means, in B·D² work.
 
+        n_c = sum_{i: y_i = c} w_i,  mean_c = sum w_i h_i / n_c,  m2_c = sum w_i (h_i - mean_c)(h_i - mean_c)^T
+
     A one-hot ``einsum('bc,bd,be->cde')`` would cost C·B·D² multiply-adds: every
     row is multiplied into every class's scatter matrix. Instead the centred,
     sqrt(w)-weighted rows are scattered into class-pure blocks of ``block_rows``
@@ -144,7 +187,22 @@ def batch_moments(
     block in a loop that stops at the last used block: at most (B + C·R)·D²
     multiply-adds and O(C D²) extra memory. Jittable; no value checks (see
     :func:`update_moments`): rows with an out-of-range label or weight <= 0 are ignored.
-    Compiled once per shape and (``num_classes``, ``block_rows``), both static.
+
+    Args:
+      embeddings: ``(B, D)`` float, the teacher embeddings h.
+      labels: ``(B,)`` int class ids y.
+      num_classes: C (static).
+      mask: optional ``(B,)`` row weights w >= 0 (default 1; 0 marks a padding row).
+      block_rows: R, rows per class-pure block (static).
+    Returns:
+      :class:`ClassMoments` ``count (C,)``, ``mean (C, D)``, ``m2 (C, D, D)`` in the embeddings' dtype.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> h = np.array([[1., 2.], [3., 2.], [0., 1.], [2., 5.]], np.float32)
+      >>> m = lj.batch_moments(h, np.array([0, 0, 1, 1]), num_classes=2, mask=np.array([1., 1., 1., 0.]))
+      >>> print(np.asarray(m.count), np.asarray(m.mean).tolist())
+      [2. 1.] [[2.0, 2.0], [0.0, 1.0]]
     """
     _check_batch("batch_moments", embeddings, labels, mask)
     dtype = embeddings.dtype
@@ -182,19 +240,35 @@ def update_moments(
     *,
     mask: Optional[jax.Array] = None,
 ) -> ClassMoments:
-    """Add a batch: per-class batch moments (class-pure blocks, B·D² work), then ``merge_moments``.
+    """Add a batch to running moments: ``merge_moments(moments, batch_moments(embeddings, labels))``.
 
     Args:
-      moments: running moments, C classes of dimension D.
-      embeddings: ``(B, D)`` teacher embeddings.
+      moments: running :class:`ClassMoments`, C classes of dimension D.
+      embeddings: ``(B, D)`` teacher embeddings (cast to the moments' dtype).
       labels: ``(B,)`` int class ids in ``[0, C)``.
       mask: optional ``(B,)`` weights >= 0 (1 real row, 0 padding row; rows weighing 0 are ignored).
+    Returns:
+      :class:`ClassMoments` of the examples seen so far and this batch.
 
     Jittable. For a batch sharded over a mesh, compute each device's batch moments
     inside ``shard_map`` and combine them with :func:`all_reduce_moments` (as
     ``lelp_jax.pipeline.teacher.accumulate_moments`` does). Labels of weighted rows out of
     ``[0, C)`` raise ``ValueError`` for concrete inputs and under
     :func:`lelp_jax.checked`; inside plain jit they contribute nothing.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> h = np.array([[1., 2.], [3., 2.], [0., 1.], [2., 5.]], np.float32)
+      >>> y = np.array([0, 0, 1, 1])
+      >>> m = lj.init_moments(2, 2)
+      >>> for rows in (slice(0, 3), slice(3, 4)):  # a stream of two batches
+      ...     m = lj.update_moments(m, h[rows], y[rows])
+      >>> print(np.asarray(m.count), np.asarray(m.mean).tolist())
+      [2. 2.] [[2.0, 2.0], [1.0, 3.0]]
+      >>> lj.update_moments(m, h, np.array([0, 1, 2, 0]))
+      Traceback (most recent call last):
+      ...
+      ValueError: update_moments: labels must lie in [0, 2), got 2 at row 2; fix the labels or init_moments(num_classes=...).
     """
     fn = "update_moments"
     c, d = moments.mean.shape
@@ -202,21 +276,7 @@ def update_moments(
     if embeddings.shape[1] != d:
         raise ValueError(f"{fn}: embeddings must be (B, {d}), got {embeddings.shape}; the moments were "
                          f"initialised with dim={d}.")
-    lab = host_value(labels)
-    if lab is not None:
-        weights = None if mask is None else host_value(mask)
-        valid = lab if weights is None else lab[weights != 0]
-        if valid.size and (valid.min() < 0 or valid.max() >= c):
-            raise ValueError(
-                f"{fn}: labels must lie in [0, {c}), got range [{valid.min()}, {valid.max()}]; "
-                "fix the labels or init_moments(num_classes=...)."
-            )
-    def in_range():  # the labels of weighted rows
-        lab = labels if mask is None else jnp.where(mask != 0, labels, 0)
-        return (lab >= 0) & (lab < c)
-
-    check((labels, mask), in_range, f"{fn}: labels must lie in [0, {c}); fix the labels or "
-          "init_moments(num_classes=...).")
+    require_labels(labels, c, fn, "fix the labels or init_moments(num_classes=...)", mask=mask)
     batch = batch_moments(embeddings.astype(moments.mean.dtype), labels, num_classes=c, mask=mask)
     return merge_moments(moments, batch)
 
@@ -232,13 +292,29 @@ def _check_batch(fn: str, embeddings, labels, mask) -> None:
 
 
 def all_reduce_moments(moments: ClassMoments, axis_name) -> ClassMoments:
-    """Combine per-device moments inside ``shard_map``/``pmap`` over ``axis_name``.
+    """Combine per-device moments inside ``shard_map``/``pmap`` (or a named ``vmap``) over ``axis_name``.
 
         n  = psum(n_i)
         mu = psum(n_i mu_i) / n
         M2 = psum(M2_i + n_i (mu_i - mu)(mu_i - mu)^T)
 
-    The same Chan merge, written for k parts at once; the result is replicated.
+    The same Chan merge, written for k parts at once: one psum each, no gather.
+
+    Args:
+      moments: this device's :class:`ClassMoments` ``(C,), (C, D), (C, D, D)``.
+      axis_name: the mapped axis to reduce over (e.g. ``'data'``).
+    Returns:
+      :class:`ClassMoments` of all parts, the same (replicated) on every part.
+
+    Examples:
+      >>> import jax, numpy as np, lelp_jax as lj
+      >>> h = np.array([[1., 2.], [3., 2.], [0., 1.], [2., 5.]], np.float32)
+      >>> y = np.array([0, 0, 1, 1])
+      >>> per_part = jax.vmap(lambda x, l: lj.all_reduce_moments(lj.batch_moments(x, l, num_classes=2), "parts"),
+      ...                     axis_name="parts")
+      >>> m = per_part(h.reshape(2, 2, 2), y.reshape(2, 2))  # parts: rows {0, 1} and {2, 3}
+      >>> print(np.asarray(m.mean[0]).tolist(), np.asarray(m.m2[0, 1]).tolist())
+      [[2.0, 2.0], [1.0, 3.0]] [[2.0, 4.0], [4.0, 8.0]]
     """
     n = jax.lax.psum(moments.count, axis_name)
     mean = _safe_div(jax.lax.psum(moments.count[:, None] * moments.mean, axis_name), n[:, None])
@@ -249,10 +325,24 @@ def all_reduce_moments(moments: ClassMoments, axis_name) -> ClassMoments:
 
 @functools.partial(jax.jit, static_argnames=("ddof",))
 def covariance(moments: ClassMoments, *, ddof: int = 0) -> jax.Array:
-    """Per-class covariance ``Sigma_c = M2_c / (n_c - ddof)``, shape ``(C, D, D)``.
+    """Per-class covariance ``Sigma_c = M2_c / (n_c - ddof)``.
 
-    ``ddof=0`` is the population covariance (maximum likelihood), ``ddof=1`` the
-    unbiased one. Classes with ``n_c <= ddof`` get a zero matrix (no information).
+    ``ddof=0`` is the population covariance (maximum likelihood, what the LELP fit uses),
+    ``ddof=1`` the unbiased one. Classes with ``n_c <= ddof`` get a zero matrix (no information).
+
+    Args:
+      moments: :class:`ClassMoments` ``count (C,)``, ``mean (C, D)``, ``m2 (C, D, D)``.
+      ddof: delta degrees of freedom (static).
+    Returns:
+      ``(C, D, D)`` covariances in the moments' dtype.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> h = np.array([[1., 2.], [3., 2.], [0., 1.], [2., 5.]], np.float32)
+      >>> m = lj.batch_moments(h, np.array([0, 0, 1, 1]), num_classes=2)
+      >>> print(np.asarray(lj.covariance(m))[1], np.asarray(lj.covariance(m, ddof=1))[1].tolist())
+      [[1. 2.]
+       [2. 4.]] [[2.0, 4.0], [4.0, 8.0]]
     """
     den = moments.count - ddof
     return _safe_div(moments.m2, den[:, None, None])

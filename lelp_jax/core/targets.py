@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lelp_jax.core.projections import Projections
-from lelp_jax.core.validation import check, host_value, require_rank
+from lelp_jax.core.validation import require, require_rank
 
 __all__ = ["subclass_targets", "projection_scores", "split_targets", "class_log_probs"]
 
@@ -30,23 +30,18 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _check_positive(name: str, value, fn: str) -> None:
-    v = host_value(value)
-    if v is not None and not np.all(np.asarray(v, np.float64) > 0):
-        raise ValueError(f"{fn}: {name} must be > 0, got {value!r}; it is a temperature (try 1.0).")
-    check(value, lambda: jnp.asarray(value) > 0,
-          f"{fn}: {name} must be > 0, got {{value}}; it is a temperature (try 1.0).", value=value)
+    require(jnp.asarray(value) > 0, f"{fn}: {name} must be > 0, got {{}}; it is a temperature (try 1.0).", value)
 
 
 def _check_finite(name: str, x, fn: str) -> None:
-    message = f"{fn}: {name} contains NaN or inf; check the teacher outputs for this batch."
-    v = host_value(x)
-    if v is not None and not np.all(np.isfinite(v)):
-        raise ValueError(message)
-    check(x, lambda: jnp.isfinite(x), message)
+    require(jnp.isfinite(x), f"{fn}: {name} contains NaN or inf; check the teacher outputs for this batch.")
 
 
 def split_targets(class_probs: jax.Array, subclass_scores: jax.Array, *, beta) -> jax.Array:
-    """Split each class probability over S pseudo-subclasses: ``t = p_c * softmax_s(scores / beta)``.
+    """Split each class probability over S pseudo-subclasses: ``t_{c,s} = p_c * softmax_s(scores_{c,.} / beta_c)_s``.
+
+    The shared last step of every splitting method (LELP, random, PCA, k-means, oracle):
+    one rule, so that ablations compare directions, not temperatures. ``sum_s t_{c,s} = p_c``.
 
     Args:
       class_probs: ``(B, C)`` teacher class probabilities p.
@@ -56,6 +51,12 @@ def split_targets(class_probs: jax.Array, subclass_scores: jax.Array, *, beta) -
         one per class (e.g. calibrated by :func:`lelp_jax.core.sharpness.calibrate_betas`).
     Returns:
       ``(B, C*S)`` targets, class-major (index c*S + s); rows sum to sum_c p_c.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> t = lj.split_targets(np.array([[0.75, 0.25]]), np.array([[[0., 0.], [1., -1.]]]), beta=1.0)
+      >>> print(np.round(np.asarray(t), 4))
+      [[0.375  0.375  0.2202 0.0298]]
     """
     fn = "split_targets"
     require_rank(class_probs, 2, fn, "class_probs", "(B, C)")
@@ -87,14 +88,30 @@ def _split(class_probs, subclass_scores, beta):
 
 
 def projection_scores(projections: Projections, embeddings: jax.Array, *, standardize: bool = False) -> jax.Array:
-    """LELP subclass scores ``z (B, C, S)``: ``z_{c,s} = U_c[:, s] . (h - mu_c)``, over ``scales[c, s]``
-    when ``standardize``.
+    """LELP subclass scores ``z_{c,s} = U_c[:, s] . (h - mu_c)``, over ``scales[c, s]`` when ``standardize``.
 
     h is the raw embedding (``U_c`` lies in range(P), so this equals the projection of
     P h - P mu_c). ``scales[c, s] = sqrt(U_c[:, s]^T Sigma_c U_c[:, s])`` is the std of
     z_{c,s} over class c's fit examples, so standardised z has unit variance per
     direction on every teacher (scales of 0 are left undivided). Computed in at least
     float32 (bf16 embeddings are upcast: centring cancels the large class means).
+
+    Args:
+      projections: :class:`~lelp_jax.core.projections.Projections` with ``directions (C, D, S)``.
+      embeddings: ``(B, D)`` teacher embeddings h (finite).
+      standardize: divide by ``scales`` (static).
+    Returns:
+      ``(B, C, S)`` scores z.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> e01 = np.eye(3, 2, dtype=np.float32)  # U_c: the first two axes of R^3, for both classes
+      >>> proj = lj.Projections(directions=np.stack([e01, e01]), means=np.array([[0., 0., 0.], [1., 1., 0.]]),
+      ...                       eigenvalues=np.ones((2, 3)), scales=np.array([[1., 2.], [1., 2.]]), counts=np.ones(2))
+      >>> z = lj.projection_scores(proj, np.array([[1., 2., 5.]]), standardize=True)
+      >>> print(np.asarray(z))  # class 0: (1, 2) / (1, 2); class 1: (1 - 1, 2 - 1) / (1, 2)
+      [[[1.  1. ]
+        [0.  0.5]]]
     """
     _check_embeddings(projections, embeddings, "projection_scores")
     return _scores(projections, embeddings, standardize=bool(standardize))
@@ -130,14 +147,34 @@ def subclass_targets(
     tau,
     standardize: bool = False,
 ) -> jax.Array:
-    """LELP targets ``t_{c,s} = softmax(l / tau)_c * softmax_s(z_{c,.} / beta_c)_s``, shape ``(B, C*S)``.
+    """LELP targets ``t_{c,s} = softmax(l / tau)_c * softmax_s(z_{c,.} / beta_c)_s``.
 
-    z from :func:`projection_scores` (``standardize`` divides by each direction's std,
-    which makes ``beta`` comparable across teachers); ``beta`` is a scalar or ``(C,)``
-    (``projections.betas`` when calibrated to a target entropy).
-    Shapes are checked always; values (beta, tau > 0, finite embeddings and logits) for
-    concrete inputs, and under jit when checkified (:func:`lelp_jax.checked`).
-    ``standardize`` is static; the rest may be traced (beta and tau without recompiling).
+    The teacher's probability of class c, split over its S subclasses by where the
+    embedding lies along U_c: ``sum_s t_{c,s} = softmax(l / tau)_c``. z from
+    :func:`projection_scores` (``standardize`` divides by each direction's std, which makes
+    ``beta`` comparable across teachers). Shapes are checked always; values (beta, tau > 0,
+    finite embeddings and logits) for concrete inputs, and under jit when checkified
+    (:func:`lelp_jax.checked`). ``standardize`` is static; the rest may be traced (beta and
+    tau without recompiling).
+
+    Args:
+      projections: :class:`~lelp_jax.core.projections.Projections`, C classes, S subclasses, dim D.
+      embeddings: ``(B, D)`` teacher embeddings h.
+      teacher_logits: ``(B, C)`` teacher logits l.
+      beta: subclass temperature > 0, a scalar or ``(C,)`` (``projections.betas`` when calibrated).
+      tau: class temperature > 0 (scalar).
+      standardize: divide z by the projections' ``scales``.
+    Returns:
+      ``(B, C*S)`` targets, class-major (index c*S + s); rows sum to 1.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> e01 = np.eye(3, 2, dtype=np.float32)  # U_c: the first two axes of R^3, for both classes
+      >>> proj = lj.Projections(directions=np.stack([e01, e01]), means=np.array([[0., 0., 0.], [1., 1., 0.]]),
+      ...                       eigenvalues=np.ones((2, 3)), scales=np.array([[1., 2.], [1., 2.]]), counts=np.ones(2))
+      >>> t = lj.subclass_targets(proj, np.array([[1., 2., 5.]]), np.array([[0., 0.]]), beta=1.0, tau=1.0)
+      >>> print(np.round(np.asarray(t), 4))  # p = (0.5, 0.5); z_0 = (1, 2), z_1 = (0, 1)
+      [[0.1345 0.3655 0.1345 0.3655]]
     """
     fn = "subclass_targets"
     c = projections.num_classes
@@ -163,7 +200,20 @@ def _targets(projections, embeddings, teacher_logits, beta, tau, *, standardize)
 def class_log_probs(student_logits: jax.Array, *, num_classes: int) -> jax.Array:
     """Class log-probabilities of a C*S-way student: ``log q_c = logsumexp_s log_softmax(r)_{c,s}``.
 
-    ``student_logits`` is ``(B, C*S)`` class-major; returns ``(B, C)``. ``num_classes`` is static.
+    The student's class prediction (argmax_c) and its hard-label term: the probability of
+    a class is the sum over its subclasses.
+
+    Args:
+      student_logits: ``(B, C*S)`` logits r, class-major (index c*S + s).
+      num_classes: C (static); C*S must be a multiple of it.
+    Returns:
+      ``(B, C)`` log q_c.
+
+    Examples:
+      >>> import numpy as np, lelp_jax as lj
+      >>> r = np.log(np.array([[0.1, 0.2, 0.3, 0.4]], np.float32))
+      >>> print(np.round(np.exp(np.asarray(lj.class_log_probs(r, num_classes=2))), 4))
+      [[0.3 0.7]]
     """
     require_rank(student_logits, 2, "class_log_probs", "student_logits", "(B, C*S)")
     b, k = student_logits.shape

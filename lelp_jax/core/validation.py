@@ -6,12 +6,14 @@ their errors are raised while tracing, eagerly and under ``jit`` alike. Values
 are another matter: inside ``jax.jit``, ``vmap`` or ``shard_map`` they are
 tracers, unknown until run time. So every value check has two forms:
 
-- concrete inputs (eager calls): :func:`host_value` gives the values and the
-  caller raises a ``ValueError`` naming the problem and the fix at once;
-- traced inputs: :func:`check` stages a ``checkify.check(..., debug=True)``.
-  Plain ``jit`` drops it (no cost, results unchanged); :func:`checked` (that is,
+- concrete inputs (eager calls): a ``ValueError`` naming the problem and the fix,
+  raised at once;
+- traced inputs: a staged ``checkify.check(..., debug=True)``. Plain ``jit`` drops
+  it (no cost, results unchanged); :func:`checked` (that is,
   ``jax.experimental.checkify``) turns a failed one into a ``ValueError`` with
   the same message (``checkify.JaxRuntimeError`` subclasses ``ValueError``).
+
+:func:`require` is both forms in one call, so each check is written once.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-__all__ = ["host_value", "is_traced", "check", "checked", "require_rank", "require_host"]
+__all__ = ["host_value", "is_traced", "require", "require_labels", "checked", "require_rank", "require_host"]
 
 
 def is_traced(x) -> bool:
@@ -44,17 +46,61 @@ def host_value(x) -> Optional[np.ndarray]:
     return np.asarray(x)
 
 
-def check(traced: Any, predicate: Callable[[], jax.Array], message: str, **fmt: Any) -> None:
-    """Stage ``checkify.check(all(predicate()), message)`` when any leaf of ``traced`` is a tracer.
+def require(ok: Any, message: str, *args: Any, **kwargs: Any) -> None:
+    """Require ``all(ok)``: a ``ValueError`` at once when ``ok`` is concrete, a checkify check when traced.
 
-    The caller has already checked concrete values itself (richer message, raised at
-    once). ``fmt`` are arrays for ``message``'s ``{name}`` fields. The check is a
-    ``debug`` check: removed when the function is not checkified, enforced by
-    :func:`checked`.
+    ``ok`` is a boolean (array) computed from the inputs; ``message`` a ``str.format``
+    template filled from ``args``/``kwargs`` (arrays, e.g. the offending value), as in
+    ``checkify.check``. Concrete ``ok`` (an eager call): raise ``ValueError(message)``
+    unless every element is true. Traced ``ok`` (inside jit, vmap, shard_map): stage
+    ``checkify.check(jnp.all(ok), message, *args, **kwargs, debug=True)``, which plain
+    ``jit`` drops and :func:`checked` enforces, with the same message. An ``ok`` that
+    spans other hosts' devices is not checked eagerly (fetching it would fail).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from lelp_jax.core.validation import checked, require
+      >>> def inverse(t):
+      ...     require(t > 0, "t must be > 0, got {}", t)
+      ...     return 1.0 / t
+      >>> inverse(-2.0)
+      Traceback (most recent call last):
+      ...
+      ValueError: t must be > 0, got -2.0
+      >>> print(checked(jax.jit(inverse))(jnp.float32(4.0)))
+      0.25
+      >>> try:  # checkify.JaxRuntimeError is a ValueError
+      ...     checked(jax.jit(inverse))(jnp.float32(-2.0))
+      ... except ValueError as err:
+      ...     print(err)
+      t must be > 0, got -2.0 (`check` failed)
     """
-    if any(is_traced(leaf) for leaf in jax.tree.leaves(traced)):
-        checkify.check(jnp.all(predicate()), message, debug=True,
-                       **{k: jnp.asarray(v) for k, v in fmt.items()})
+    if is_traced(ok):
+        checkify.check(jnp.all(ok), message, *map(jnp.asarray, args), debug=True,
+                       **{k: jnp.asarray(v) for k, v in kwargs.items()})
+        return
+    value = host_value(ok)
+    if value is not None and not np.all(value):
+        raise ValueError(message.format(*map(_scalar, args), **{k: _scalar(v) for k, v in kwargs.items()}))
+
+
+def _scalar(x: Any) -> Any:
+    """``x`` as checkify formats it: a NumPy scalar (so format specs like ``{:g}`` work) or array."""
+    value = host_value(x)
+    return x if value is None else value[()]
+
+
+def require_labels(labels: Any, num_classes: int, fn: str, hint: str, *, mask: Any = None) -> None:
+    """:func:`require` the labels (of the rows with a nonzero ``mask`` weight) to lie in ``[0, num_classes)``;
+    the message names the first offending label and its row, then ``hint`` (the fix)."""
+    if not np.size(labels):
+        return
+    ok = (labels >= 0) & (labels < num_classes)
+    if mask is not None:
+        ok = ok | (mask == 0)
+    row = jnp.argmin(ok)
+    require(ok, f"{fn}: labels must lie in [0, {num_classes}), got {{}} at row {{}}; {hint}.",
+            jnp.asarray(labels)[row], row)
 
 
 def require_rank(x, ndim: int, fn: str, name: str, shape: str) -> None:
@@ -78,9 +124,27 @@ def checked(fn: Callable, *, errors=checkify.user_checks) -> Callable:
     ``ValueError`` (``checkify.JaxRuntimeError``) with the first failed check's
     message: the bad inputs that raise eagerly (labels out of range, temperatures
     <= 0, NaN/inf inputs, a class with too few examples for its subclasses, ...) then
-    raise inside ``jax.jit``, ``vmap`` and ``shard_map`` too. ``fn`` may itself be
-    jitted, and ``jax.jit(checkify.checkify(fn))`` is the compiled form of the same
-    thing; add ``checkify.nan_checks`` etc. to ``errors`` for JAX's automatic checks.
+    raise inside ``jax.jit``, ``vmap`` and ``shard_map`` too. Plain ``jit`` drops the
+    checks (no cost); this is how to keep them where they matter.
+
+    Args:
+      fn: a function of arrays, possibly jitted (``jax.jit(checkify.checkify(fn))`` is the
+        compiled form of the same thing).
+      errors: the checkify error set; add ``checkify.nan_checks`` etc. for JAX's automatic checks.
+    Returns:
+      A function with ``fn``'s signature and outputs that raises on a failed check.
+
+    Examples:
+      >>> import jax, numpy as np, lelp_jax as lj
+      >>> step = jax.jit(lambda r, y: lj.cross_entropy(r, y))
+      >>> r, bad = np.zeros((2, 3), np.float32), np.array([0, 3])
+      >>> print(step(r, bad))  # plain jit: the check is dropped
+      nan
+      >>> try:
+      ...     lj.checked(step)(r, bad)
+      ... except ValueError as err:
+      ...     print(str(err).split(";")[0])
+      cross_entropy: labels must lie in [0, 3), got 3 at row 1
     """
     functional = checkify.checkify(fn, errors=errors)
 

@@ -19,6 +19,7 @@ A batch is a dict of arrays: the model's inputs, ``label``, optionally ``mask``
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional
 
@@ -31,6 +32,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
+from lelp_jax.core.validation import unstaged_checks
 from lelp_jax.runtime import sharding as shd
 from lelp_jax.data.batch import TEACHER_KEYS, batch_mask, cast_floats, model_inputs
 from lelp_jax.methods.registry import Batch, LossInputs, Method, PyTree
@@ -119,6 +121,19 @@ def _masked_accuracy(method: Method, logits: jax.Array, batch: Batch,
     return jnp.sum(correct * mask), jnp.sum(mask)
 
 
+def _unstaged(fn: Callable) -> Callable:
+    """``fn`` traced without the core's staged value checks (:func:`lelp_jax.core.validation.unstaged_checks`):
+    the pipeline checks its inputs before training, and a program without effects keeps JAX's C++
+    dispatch path (one Python-side dispatch per step costs more than a small student's arithmetic)."""
+
+    @functools.wraps(fn)
+    def traced(*args):
+        with unstaged_checks():
+            return fn(*args)
+
+    return traced
+
+
 def make_train_step(*, model: nn.Module, method: Method, optimizer: optax.GradientTransformation,
                     num_classes: int, method_cfg: ml_collections.ConfigDict,
                     teacher_apply: Optional[Callable] = None, mesh: Optional[Mesh] = None,
@@ -172,10 +187,11 @@ def make_train_step(*, model: nn.Module, method: Method, optimizer: optax.Gradie
         return new_state, metrics
 
     if mesh is None:
-        return jax.jit(step_fn, donate_argnums=(0,))
+        return jax.jit(_unstaged(step_fn), donate_argnums=(0,))
     rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)
     teacher = rep if teacher_sharding is None else teacher_sharding
-    return jax.jit(step_fn, in_shardings=(rep, bat, teacher, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+    return jax.jit(_unstaged(step_fn), in_shardings=(rep, bat, teacher, rep), out_shardings=(rep, rep),
+                   donate_argnums=(0,))
 
 
 def make_eval_step(*, model: nn.Module, method: Method, num_classes: int, mesh: Optional[Mesh] = None,
@@ -193,9 +209,9 @@ def make_eval_step(*, model: nn.Module, method: Method, num_classes: int, mesh: 
         return {"correct": correct, "count": count}
 
     if mesh is None:
-        return jax.jit(eval_fn)
+        return jax.jit(_unstaged(eval_fn))
     rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)
-    return jax.jit(eval_fn, in_shardings=(rep, rep, bat), out_shardings=rep)
+    return jax.jit(_unstaged(eval_fn), in_shardings=(rep, rep, bat), out_shardings=rep)
 
 
 def init_train_state(*, model: nn.Module, method: Method, optimizer: optax.GradientTransformation,

@@ -9,8 +9,12 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_built_wheel_runs_without_the_repository(tmp_path):
@@ -23,7 +27,9 @@ def test_built_wheel_runs_without_the_repository(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         z.extractall(site)
-    assert "lelp_jax/config.py" in names and "lelp_jax/_configs/digits_binary.py" in names
+    packages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "lelp_jax").rglob("__init__.py")}
+    assert len(packages) >= 11 and packages <= set(names), sorted(packages - set(names))  # every role package
+    assert "lelp_jax/config/loading.py" in names and "lelp_jax/_configs/digits_binary.py" in names
     assert not any(n.startswith(("tests/", "configs/")) for n in names)
     work = tmp_path / "elsewhere"  # no configs/ folder, no checkout
     work.mkdir()

@@ -177,3 +177,22 @@ def test_overview_picture_script_draws(tmp_path):
     _run([sys.executable, str(DOCS.parent / "scripts" / "draw_overview.py"), "--out", str(out)], tmp_path)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (DOCS / "img" / "lelp_overview.png").is_file()
+
+
+def test_readme_lelp_kmeans_example_runs():
+    """README's ``lelp_kmeans`` block runs after its first python block (they share one scope): float64 NumPy
+    reference of the targets it computes, ``t_{c,s} = p_c softmax_s(z_{c,.} / beta)``, and t sums to 1 per row."""
+    import numpy as np
+
+    blocks = [code for lang, code in _blocks(DOCS.parent / "README.md") if lang == "python"]
+    kmeans = [b for b in blocks if "fit_subspace_kmeans" in b]
+    assert kmeans, "README.md lost its lelp_kmeans example"
+    scope: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), scope)
+    exec(compile(kmeans[0], "README.md", "exec"), scope)
+    z, p = np.asarray(scope["scores"], np.float64), np.asarray(scope["jax"].nn.softmax(scope["h"] @ scope["W"].T / 2.0))
+    e = np.exp(z - z.max(-1, keepdims=True))
+    ref = (p[:, :, None] * e / e.sum(-1, keepdims=True)).reshape(len(z), -1)
+    np.testing.assert_allclose(np.asarray(scope["targets"]), ref, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(scope["targets"]).sum(-1), 1.0, atol=1e-5)
+    assert scope["fit"].clusters.centroids.shape == (scope["C"], scope["S"], 8)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from lelp_jax import pipeline, report
-from lelp_jax.protocol import kfold, sweep
+from lelp_jax.protocol import kfold, paired, sweep
 from lelp_jax.runtime import sharding
 from lelp_jax.config import config_to_dict, load_config
 from lelp_jax.runtime.errors import ConfigError
@@ -121,7 +121,26 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
         run=run,
     )
     log(f"[{name}] all done in {time.perf_counter() - t0:.1f} s; workdir {args.workdir}")
+    if name == "run":
+        for line in paired_lines(config, args.workdir):
+            log(line)
     return 0
+
+
+def paired_lines(config, workdir: str | os.PathLike) -> list[str]:
+    """``lelp run``'s last lines: each method's paired test-accuracy difference (best-validation step) to ``kd``
+    and ``ce``, d_s = acc_method(s) - acc_ref(s) over the seeds both ran, as mean [95 % t-interval] in points
+    (:func:`lelp_jax.protocol.paired.paired_table`): one seed's accuracy cannot order methods, a paired interval
+    can. Only this config's methods and seeds count; nothing without 2 seeds or without kd or ce."""
+    results = json.loads(pipeline.Workdir(workdir).results.read_text())
+    seeds = {int(s) for s in config.seeds}
+    runs = [r for r in results["runs"] if r["method"] in config.methods and int(r["seed"]) in seeds]
+    acc = paired.per_seed(runs)
+    if len(seeds) < 2 or not {"kd", "ce"} & set(acc):
+        return []
+    return ([f"[paired] test accuracy % (best-validation step), paired by seed over seeds {sorted(seeds)}; "
+             "Δ = method - reference in points, 95 % t-interval:"]
+            + paired.paired_table(acc, references=("kd", "ce")))
 
 
 def _cmd_config(argv: Sequence[str]) -> int:

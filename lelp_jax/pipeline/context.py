@@ -108,7 +108,8 @@ class Run:
                 rows[name] = SplitRows(name, len(source))
         return load_precomputed_teacher(
             self.config.teacher.outputs, splits=rows, num_classes=self.info.num_classes,
-            labels_of=lambda name: source_labels(self.split(name)[0])[0])
+            labels_of=lambda name: source_labels(self.split(name)[0])[0],
+            max_examples_per_split=self.config.data.max_examples_per_split)
 
     @property
     def teacher_dir(self) -> Path:

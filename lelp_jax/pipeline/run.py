@@ -26,7 +26,8 @@ def _describe(name: str, out: Mapping) -> str:
         acc = out.get("test_accuracy")
         params = f", {out['params']:,} params" if out.get("params") is not None else ""
         extra = f", test acc {100 * acc:.1f}%{params}" if acc is not None else ""
-        return f"{out.get('source', '')} teacher {out.get('model', '')}{extra}"
+        notes = "".join(f"; {n}" for n in out.get("notes", ()))  # a precomputed teacher: how its exports were read
+        return f"{out.get('source', '')} teacher {out.get('model', '')}{extra}{notes}"
     if name == "eval":
         parts = [f"{m} {100 * s['mean']:.1f}±{100 * s['std']:.1f}% (n={s['n']})" for m, s in out["summary"].items()]
         return f"{out['runs']} runs -> {out['results']}: " + ", ".join(parts)

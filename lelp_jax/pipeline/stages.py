@@ -95,7 +95,7 @@ def _precomputed_record(run: Run) -> dict:
     acc = {name: teacher.accuracy(name, source_labels(run.split(name)[0])[0]) for name in teacher.caches}
     return {"source": "precomputed", "outputs": dict(teacher.paths), "test_accuracy": acc["test"],
             "val_accuracy": acc["validation"], "train_accuracy": acc["train"], "params": None,
-            "embedding_dim": int(teacher.kernel.shape[0])}
+            "embedding_dim": int(teacher.kernel.shape[0]), **({"notes": list(teacher.notes)} if teacher.notes else {})}
 
 
 def _recorded_teacher(run: Run) -> dict | None:

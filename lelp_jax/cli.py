@@ -8,6 +8,7 @@
     lelp report  ...                                        (lelp_jax.report.main)
     lelp sweep   ...                                        (lelp_jax.protocol.sweep.main)
     lelp kfold   ...                                        (lelp_jax.protocol.kfold.main)
+    lelp export-teacher ...                                 (lelp_jax.pipeline.export_teacher.main)
 
 A subcommand is a function ``(argv: list[str]) -> int`` in ``COMMANDS``. User
 errors (bad config key, missing checkpoint, foreign workdir, dataset not
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from lelp_jax import pipeline, report
+from lelp_jax.pipeline import export_teacher
 from lelp_jax.protocol import kfold, paired, sweep
 from lelp_jax.runtime import sharding
 from lelp_jax.config import config_to_dict, load_config
@@ -165,6 +167,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "report": _main_of(report),
     "sweep": _main_of(sweep),
     "kfold": _main_of(kfold),
+    "export-teacher": _main_of(export_teacher),
 }
 
 _COMMAND_HELP = {
@@ -173,6 +176,7 @@ _COMMAND_HELP = {
     "report": "tables and plots from results.json files",
     "sweep": "run a grid of overrides (e.g. lelp.beta, lelp.num_subclasses) over shared teachers",
     "kfold": "run every fold of a k-fold config (data.num_folds) and pool the folds' test sets",
+    "export-teacher": "write a teacher's embeddings, logits and head for teacher.model=precomputed",
 }
 
 

@@ -362,8 +362,10 @@ def test_one_logit_sklearn_teacher_exported_whole_runs_under_smoke(tmp_path, cap
         h, z = _sklearn_mlp_outputs(model, x)
         assert z.shape == (len(x), 1)
         np.testing.assert_allclose(1 / (1 + np.exp(-z[:, 0])), model.predict_proba(x)[:, 1], rtol=1e-5, atol=1e-7)
-        head = dict(kernel=model.coefs_[-1], bias=model.intercepts_[-1]) if split == "train" else {}
-        export.write_outputs(out / f"{split}.npz", embedding=h, logits=z, **head)
+        export.export_sklearn(model, x, out / f"{split}.npz", with_head=split == "train")
+        written = read_arrays(out / f"{split}.npz", key=split)
+        np.testing.assert_allclose(written["embedding"], h, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(written["logits"], z, rtol=1e-5, atol=1e-5)
     wd = tmp_path / "run"
     flags = ["--config.teacher.model=precomputed", *(f"--config.teacher.outputs.{s}={out / s}.npz" for s in data)]
     rc, _, err = run_cli(["run", *smoke(wd), *flags, "--methods", "ce,kd,lelp"], capsys)
@@ -407,3 +409,26 @@ def test_one_logit_reads_as_zero_and_z_and_a_short_export_names_the_cap(rng, tmp
                                  max_examples_per_split=20)
     with pytest.raises(PrecomputedError, match=r"one logit is read as a binary teacher's \[0, z\]\) but the data has 3"):
         load_precomputed_teacher(outputs, splits={"train": SplitRows("train", 30)}, num_classes=3, labels_of=labels)
+
+
+def test_sklearn_logistic_regression_export_and_the_export_teacher_command(rng, tmp_path, capsys):
+    """export_sklearn of a LogisticRegression: h = x, kernel = coef_^T (D, 1), logits = its decision_function
+    (float64); `lelp export-teacher` is a subcommand (the package's exporter, so it works from a wheel); without
+    torch/transformers, or with a CSV lacking the text column, it stops with one `lelp: error:` line."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = rng.normal(size=(80, 5))
+    y = (x @ rng.normal(size=5) > 0).astype(int)
+    model = LogisticRegression().fit(x, y)
+    export.export_sklearn(model, x, tmp_path / "train.npz")
+    a = read_arrays(tmp_path / "train.npz", key="train")
+    assert a["kernel"].shape == (5, 1) and a["bias"].shape == (1,)
+    np.testing.assert_allclose(a["embedding"], x, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a["logits"][:, 0], model.decision_function(x), rtol=1e-5, atol=1e-5)
+    assert "export-teacher" in cli.COMMANDS
+    (tmp_path / "d.csv").write_text("review,label\ngood,1\n")
+    rc, _, err = run_cli(["export-teacher", "--hf", "x", "--csv", str(tmp_path / "d.csv"), "--out",
+                          str(tmp_path / "o.npz")], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("lelp: error: ")
+    assert ("needs torch and transformers" in err) if importlib.util.find_spec("transformers") is None else \
+        ("has no column 'text'" in err and "--text-column" in err)

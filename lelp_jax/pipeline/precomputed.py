@@ -5,7 +5,7 @@ kmeans, agglomerative, oracle, fitnet and rkd on the final embedding) needs thre
 things: the embedding h(x) (the input of the teacher's final linear layer), the
 logits l(x) = h(x) @ kernel + bias, and that head (kernel (D, C), bias (C,)) for the
 null space. A PyTorch or Hugging Face teacher exports them once
-(``scripts/export_teacher_outputs.py``); the pipeline then reads them as it reads
+(``lelp export-teacher``, :mod:`lelp_jax.pipeline.export_teacher`); the pipeline then reads them as it reads
 its own cache (:class:`lelp_jax.pipeline.teacher.TeacherCache`, rows looked up by example
 ``index``). Methods that need the network itself (``subclass`` retrains it) are
 refused before anything runs.
@@ -164,7 +164,7 @@ def read_arrays(path: str | Path, *, key: str) -> dict[str, np.ndarray]:
         out = {f.stem: np.load(f, mmap_mode="r", allow_pickle=False) for f in sorted(p.glob("*.npy"))}
         if not out:
             raise PrecomputedError(f"teacher.outputs.{key}={str(path)!r} is a folder without .npy files; write "
-                                   "embedding.npy and logits.npy there (scripts/export_teacher_outputs.py).")
+                                   "embedding.npy and logits.npy there (lelp_jax.pipeline.export_teacher).")
         return out
     if not p.is_file():
         raise PrecomputedError(f"teacher.outputs.{key}={str(path)!r} does not exist; give the .npz file or the "
@@ -180,7 +180,7 @@ def read_arrays(path: str | Path, *, key: str) -> dict[str, np.ndarray]:
 def _need(arrays: Mapping[str, np.ndarray], name: str, where: str, shape: str) -> np.ndarray:
     if name not in arrays:
         raise PrecomputedError(f"{where} has no {name!r} array (it has {sorted(arrays) or 'none'}); export "
-                               f"{name!r} {shape} (scripts/export_teacher_outputs.py).")
+                               f"{name!r} {shape} (lelp_jax.pipeline.export_teacher).")
     a = arrays[name]
     if a.dtype.kind != "f":
         raise PrecomputedError(f"{where}: {name!r} has dtype {a.dtype}; export it as float32.")

@@ -119,6 +119,7 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
         overrides=override_dict(config, overrides),
         log=log,
         run=run,
+        command=f"lelp {name}",
     )
     log(f"[{name}] all done in {time.perf_counter() - t0:.1f} s; workdir {args.workdir}")
     return 0

@@ -56,7 +56,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     elif run.config is not config or run.workdir.root != Path(workdir):
         raise ValueError("run_stages: `run` was built from another config or workdir; build it from these "
                          "(Run(config, workdir)) or pass none.")
-    preflight(run, force=force)
+    preflight(run, force=force, data=any(s != "eval" for s in stages))
     with lock.hold(workdir, command) if is_main_process() else contextlib.nullcontext():
         return _run_locked(run, stages, force=force, overrides=overrides, log=log)
 

@@ -11,8 +11,8 @@
 
 A subcommand is a function ``(argv: list[str]) -> int`` in ``COMMANDS``. User
 errors (bad config key, missing checkpoint, foreign workdir, dataset not
-available) print one ``lelp: error: ...`` line and exit with status 2, without a
-traceback (``--debug`` shows it).
+available, a truncated artifact, a full or read-only disk) print one ``lelp: error: ...`` line and exit
+with status 2, without a traceback (``--debug`` shows it).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from lelp_jax import pipeline, report
 from lelp_jax.protocol import kfold, paired, sweep
 from lelp_jax.runtime import sharding
 from lelp_jax.config import config_to_dict, load_config
-from lelp_jax.runtime.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError, find_os_error, os_error_message
 from lelp_jax.config.overrides import override_dict, split_overrides
 from lelp_jax.runtime.sharding import enable_compilation_cache
 
@@ -107,7 +107,7 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
         pipeline.check_workdir(config, args.workdir)
     sharding.initialize_distributed(config.distributed)
     run = pipeline.Run(config, args.workdir)  # what preflight loads (data, a precomputed teacher) serves the stages too
-    pipeline.preflight(run, force=args.force)
+    pipeline.preflight(run, force=args.force, data=name != "eval")
     enable_compilation_cache()
     log = _print(args.quiet)
     t0 = time.perf_counter()
@@ -119,6 +119,7 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
         overrides=override_dict(config, overrides),
         log=log,
         run=run,
+        command=f"lelp {name}",
     )
     log(f"[{name}] all done in {time.perf_counter() - t0:.1f} s; workdir {args.workdir}")
     if name == "run":
@@ -190,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _workdir_of(argv: Sequence[str]) -> str | None:
+    """The ``--workdir`` of a command line (named in a disk error whose file is unknown)."""
+    for i, a in enumerate(argv):
+        if a == "--workdir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--workdir="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lelp`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -210,10 +221,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[command](rest)
     except SystemExit as e:  # argparse's own usage errors (already printed)
         return int(e.code) if isinstance(e.code, int) else 2
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError) as e:
         if debug:
             raise
         print(f"lelp: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a disk error (full, read-only, no permission), however wrapped
+        disk = find_os_error(e)
+        if disk is None and not isinstance(e, ValueError):
+            raise
+        if debug:
+            raise
+        msg = os_error_message(disk, _workdir_of(rest)) if disk is not None else str(e)
+        print(f"lelp: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lelp: interrupted; rerun the same command to resume.", file=sys.stderr)

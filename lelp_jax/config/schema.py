@@ -20,6 +20,7 @@ __all__ = ["base_config", "validate_values", "validate_train", "OPTIMIZERS", "SC
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+SEED_LIMIT = 2**31  # every seed key lies in [0, SEED_LIMIT)
 
 
 def _p(field_type: type) -> config_dict.FieldReference:
@@ -219,6 +220,10 @@ def validate_train(section: Any, name: str = "train") -> None:
     steps, batch, lr = section["num_steps"], section["batch_size"], section["learning_rate"]
     optimizer, schedule, dtype = section["optimizer"], section["schedule"], section["compute_dtype"]
     _need(steps >= 1, f"{name}.num_steps must be >= 1, got {steps}.")
+    epochs = section["num_epochs"]
+    _need(epochs is None or epochs > 0, f"{name}.num_epochs must be > 0 (or none: use {name}.num_steps), got {epochs}.")
+    _need(section["eval_batch_size"] >= 0,
+          f"{name}.eval_batch_size must be >= 1 (or 0: = {name}.batch_size), got {section['eval_batch_size']}.")
     _need(batch >= 1, f"{name}.batch_size must be >= 1, got {batch}.")
     _need(lr > 0, f"{name}.learning_rate must be > 0, got {lr}.")
     _need(optimizer in OPTIMIZERS, f"{name}.optimizer must be adam, adamw or sgd, got {optimizer!r}.")
@@ -232,6 +237,15 @@ def validate_values(config: ml_collections.ConfigDict) -> None:
     _need(len(seeds) > 0, "config.seeds is empty; give at least one seed, e.g. --seeds 0.")
     _need(all(isinstance(s, int) and s >= 0 for s in seeds), f"config.seeds must be non-negative ints, got {seeds}.")
     _need(len(set(seeds)) == len(seeds), f"config.seeds lists a seed twice: {seeds}.")
+    # Seeds feed int32 PRNG keys and NumPy generators: one range for all, checked before any work.
+    for key, value in (*((f"seeds[{i}]", v) for i, v in enumerate(seeds)), ("teacher.seed", config.teacher.seed),
+                       ("lelp.seed", config.lelp.seed), ("data.split_seed", config.data.split_seed),
+                       ("data.synthetic.seed", config.data.synthetic.seed)):
+        _need(isinstance(value, int) and 0 <= value < SEED_LIMIT,
+              f"{key} must be an int in [0, 2**31), got {value}; pick a smaller seed.")
+    _need(config.data.eval_batch_size >= 1,
+          f"data.eval_batch_size must be >= 1 (the batch of teacher outputs, statistics and teacher evaluation), "
+          f"got {config.data.eval_batch_size}; pass e.g. --config.data.eval_batch_size=256.")
     _need(config.lelp.num_subclasses >= 1, f"lelp.num_subclasses must be >= 1, got {config.lelp.num_subclasses}.")
     _need(config.lelp.beta > 0, f"lelp.beta must be > 0, got {config.lelp.beta}.")
     _need(config.lelp.tau > 0, f"lelp.tau must be > 0, got {config.lelp.tau}.")

@@ -2,12 +2,13 @@
 
 Every module that rejects user input raises :class:`ConfigError` (a config key or value, a file)
 or one of its kinds: :class:`WorkdirError` (a workdir made by another config),
-:class:`PrecomputedError` (exported teacher outputs that cannot be used). All are ``ValueError``s,
+:class:`PrecomputedError` (exported teacher outputs that cannot be used); a run that diverged raises
+:class:`DivergenceError`. All are ``ValueError``s,
 so library callers may catch either.
 """
 from __future__ import annotations
 
-__all__ = ["ConfigError", "WorkdirError", "PrecomputedError"]
+__all__ = ["ConfigError", "WorkdirError", "PrecomputedError", "DivergenceError"]
 
 
 class ConfigError(ValueError):
@@ -20,3 +21,8 @@ class WorkdirError(ConfigError):
 
 class PrecomputedError(ConfigError):
     """Exported teacher outputs that cannot be used (a user error: the CLI prints it in one line)."""
+
+
+class DivergenceError(ValueError):
+    """A training run met a non-finite loss or parameter (``train.on_nonfinite='stop'``); the message
+    names the run, the step and the likely cause (the CLI prints it in one line and exits non-zero)."""

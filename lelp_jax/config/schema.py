@@ -54,6 +54,8 @@ def _train_section(**kw: Any) -> ml_collections.ConfigDict:
             label_smoothing=0.0,
             eval_batch_size=0,  # 0 = batch_size
             nesterov=False,  # sgd only
+            steps_per_call=1,  # device-resident data: k steps per compiled call (a lax.scan); 1 = bit for bit
+            on_nonfinite="stop",  # stop | skip_step: a non-finite loss or parameter fails the run, or skips the step
         )
     )
     section.update(kw)
@@ -93,6 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
             val_fraction=0.1,  # without a validation split: carve this share of train (seeded) for best-val
             split_seed=0,
             eval_batch_size=256,  # teacher outputs, statistics, teacher evaluation
+            device_resident="auto",  # auto | on | off: training split held on the device, batches gathered there
+            device_resident_max_mb=1024.0,  # 'auto' keeps a split on the host above this size (teacher cache included)
             features="",  # text: '' = off; 'minilm' adds frozen MiniLM sentence embeddings as `features` (cached)
             # k-fold evaluation (lelp_jax.data.folds): 0 = the dataset's own splits; k >= 2 pools its splits,
             # tests on fold `fold` and carves validation (val_fraction, split_seed) from the other folds.
@@ -229,6 +233,9 @@ def validate_train(section: Any, name: str = "train") -> None:
     _need(optimizer in OPTIMIZERS, f"{name}.optimizer must be adam, adamw or sgd, got {optimizer!r}.")
     _need(schedule in SCHEDULES, f"{name}.schedule must be cosine or constant, got {schedule!r}.")
     _need(dtype in COMPUTE_DTYPES, f"{name}.compute_dtype must be float32 or bfloat16, got {dtype!r}.")
+    _need(section["steps_per_call"] >= 1, f"{name}.steps_per_call must be >= 1, got {section['steps_per_call']}.")
+    _need(section["on_nonfinite"] in ("stop", "skip_step"),
+          f"{name}.on_nonfinite must be 'stop' or 'skip_step', got {section['on_nonfinite']!r}.")
 
 
 def validate_values(config: ml_collections.ConfigDict) -> None:
@@ -246,6 +253,8 @@ def validate_values(config: ml_collections.ConfigDict) -> None:
     _need(config.data.eval_batch_size >= 1,
           f"data.eval_batch_size must be >= 1 (the batch of teacher outputs, statistics and teacher evaluation), "
           f"got {config.data.eval_batch_size}; pass e.g. --config.data.eval_batch_size=256.")
+    _need(config.data.device_resident in ("auto", "on", "off"),
+          f"data.device_resident must be 'auto', 'on' or 'off', got {config.data.device_resident!r}.")
     _need(config.lelp.num_subclasses >= 1, f"lelp.num_subclasses must be >= 1, got {config.lelp.num_subclasses}.")
     _need(config.lelp.beta > 0, f"lelp.beta must be > 0, got {config.lelp.beta}.")
     _need(config.lelp.tau > 0, f"lelp.tau must be > 0, got {config.lelp.tau}.")

@@ -27,7 +27,7 @@ from lelp_jax import train
 from lelp_jax.core import atomic
 from lelp_jax.runtime import sharding
 from lelp_jax.config import config_to_dict
-from lelp_jax.runtime.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError, DivergenceError
 from lelp_jax.data.splits import source_labels
 from lelp_jax.methods import Method, get_method
 from lelp_jax.models import build_model, count_params
@@ -245,7 +245,8 @@ def stage_distill(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequ
     extra = {"overrides": dict(overrides or {}), "teacher_params": teacher.get("params"),
              "teacher_test_accuracy": teacher.get("test_accuracy"), "dataset": config.data.name,
              "config_name": config.name}
-    done = []
+    done: list[str] = []
+    failed: list[str] = []
     for name in dict.fromkeys(m for m, _ in todo):
         method = get_method(name)
         if method.needs_fine_labels and info.num_fine_classes is None:
@@ -261,18 +262,25 @@ def stage_distill(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequ
             if m != name:
                 continue
             t0 = time.perf_counter()
-            result = train.train_and_evaluate(
-                **sources, model=student, method=method, cfg=config, mesh=run.mesh,
-                workdir=str(wd.run_dir(name, seed)), seed=seed, num_classes=info.num_classes,
-                teacher_apply=t_model.apply if t_model is not None else None, teacher_variables=t_variables,
-                teacher_cache=cache, aux=aux, record_extra=method_extra,
-            )
+            try:
+                result = train.train_and_evaluate(
+                    **sources, model=student, method=method, cfg=config, mesh=run.mesh,
+                    workdir=str(wd.run_dir(name, seed)), seed=seed, num_classes=info.num_classes,
+                    teacher_apply=t_model.apply if t_model is not None else None, teacher_variables=t_variables,
+                    teacher_cache=cache, aux=aux, record_extra=method_extra,
+                )
+            except DivergenceError as e:  # recorded failed in its result.json; the other runs go on
+                failed.append(f"{name}/seed_{seed}")
+                if log is not None:
+                    log(f"{name}/seed_{seed}: FAILED: {e}")
+                continue
             done.append(f"{name}/seed_{seed}")
             if log is not None:
                 log(f"{name}/seed_{seed}: test acc {100 * result['test_accuracy_best_val']:.1f}% (best val), "
                     f"{100 * result['test_accuracy_last']:.1f}% (last), {time.perf_counter() - t0:.1f} s")
     sync("distill")
-    return {"skipped": False, "message": f"{len(done)} runs trained"}
+    message = f"{len(done)} runs trained" + (f", {len(failed)} failed ({', '.join(failed)})" if failed else "")
+    return {"skipped": False, "message": message}
 
 
 def _run_order(config: ml_collections.ConfigDict, method: str, seed: int) -> tuple:
@@ -286,7 +294,8 @@ def stage_eval(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequenc
     ``{"dataset", "config_name", "teacher": teacher.json, "runs": [result.json, ...]}``,
     runs ordered as ``config.methods`` then by seed. Every requested
     ``methods x seeds`` run must be finished; runs of other methods/seeds already in
-    the workdir are kept too.
+    the workdir are kept too. A run that diverged is listed with ``"status": "failed"``;
+    after writing, the stage raises :class:`DivergenceError` naming them (the command exits non-zero).
     """
     config, wd = run.config, run.workdir
     methods = list(config.methods if methods is None else methods)
@@ -306,13 +315,20 @@ def stage_eval(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequenc
     if is_main_process() and not unchanged:
         atomic.write_json(wd.results, results)
     sync("eval")
+    wanted = {(m, int(s)) for m in methods for s in seeds}
+    failed = [r for r in runs if train.failed(r) and (r["method"], int(r["seed"])) in wanted]
+    if failed:
+        raise DivergenceError(
+            f"{len(failed)} of {len(wanted)} runs failed (results.json lists them as failed, averaged nowhere): "
+            + "; ".join(r["failure"] for r in failed))
     return {"runs": len(runs), "results": str(wd.results), "summary": summarize(results), "skipped": unchanged}
 
 
 def summarize(results: Mapping) -> dict[str, dict[str, float]]:
-    """Per method: mean and std over seeds of ``test_accuracy_best_val`` and the number of seeds."""
+    """Per method: mean and std over seeds of ``test_accuracy_best_val`` and the number of seeds
+    (finished runs only: a failed run is averaged nowhere)."""
     by_method: dict[str, list[float]] = {}
-    for r in results["runs"]:
+    for r in train.succeeded(results["runs"]):
         by_method.setdefault(r["method"], []).append(float(r["test_accuracy_best_val"]))
     return {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for m, v in by_method.items()}
 

@@ -3,9 +3,10 @@
 Every module that rejects user input raises :class:`ConfigError` (a config key or value, a file)
 or one of its kinds: :class:`WorkdirError` (a workdir made by another config, or in use),
 :class:`PrecomputedError` (exported teacher outputs that cannot be used), :class:`ArtifactError`
-(a file on disk that cannot be read: truncated or corrupt). All are ``ValueError``s, so library
-callers may catch either. :func:`os_error_message` words an operating-system error (disk full,
-read-only filesystem, no permission) as the same one line: the file and the fix.
+(a file on disk that cannot be read: truncated or corrupt); a run that diverged raises
+:class:`DivergenceError`. All are ``ValueError``s, so library callers may catch either.
+:func:`os_error_message` words an operating-system error (disk full, read-only filesystem, no
+permission) as the same one line: the file and the fix.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import errno
 import os
 from typing import Optional
 
-__all__ = ["ConfigError", "WorkdirError", "PrecomputedError", "ArtifactError", "find_os_error", "os_error_message"]
+__all__ = ["ConfigError", "WorkdirError", "PrecomputedError", "ArtifactError", "DivergenceError", "find_os_error",
+           "os_error_message"]
 
 
 class ConfigError(ValueError):
@@ -69,3 +71,8 @@ def os_error_message(exc: OSError, workdir: Optional[str] = None) -> str:
         where = f" (under workdir {workdir})" if workdir else ""
     fix = _FIXES.get(exc.errno, f"fix it, {_RESUME}")
     return f"{exc.strerror or exc}{where}; {fix}."
+
+
+class DivergenceError(ValueError):
+    """A training run met a non-finite loss or parameter (``train.on_nonfinite='stop'``); the message
+    names the run, the step and the likely cause (the CLI prints it in one line and exits non-zero)."""

@@ -183,9 +183,14 @@ def model_kwargs(spec: Mapping[str, Any]) -> dict[str, Any]:
 def load_student(directory: str | os.PathLike) -> Student:
     """The student bundle in ``directory`` (written by ``lelp export``), ready to predict.
 
-    >>> s = load_student(bundle_dir)  # doctest: +SKIP
-    >>> s.predict(x_test)[:2]  # doctest: +SKIP
-    ['negative', 'positive']
+    ``s = load_student("runs/digits/student")``; ``s.predict(x)`` (class names), ``s.predict_proba(x)``
+    ``(N, C)``, ``jax.jit(s.apply)(s.variables, {"features": x})``, ``s.exported.call(x)``. A folder that
+    is not a bundle is a ConfigError naming it:
+
+    >>> load_student("no/such/bundle")
+    Traceback (most recent call last):
+    ...
+    lelp_jax.runtime.errors.ConfigError: student bundle 'no/such/bundle' does not exist; ...
     """
     root = Path(directory).expanduser()
     if not root.is_dir():

@@ -8,6 +8,8 @@
     lelp report  ...                                        (lelp_jax.report.main)
     lelp sweep   ...                                        (lelp_jax.protocol.sweep.main)
     lelp kfold   ...                                        (lelp_jax.protocol.kfold.main)
+    lelp export  WORKDIR [--method M] [--seed K] [--out DIR]   (lelp_jax.student.export.main)
+    lelp predict --student DIR --input FILE [--out PREDS.csv] (lelp_jax.student.predict.main)
 
 A subcommand is a function ``(argv: list[str]) -> int`` in ``COMMANDS``. User
 errors (bad config key, missing checkpoint, foreign workdir, dataset not
@@ -25,6 +27,8 @@ from collections.abc import Callable, Sequence
 
 from lelp_jax import pipeline, report
 from lelp_jax.protocol import kfold, paired, sweep
+from lelp_jax.student import export as student_export
+from lelp_jax.student import predict as student_predict
 from lelp_jax.runtime import sharding
 from lelp_jax.config import config_to_dict, load_config
 from lelp_jax.runtime.errors import ConfigError, find_os_error, os_error_message
@@ -125,6 +129,9 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
     if name == "run":
         for line in paired_lines(config, args.workdir):
             log(line)
+        if jax_process_index() == 0:
+            out, chosen = student_export.export_student(args.workdir)  # the best on validation, never on test
+            log(student_export.usage_line(out, chosen))
     return 0
 
 
@@ -142,6 +149,13 @@ def paired_lines(config, workdir: str | os.PathLike) -> list[str]:
     return ([f"[paired] test accuracy % (best-validation step), paired by seed over seeds {sorted(seeds)}; "
              "Δ = method - reference in points, 95 % t-interval:"]
             + paired.paired_table(acc, references=("kd", "ce")))
+
+
+def jax_process_index() -> int:
+    """This JAX process's index (0 on one host): only process 0 writes the exported student."""
+    import jax
+
+    return jax.process_index()
 
 
 def _cmd_config(argv: Sequence[str]) -> int:
@@ -166,6 +180,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "report": _main_of(report),
     "sweep": _main_of(sweep),
     "kfold": _main_of(kfold),
+    "export": _main_of(student_export),
+    "predict": _main_of(student_predict),
 }
 
 _COMMAND_HELP = {
@@ -174,6 +190,8 @@ _COMMAND_HELP = {
     "report": "tables and plots from results.json files",
     "sweep": "run a grid of overrides (e.g. lelp.beta, lelp.num_subclasses) over shared teachers",
     "kfold": "run every fold of a k-fold config (data.num_folds) and pool the folds' test sets",
+    "export": "write a finished student (best on validation) as a self-contained bundle",
+    "predict": "class predictions of an exported student for a .csv/.jsonl/.npz file",
 }
 
 

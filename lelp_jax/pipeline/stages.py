@@ -13,6 +13,7 @@ can see (a shared filesystem, as Orbax needs anyway).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -28,6 +29,7 @@ from lelp_jax.core import atomic
 from lelp_jax.runtime import sharding
 from lelp_jax.config import config_to_dict
 from lelp_jax.runtime.errors import ConfigError, DivergenceError
+from lelp_jax.data.input_spec import input_spec
 from lelp_jax.data.splits import source_labels
 from lelp_jax.methods import Method, get_method
 from lelp_jax.models import build_model, count_params
@@ -39,7 +41,7 @@ from lelp_jax.core.projections import save_projections
 from lelp_jax.pipeline.teacher import accumulate_moments, cache_teacher_outputs
 
 __all__ = ["STAGES", "stage_teacher", "stage_teacher_outputs", "stage_statistics", "stage_fit", "stage_distill",
-           "stage_eval", "summarize"]
+           "stage_eval", "summarize", "student_record"]
 
 _HOW = {"new": "computed", "shared": "shared (content-addressed)", "local": "already here"}
 
@@ -255,9 +257,11 @@ def stage_distill(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequ
         cache = run.teacher_cache if method.needs_teacher else None
         t_model, t_variables = run.teacher if method.needs_teacher and cache is None else (None, None)
         aux = method_aux(method, run)
-        method_extra = {**extra, **split_diagnostics(method, aux, run)}
-        student = build_model(config.student.model, num_outputs=method.student_outputs(info.num_classes, config, aux),
-                              **model_kwargs(config.student))
+        head = method.student_outputs(info.num_classes, config, aux)
+        method_extra = {**extra, **split_diagnostics(method, aux, run),
+                        "student": student_record(config, info, method, head,
+                                                  {k.removesuffix("_source"): len(v) for k, v in sources.items()})}
+        student = build_model(config.student.model, num_outputs=head, **model_kwargs(config.student))
         for m, seed in todo:
             if m != name:
                 continue
@@ -281,6 +285,26 @@ def stage_distill(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequ
     sync("distill")
     message = f"{len(done)} runs trained" + (f", {len(failed)} failed ({', '.join(failed)})" if failed else "")
     return {"skipped": False, "message": message}
+
+
+def student_record(config: ml_collections.ConfigDict, info: Any, method: Method, head_outputs: int,
+                   examples: Mapping[str, int]) -> dict:
+    """What serving the student needs, recorded in each run's result.json (``lelp export`` reads it):
+    class names (sorted string labels, ``data.class_names`` or the tfds names), C, S = head / C (the head is
+    class-major, class c's logits at c*S .. c*S+S-1), the architecture (registry name + kwargs), the input
+    spec (:func:`lelp_jax.data.input_spec.input_spec`), the method and its resolved options, and ``examples``
+    (split -> number of examples)."""
+    options = method.parse_options(config)
+    settings = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}
+    return {"class_names": [str(c) for c in info.class_names], "num_classes": int(info.num_classes),
+            "head_outputs": int(head_outputs), "num_subclasses": int(head_outputs) // int(info.num_classes),
+            "model": {"name": config.student.model, "kwargs": config.student.model_kwargs.to_dict()},
+            "input": input_spec(config.data, info), "method": method.name,
+            "settings": json.loads(json.dumps(settings, default=str)),
+            "compute_dtype": str(config.train.compute_dtype),
+            "examples": dict(examples),
+            "eval_batch_size": int(config.train.eval_batch_size) or int(config.data.eval_batch_size
+                                                                       or config.train.batch_size)}
 
 
 def _run_order(config: ml_collections.ConfigDict, method: str, seed: int) -> tuple:

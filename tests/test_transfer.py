@@ -109,6 +109,21 @@ def test_synthetic_transfer_and_labelled_fraction_make_one_distillation_split():
     assert len(load_splits(cfg.data, "validation")[0]["validation"][0]) == 50
 
 
+def test_a_labelled_transfer_split_is_ignored_once_or_used(capsys):
+    cfg = _synthetic()
+    cfg.data.transfer_split = "test"
+    train, _ = load_splits(cfg.data, "train")[0]["train"]
+    assert capsys.readouterr().out.count("transfer split 'test' carries labels: ignored") == 1
+    assert (train.num_labelled, train.num_transfer) == (200, 50)
+    assert all(train[i]["label"] == -1 for i in range(200, 250))
+    cfg.data.transfer_labels = "use"
+    train, _ = load_splits(cfg.data, "train")[0]["train"]
+    assert "kept" in capsys.readouterr().out
+    assert (train.num_labelled, train.num_transfer) == (250, 0)
+    test, _ = load_splits(cfg.data, "test")[0]["test"]
+    assert [train[200 + i]["label"] for i in range(50)] == [test[i]["label"] for i in range(50)]
+
+
 def _run(args):
     return cli.main(["run", *args])
 

@@ -106,11 +106,17 @@ def base_config() -> ml_collections.ConfigDict:
             # first n train examples kept per fine class (0 = all); e.g. configs/fashion_mnist_hidden.py.
             class_one_fine=(),
             train_per_fine_class=0,
+            # unlabelled transfer rows (lelp_jax.data.splits): the students distil on train = labelled ∪ transfer,
+            # transfer rows carry label -1; data.files.transfer (local), transfer_split (a dataset's split name).
+            labelled_fraction=1.0,  # 0 < f <= 1: this seeded, stratified share of train keeps its labels
+            transfer_split="",  # '' = none; e.g. 'unsupervised' for a dataset with an unlabelled split
+            transfer_labels="ignore",  # a transfer file with a label column: 'ignore' (said once) | 'use'
             # synthetic_subclasses (lelp_jax.data.synthetic): K modes per class in a latent space, mapped
             # non-linearly to input_dim features; fine labels kept.
             synthetic=ml_collections.ConfigDict(dict(
                 num_classes=2, modes_per_class=8, latent_dim=8, hidden_dim=64, input_dim=64,
                 separation=1.0, noise=0.5, num_train=2000, num_validation=2000, num_test=10000, seed=0,
+                num_transfer=0,  # unlabelled transfer rows drawn like train (fine labels kept for oracle/NMI)
             )),
         )
     )
@@ -122,6 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
             checkpoint=_p(str),  # a trained teacher to load; None = train one in the workdir
             pretrained=_p(str),  # initial weights for fine-tuning (e.g. 'minilm'), None = random init
             seed=0,
+            train_on="labelled",  # labelled | all: with data.labelled_fraction < 1, all = every train row's true label
             train=_train_section(num_steps=1000),
             # model='precomputed': a teacher from any framework, as its exported outputs
             # (lelp_jax.pipeline.precomputed; scripts/export_teacher_outputs.py). One .npz or .npy folder per split.
@@ -276,6 +283,15 @@ def validate_values(config: ml_collections.ConfigDict) -> None:
     validate_train(config.train, "train")
     if config.teacher.model == "precomputed":
         _validate_precomputed(config.teacher)
+    lf = config.data.labelled_fraction
+    _need(0.0 < lf <= 1.0, f"data.labelled_fraction must be in (0, 1] (the share of train that keeps its labels), "
+          f"got {lf}.")
+    _need(config.data.transfer_labels in ("ignore", "use"),
+          f"data.transfer_labels must be 'ignore' or 'use', got {config.data.transfer_labels!r}.")
+    _need(config.teacher.train_on in ("labelled", "all"),
+          f"teacher.train_on must be 'labelled' or 'all', got {config.teacher.train_on!r}.")
+    _need(config.data.synthetic.num_transfer >= 0,
+          f"data.synthetic.num_transfer must be >= 0, got {config.data.synthetic.num_transfer}.")
     _need(config.data.features in ("", "minilm"),  # lelp_jax.data.features.ENCODERS
           f"data.features must be '' (off) or 'minilm' (frozen MiniLM sentence embeddings), "
           f"got {config.data.features!r}.")

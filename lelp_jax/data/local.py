@@ -256,3 +256,51 @@ def read_npz(
     if len(set(sizes.values())) != 1:
         raise ValueError(f"{path}: arrays have different lengths {sizes}; they must agree.")
     return out
+
+
+def read_transfer_file(
+    path: str, *, text_column: str = "text", label_column: str = "label", use_labels: bool = False,
+    class_names: Sequence[str] | None = None, num_classes: int | None = None, names_from: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """An unlabelled transfer file (``data.files.transfer``): ``({'texts': [...]} or the .npz arrays, and
+    'label' (N,) int32: -1 on every row, or the mapped labels with ``use_labels``), had_labels)``.
+
+    CSV/JSONL need the text column only; .npz needs ``features`` or ``images`` (``labels`` optional).
+    ``had_labels``: the file has a label column (``labels`` array), which only ``use_labels``
+    (``data.transfer_labels='use'``) keeps. An empty file is a ValueError naming it.
+    """
+    if path.lower().endswith(".npz"):
+        z = _load_npz(path)
+        keys = set(z.files)
+        x_key = "images" if "images" in keys else "features" if "features" in keys else None
+        if x_key is None:
+            raise ValueError(f"{path}: a transfer .npz needs 'features' or 'images' (found {sorted(keys)}). "
+                             "Save with np.savez(path, features=X).")
+        x = z[x_key]
+        if len(x) == 0:
+            raise ValueError(f"{path}: the transfer file has no examples. Add rows or unset data.files.transfer.")
+        _finite_or_raise(x, path, x_key)
+        if x_key == "images":
+            x = x[..., None] if x.ndim == 3 else x
+            out: dict[str, Any] = {"image": (x / 255.0 if x.dtype == np.uint8 else x).astype(np.float32)}
+        else:
+            if x.ndim != 2:
+                raise ValueError(f"{path}: 'features' must be (N, F), got {x.shape}.")
+            out = {"features": x.astype(np.float32)}
+        had = "labels" in keys
+        raw = z["labels"].tolist() if had else None
+        n = len(x)
+    else:
+        rows = read_rows(path)
+        out = {"texts": [str(t) for t in _column(rows, text_column, path, "text_column")]}
+        had = label_column in rows[0]
+        raw = _column(rows, label_column, path, "label_column") if had and use_labels else None
+        n = len(rows)
+    if had and use_labels:
+        labels = map_labels(raw, path=path, class_names=class_names, num_classes=num_classes, names_from=names_from)
+        if len(labels) != n:
+            raise ValueError(f"{path}: 'labels' has {len(labels)} rows for {n} examples; they must agree.")
+    else:
+        labels = np.full(n, -1, np.int32)
+    out["label"] = labels
+    return out, had

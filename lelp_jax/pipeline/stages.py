@@ -81,6 +81,9 @@ def stage_teacher(run: Run) -> dict:
                   "test_accuracy": result["test_accuracy_best_val"], "test_accuracy_last": result["test_accuracy_last"],
                   "val_accuracy": result["best_val_accuracy"], "params": result["student_params"],
                   "steps": result["steps"]}
+    if record["source"] == "trained":
+        record.update(train_on=config.teacher.train_on, train_examples=len(run.teacher_sources()["train_source"]))
+    record.update(**run.transfer_counts)
     record.update(model=config.teacher.model, model_kwargs=config.teacher.model_kwargs.to_dict(),
                   identity=teacher_identity(config, wd.root), dataset=config.data.name,
                   data=config_to_dict(config)["data"], num_classes=run.info.num_classes,
@@ -192,7 +195,17 @@ def stage_statistics(run: Run) -> dict:
     sync("statistics")
     with np.load(wd.statistics, allow_pickle=False) as f:
         counts, dim = ", ".join(f"{int(c)}" for c in f["count"]), f["mean"].shape[-1]
-    return {"skipped": how == "shared", "message": f"{_HOW[how]}: class counts [{counts}], D={dim} -> {wd.statistics}"}
+    return {"skipped": how == "shared", "message": f"{_HOW[how]}: class counts [{counts}], D={dim}{_rows_line(run)} "
+                                                   f"-> {wd.statistics}"}
+
+
+def _rows_line(run: Run) -> str:
+    """', N labelled + M transfer rows (their class: the teacher's argmax)' with transfer rows, else ''."""
+    counts = run.transfer_counts
+    if not counts["transfer_examples"]:
+        return ""
+    return (f", {counts['labelled_examples']} labelled + {counts['transfer_examples']} transfer rows "
+            "(their class: the teacher's argmax)")
 
 
 def stage_fit(run: Run) -> dict:
@@ -224,7 +237,7 @@ def stage_fit(run: Run) -> dict:
         written.append(f"{method.name} ({_HOW[how]}; S={opts.get('num_subclasses')}, "
                        f"null_space={opts.get('null_space')}, rotate={opts.get('rotate')}, {opts.get('directions')})")
     sync("fit")
-    return {"skipped": False, "message": "; ".join(written)}
+    return {"skipped": False, "message": "; ".join(written) + _rows_line(run)}
 
 
 def stage_distill(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
@@ -246,7 +259,7 @@ def stage_distill(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequ
     teacher = read_json(wd.teacher_json)
     extra = {"overrides": dict(overrides or {}), "teacher_params": teacher.get("params"),
              "teacher_test_accuracy": teacher.get("test_accuracy"), "dataset": config.data.name,
-             "config_name": config.name}
+             "config_name": config.name, **run.transfer_counts}
     done: list[str] = []
     failed: list[str] = []
     for name in dict.fromkeys(m for m, _ in todo):
@@ -258,9 +271,14 @@ def stage_distill(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequ
         t_model, t_variables = run.teacher if method.needs_teacher and cache is None else (None, None)
         aux = method_aux(method, run)
         head = method.student_outputs(info.num_classes, config, aux)
+        # A method that learns from labels alone (ce: no teacher, no fit) trains on the labelled rows only.
+        labels_only = not method.needs_teacher and method.fit is None
+        method_sources = run.sources(labelled_only=True) if labels_only else sources
         method_extra = {**extra, **split_diagnostics(method, aux, run),
+                        "train_examples": len(method_sources["train_source"]),
                         "student": student_record(config, info, method, head,
-                                                  {k.removesuffix("_source"): len(v) for k, v in sources.items()})}
+                                                  {k.removesuffix("_source"): len(v)
+                                                   for k, v in method_sources.items()})}
         student = build_model(config.student.model, num_outputs=head, **model_kwargs(config.student))
         for m, seed in todo:
             if m != name:
@@ -268,7 +286,7 @@ def stage_distill(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequ
             t0 = time.perf_counter()
             try:
                 result = train.train_and_evaluate(
-                    **sources, model=student, method=method, cfg=config, mesh=run.mesh,
+                    **method_sources, model=student, method=method, cfg=config, mesh=run.mesh,
                     workdir=str(wd.run_dir(name, seed)), seed=seed, num_classes=info.num_classes,
                     teacher_apply=t_model.apply if t_model is not None else None, teacher_variables=t_variables,
                     teacher_cache=cache, aux=aux, record_extra=method_extra,

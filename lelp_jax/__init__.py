@@ -62,7 +62,18 @@ __all__ = [
     "kd_loss",
     "lelp_loss",
     "checked",
+    "load_student",
 ]
+
+# Names served on first use: the student bundle's loader (lelp_jax.student, a layer above the core) is
+# imported only when asked for, so `import lelp_jax` stays the core.
+LAZY = {"load_student": "lelp_jax.student.bundle"}
+
+
+def __getattr__(name):
+    if name in LAZY:
+        return getattr(importlib.import_module(LAZY[name]), name)
+    raise AttributeError(f"module 'lelp_jax' has no attribute {name!r}")
 
 # Modules that moved into the role packages (0.1.0 -> 0.2): the old dotted names still import, for
 # one release, with a DeprecationWarning naming the new place.

@@ -221,3 +221,26 @@ def test_run_ends_with_paired_differences_to_kd_and_ce(tmp_path, rng):
         assert cell == f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}] (n=5)", cell
     one_seed = load_config("configs/digits_binary.py", methods="ce,kd,lelp_kmeans", seeds="1")
     assert cli.paired_lines(one_seed, tmp_path) == []
+def test_a_diverged_run_exits_non_zero_is_recorded_failed_and_averaged_nowhere(tmp_path, capsys):
+    """#21 item 2: learning_rate=1e30 used to end rc 0 with '49.7 %' averaged into results.json."""
+    wd = tmp_path / "w"
+    rc, out, err = run_cli(["run", "--config", "configs/digits_binary.py", "--workdir", str(wd),
+                            "--config.smoke=true", "--methods", "ce,lelp", "--seeds", "0,1",
+                            "--config.train.learning_rate=1e30"], capsys)
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lelp: error: 4 of 4 runs failed"), err
+    assert "ce seed 0 diverged at step" in err and "learning rate is likely too high" in err
+    assert out.count("FAILED: ") == 4
+    results = json.loads((wd / "results.json").read_text())
+    assert [(r["method"], r["seed"], r["status"]) for r in results["runs"]] == [
+        ("ce", 0, "failed"), ("ce", 1, "failed"), ("lelp", 0, "failed"), ("lelp", 1, "failed")]
+    assert not any("test_accuracy_best_val" in r for r in results["runs"])
+    rc, out, err = run_cli(["report", str(wd)], capsys)
+    assert rc == 0, err
+    table = (wd / "report" / "report.md").read_text()
+    assert "| ce (failed: seeds [0, 1], diverged; not averaged) | n/a | n/a |" in table, table
+    rc, _, err = run_cli(["run", "--config", "configs/digits_binary.py", "--workdir", str(wd),
+                          "--config.smoke=true", "--methods", "ce,lelp", "--seeds", "0,1",
+                          "--config.train.learning_rate=1e30"], capsys)
+    assert rc != 0 and "4 of 4 runs failed" in err  # a rerun skips the failed runs and fails again

@@ -282,3 +282,61 @@ def load_split(data_config: DataSection, split: str) -> tuple[Any, DatasetInfo]:
         return load_fold_split(name, plain(data_config), split, DATASETS[name])
     source, info = DATASETS[name](name, data_config, split)
     return regroup(source, info, split, class_one_fine=class_one, train_per_fine_class=per_fine)
+
+
+def transfer_origin(data_config: DataSection) -> str | None:
+    """Where a dataset's unlabelled transfer rows come from: ``data.files.transfer`` (local),
+    ``data.transfer_split``, ``synthetic.num_transfer`` (the generator), or None."""
+    if _get(data_config, "name") == "local" and plain(_get(data_config, "files", {})).get("transfer"):
+        return "data.files.transfer"
+    if _get(data_config, "transfer_split"):
+        return "data.transfer_split"
+    if _get(data_config, "name") == "synthetic_subclasses" and int(
+            plain(_get(data_config, "synthetic", {})).get("num_transfer") or 0):
+        return "data.synthetic.num_transfer"
+    return None
+
+
+def load_transfer(data_config: DataSection, info: DatasetInfo) -> tuple[Any, bool] | None:
+    """``(source, keep_labels)`` of the transfer rows (:func:`transfer_origin`), or None. A labelled transfer
+    file's or split's labels are ignored (said once; the caller reads every transfer row's label as -1)
+    unless ``data.transfer_labels='use'`` (``keep_labels`` True).
+
+    ``info`` is the train split's: a local text file is tokenised like it, its labels mapped to its classes.
+    """
+    origin = transfer_origin(data_config)
+    if origin is None:
+        return None
+    use = _get(data_config, "transfer_labels", "ignore") == "use"
+    if origin == "data.files.transfer":
+        path = os.path.expanduser(str(plain(_get(data_config, "files", {}))["transfer"]))
+        if not os.path.exists(path):
+            raise ValueError(f"{path}: file not found (data.files.transfer). Fix the path.")
+        names = None if info.class_names == tuple(str(c) for c in range(info.num_classes)) else info.class_names
+        arrays, had = local.read_transfer_file(
+            path, text_column=_get(data_config, "text_column", "text"),
+            label_column=_get(data_config, "label_column", "label"), use_labels=use, class_names=names,
+            num_classes=None if names is not None else info.num_classes)
+        if "texts" in arrays:
+            src, _, _ = text_source(arrays["texts"], arrays["label"], None, data_config)
+        else:
+            if "image" in arrays and info.input_kind == "features":
+                arrays["features"] = arrays.pop("image").reshape(len(arrays["label"]), -1)
+            src = ArraySource(arrays)
+        what = f"{path} has a label column"
+    else:
+        split = "transfer" if origin == "data.synthetic.num_transfer" else str(_get(data_config, "transfer_split"))
+        src, _ = load_split(data_config, split)
+        had = origin == "data.transfer_split"
+        what = f"transfer split {split!r} carries labels"
+    if had:
+        _say_once(f"{what}: {'kept (data.transfer_labels=use)' if use else 'ignored (data.transfer_labels=use keeps them)'}")
+    return src, had and use
+
+
+def _say_once(message: str) -> None:
+    """One line on process 0."""
+    import jax
+
+    if jax.process_index() == 0:
+        print(message, flush=True)

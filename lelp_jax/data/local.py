@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+CSV_FIELD_LIMIT = 2**31 - 1  # characters per CSV field (Python's csv default is 131,072)
+
 
 def _decode(path: str) -> str:
     with open(path, "rb") as f:
@@ -49,7 +51,14 @@ def read_rows(path: str) -> list[dict[str, Any]]:
     text = _decode(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        limit = csv.field_size_limit(CSV_FIELD_LIMIT)  # the default 131,072 characters refuses long documents
+        try:
+            rows = list(reader)
+        except csv.Error as e:
+            raise ValueError(f"{path}: line {reader.line_num} is not valid CSV ({e}). Fix that line.") from None
+        finally:
+            csv.field_size_limit(limit)
     elif ext in (".jsonl", ".json"):
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -142,14 +151,14 @@ def train_classes(path: str, *, label_column: str = "label") -> tuple[tuple[str,
     distinct = sorted({str(v).strip() for v in values})
     if not distinct:
         raise ValueError(f"{path}: no labels. Add examples.")
+    if len(distinct) < 2:  # integer labels too: an all-1 column is one class, not a binary problem
+        raise ValueError(f"{path}: all {len(values)} examples have the label {distinct[0]!r} (1 class); a classifier "
+                         "needs at least two classes: fix the label column (or list the classes in data.class_names).")
     if all(_is_int(s) for s in distinct):
         top = max(int(s) for s in distinct)
         if min(int(s) for s in distinct) < 0:
             raise ValueError(f"{path}: negative integer labels; use 0..C-1 or set data.class_names.")
         return None, top + 1
-    if len(distinct) < 2:
-        raise ValueError(f"{path}: every example has the label {distinct[0]!r}; a classifier needs at least two "
-                         "classes (or list them in data.class_names).")
     return tuple(distinct), len(distinct)
 
 
@@ -247,3 +256,51 @@ def read_npz(
     if len(set(sizes.values())) != 1:
         raise ValueError(f"{path}: arrays have different lengths {sizes}; they must agree.")
     return out
+
+
+def read_transfer_file(
+    path: str, *, text_column: str = "text", label_column: str = "label", use_labels: bool = False,
+    class_names: Sequence[str] | None = None, num_classes: int | None = None, names_from: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """An unlabelled transfer file (``data.files.transfer``): ``({'texts': [...]} or the .npz arrays, and
+    'label' (N,) int32: -1 on every row, or the mapped labels with ``use_labels``), had_labels)``.
+
+    CSV/JSONL need the text column only; .npz needs ``features`` or ``images`` (``labels`` optional).
+    ``had_labels``: the file has a label column (``labels`` array), which only ``use_labels``
+    (``data.transfer_labels='use'``) keeps. An empty file is a ValueError naming it.
+    """
+    if path.lower().endswith(".npz"):
+        z = _load_npz(path)
+        keys = set(z.files)
+        x_key = "images" if "images" in keys else "features" if "features" in keys else None
+        if x_key is None:
+            raise ValueError(f"{path}: a transfer .npz needs 'features' or 'images' (found {sorted(keys)}). "
+                             "Save with np.savez(path, features=X).")
+        x = z[x_key]
+        if len(x) == 0:
+            raise ValueError(f"{path}: the transfer file has no examples. Add rows or unset data.files.transfer.")
+        _finite_or_raise(x, path, x_key)
+        if x_key == "images":
+            x = x[..., None] if x.ndim == 3 else x
+            out: dict[str, Any] = {"image": (x / 255.0 if x.dtype == np.uint8 else x).astype(np.float32)}
+        else:
+            if x.ndim != 2:
+                raise ValueError(f"{path}: 'features' must be (N, F), got {x.shape}.")
+            out = {"features": x.astype(np.float32)}
+        had = "labels" in keys
+        raw = z["labels"].tolist() if had else None
+        n = len(x)
+    else:
+        rows = read_rows(path)
+        out = {"texts": [str(t) for t in _column(rows, text_column, path, "text_column")]}
+        had = label_column in rows[0]
+        raw = _column(rows, label_column, path, "label_column") if had and use_labels else None
+        n = len(rows)
+    if had and use_labels:
+        labels = map_labels(raw, path=path, class_names=class_names, num_classes=num_classes, names_from=names_from)
+        if len(labels) != n:
+            raise ValueError(f"{path}: 'labels' has {len(labels)} rows for {n} examples; they must agree.")
+    else:
+        labels = np.full(n, -1, np.int32)
+    out["label"] = labels
+    return out, had

@@ -17,7 +17,9 @@ splits are independent draws from the same distribution.
 
 Knobs (`data.synthetic`; defaults in `lelp_jax.config.schema.base_config`):
 `num_classes` C, `modes_per_class` K, `latent_dim` d, `hidden_dim` H,
-`input_dim`, `separation`, `noise`, `num_train`, `num_validation`, `num_test`, `seed`.
+`input_dim`, `separation`, `noise`, `num_train`, `num_validation`, `num_test`, `seed`, and
+`num_transfer`: with it > 0 a fourth, unlabelled `transfer` split of that many rows, drawn like
+train (its `label` -1; its `fine_label` kept for the `oracle` and the NMI diagnostics only).
 The student's capacity is the config's `student.model_kwargs.hidden`.
 """
 from __future__ import annotations
@@ -51,6 +53,8 @@ def _knobs(options: Mapping[str, Any] | None) -> dict[str, Any]:
                 "num_test"):
         if int(k[key]) < 1:
             raise ValueError(f"data.synthetic.{key} must be a positive int, got {k[key]}.")
+    if int(k["num_transfer"]) < 0:
+        raise ValueError(f"data.synthetic.num_transfer must be >= 0, got {k['num_transfer']}.")
     if int(k["num_classes"]) < 2:
         raise ValueError(f"data.synthetic.num_classes must be >= 2, got {k['num_classes']}.")
     for key in ("separation", "noise"):
@@ -62,7 +66,8 @@ def _knobs(options: Mapping[str, Any] | None) -> dict[str, Any]:
 def synthetic_arrays(options: Mapping[str, Any] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """`{split: {'features': (N, input_dim) float32, 'label': (N,) int32, 'fine_label': (N,) int32}}`.
 
-    Fine class f belongs to class `class_of[f]`; every class owns exactly K fine classes.
+    Fine class f belongs to class `class_of[f]`; every class owns exactly K fine classes. With
+    `num_transfer` > 0 the dict also holds `transfer` (its own seed stream, `label` -1).
     """
     k = _knobs(options)
     c, m, d, h = int(k["num_classes"]), int(k["modes_per_class"]), int(k["latent_dim"]), int(k["hidden_dim"])
@@ -73,22 +78,25 @@ def synthetic_arrays(options: Mapping[str, Any] | None = None) -> dict[str, dict
     b1 = rng.normal(size=(h,))
     a2 = rng.normal(size=(h, int(k["input_dim"])))
     out = {}
-    for i, split in enumerate(SPLITS):
+    draws = SPLITS + (("transfer",) if int(k["num_transfer"]) else ())
+    for i, split in enumerate(draws):
         n = int(k[f"num_{split}"])
         split_rng = np.random.default_rng([int(k["seed"]), 0x5EED, i + 1])
         fine = split_rng.integers(0, c * m, size=n)
         z = centres[fine] + float(k["noise"]) * split_rng.normal(size=(n, d))
         x = np.tanh(z @ a1 / np.sqrt(d) + b1) @ a2 / np.sqrt(h)
-        out[split] = {"features": x.astype(np.float32), "label": class_of[fine].astype(np.int32),
+        label = class_of[fine] if split != "transfer" else np.full(n, -1)
+        out[split] = {"features": x.astype(np.float32), "label": label.astype(np.int32),
                       "fine_label": fine.astype(np.int32)}
     return out
 
 
 def load_synthetic(name: str, config: DataSection, split: str) -> tuple[ArraySource, DatasetInfo]:
     """The loader registered as `synthetic_subclasses` in `lelp_jax.data.DATASETS`."""
-    if split not in SPLITS:
-        raise ValueError(f"{name}: unknown split {split!r}; choose one of {list(SPLITS)}.")
     options = plain(config.get("synthetic") or {})
+    if split not in SPLITS and not (split == "transfer" and int(options.get("num_transfer") or 0)):
+        raise ValueError(f"{name}: unknown split {split!r}; choose one of {list(SPLITS)} (or 'transfer' with "
+                         "data.synthetic.num_transfer > 0).")
     input_kind = config.get("input_kind")
     if input_kind not in (None, "features"):
         raise ValueError(f"{name} has feature inputs; input_kind {input_kind!r} does not apply (use None).")
@@ -98,7 +106,8 @@ def load_synthetic(name: str, config: DataSection, split: str) -> tuple[ArraySou
     if cap is not None:
         arrays = {key: v[:int(cap)] for key, v in arrays.items()}
     c, m = int(k["num_classes"]), int(k["modes_per_class"])
-    sizes = {s: int(k[f"num_{s}"]) if cap is None else min(int(cap), int(k[f"num_{s}"])) for s in SPLITS}
+    sizes = {s: int(k[f"num_{s}"]) if cap is None else min(int(cap), int(k[f"num_{s}"]))
+             for s in SPLITS + (("transfer",) if int(k["num_transfer"]) else ())}
     info = DatasetInfo(
         name=name, num_classes=c, num_fine_classes=c * m, input_kind="features",
         class_names=tuple(f"class_{i}" for i in range(c)), split_sizes=sizes,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, Optional, Protocol, TypeVar
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import struct
@@ -22,7 +23,7 @@ from lelp_jax.data.batch import batch_mask
 
 __all__ = [
     "Method", "LossInputs", "InitParams", "METHODS", "register_method", "get_method", "method_names",
-    "batch_mask", "hard_label_loss", "mix_hard_labels", "plain_class_log_probs",
+    "batch_mask", "labelled_mask", "hard_label_loss", "mix_hard_labels", "plain_class_log_probs",
     "subclass_class_log_probs", "plain_head",
 ]
 
@@ -172,20 +173,29 @@ def plain_head(num_classes: int, options: Any) -> int:
     return num_classes
 
 
+def labelled_mask(batch: Batch) -> jax.Array:
+    """``batch_mask(batch) * [label >= 0]``: the rows a hard-label term may use. Unlabelled transfer rows
+    (``data.labelled_fraction`` < 1, a transfer file; :mod:`lelp_jax.data.splits`) carry label -1: they get
+    the soft terms only."""
+    return batch_mask(batch) * (batch["label"] >= 0).astype(jnp.float32)
+
+
 def hard_label_loss(class_logits: jax.Array, batch: Batch, label_smoothing: float) -> jax.Array:
     """Every method's hard-label term: CE(y, softmax(class_logits)) with label smoothing
     eps = ``label_smoothing`` (``train.label_smoothing``), target (1 - eps) onehot(y) + eps / C
-    (Szegedy et al. 2016).
+    (Szegedy et al. 2016), averaged over the batch's labelled rows (:func:`labelled_mask`:
+    ``sum_b m_b l_b / sum_b m_b``, 0 for a batch without one): a transfer row's -1 is no class.
 
     ``class_logits (B, C)``: a C-way head's logits, or a C*S head's class log-probabilities
     ``log q_c`` (log_softmax leaves normalised log-probabilities unchanged).
     """
-    mask = batch_mask(batch)
+    mask = labelled_mask(batch)
+    labels = jnp.maximum(batch["label"], 0)  # -1 rows have weight 0; any class index keeps the CE finite
     if label_smoothing:
-        smooth = optax.smooth_labels(jax.nn.one_hot(batch["label"], class_logits.shape[-1],
+        smooth = optax.smooth_labels(jax.nn.one_hot(labels, class_logits.shape[-1],
                                                     dtype=class_logits.dtype), label_smoothing)
         return losses.soft_cross_entropy(class_logits, smooth, mask=mask)
-    return losses.cross_entropy(class_logits, batch["label"], mask=mask)
+    return losses.cross_entropy(class_logits, labels, mask=mask)
 
 
 def mix_hard_labels(soft: jax.Array, class_logits: jax.Array, batch: Batch, *, alpha: float,

@@ -219,15 +219,21 @@ def _oracle_loss(inputs: LossInputs, options: SplitOptions) -> jax.Array:
     if "fine_label" not in batch:
         raise ValueError("method 'oracle' needs batch['fine_label']; use a dataset with fine labels.")
     p = _teacher_class_probs(inputs.teacher_logits, options)
-    t = clustering.oracle_targets(p, batch["label"], batch["fine_label"], aux)
+    t = clustering.oracle_targets(p, _oracle_classes(aux, batch), batch["fine_label"], aux)
     return _pseudo_subclass_loss(inputs, t.reshape(t.shape[0], -1), options, p.shape[-1])
+
+
+def _oracle_classes(aux: PyTree, batch: Batch) -> jax.Array:
+    """Each row's class: its label, or, on an unlabelled transfer row (label -1), the class its kept fine
+    label belongs to (``aux.class_of_fine``; -1 for a fine label no labelled row showed: uniform split)."""
+    return jnp.where(batch["label"] >= 0, batch["label"], aux.class_of_fine[batch["fine_label"]])
 
 
 def _oracle_split(aux: PyTree, teacher_embedding: jax.Array, batch: Batch, options: SplitOptions) -> jax.Array:
     """The oracle's split t / p: one-hot on the fine label's slot of the own class, uniform over the
     used slots of the others (:func:`lelp_jax.core.clustering.oracle_targets` with p = 1)."""
     ones = jnp.ones((batch["label"].shape[0], aux.slot_mask.shape[0]), jnp.float32)
-    return clustering.oracle_targets(ones, batch["label"], batch["fine_label"], aux)
+    return clustering.oracle_targets(ones, _oracle_classes(aux, batch), batch["fine_label"], aux)
 
 
 def _oracle_head(num_classes: int, options: SplitOptions) -> None:

@@ -25,16 +25,18 @@ from lelp_jax.runtime import sharding
 from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.data.iterator import eval_batches
 from lelp_jax.data.sources import DatasetInfo
-from lelp_jax.data.splits import load_splits, source_labels
+from lelp_jax.data.loaders import transfer_origin
+from lelp_jax.data.splits import TransferSource, data_config, load_splits, source_labels
 from lelp_jax.methods import METHODS, Method
 from lelp_jax.models import build_model, minilm_init_variables
 from lelp_jax.models import head_weights as model_head_weights
+from lelp_jax.pipeline.checks import check_data
 from lelp_jax.pipeline.workdir import Workdir, WorkdirError, check_workdir, teacher_source_dir
 from lelp_jax.pipeline.precomputed import (SPLITS, PrecomputedTeacher, SplitRows, check_methods,
                                            load_precomputed_teacher)
 from lelp_jax.pipeline.teacher import TeacherCache, cache_teacher_outputs, load_teacher_cache
 
-__all__ = ["PRETRAINED", "Run", "check_method_names", "preflight", "model_kwargs", "train_teacher",
+__all__ = ["PRETRAINED", "Run", "check_method_names", "check_transfer", "preflight", "model_kwargs", "train_teacher",
            "evaluate_split"]
 
 
@@ -63,6 +65,7 @@ class Run:
         self.workdir = Workdir(workdir)
         self._splits: dict[str, tuple[Any, DatasetInfo]] = {}  # split -> (source, info), filled by split()
         self._carved: dict[str, tuple[int, np.ndarray]] = {}  # carved split -> (train file size, its rows in it)
+        self.data_checked = False  # preflight's data checks passed (they run once per run)
 
     @functools.cached_property
     def mesh(self) -> Mesh:
@@ -82,10 +85,33 @@ class Run:
             self._splits.update(loaded)
         return self._splits[name]
 
-    def sources(self) -> dict[str, Any]:
-        """``train_source``, ``val_source``, ``test_source``: the splits as ``train_and_evaluate`` takes them."""
-        return {"train_source": self.split("train")[0], "val_source": self.split("validation")[0],
+    def sources(self, *, labelled_only: bool = False) -> dict[str, Any]:
+        """``train_source``, ``val_source``, ``test_source``: the splits as ``train_and_evaluate`` takes them.
+
+        ``labelled_only``: train is its labelled rows (what ``ce`` learns from); the default is the
+        distillation split, labelled ∪ transfer (transfer rows' label -1, :mod:`lelp_jax.data.splits`)."""
+        train = self.split("train")[0]
+        if labelled_only and isinstance(train, TransferSource):
+            train = train.labelled()
+        return {"train_source": train, "val_source": self.split("validation")[0],
                 "test_source": self.split("test")[0]}
+
+    def teacher_sources(self) -> dict[str, Any]:
+        """The teacher's :meth:`sources`: train's labelled rows (``teacher.train_on='labelled'``), or with
+        ``'all'`` every train row with its true label (``data.labelled_fraction`` hides labels from the
+        students only; a transfer file's rows have none)."""
+        train = self.split("train")[0]
+        if self.config.teacher.train_on == "all" and isinstance(train, TransferSource):
+            return {**self.sources(), "train_source": train.train}
+        return self.sources(labelled_only=True)
+
+    @property
+    def transfer_counts(self) -> dict[str, int]:
+        """``{'labelled_examples', 'transfer_examples'}`` of the distillation split (train)."""
+        train = self.split("train")[0]
+        if isinstance(train, TransferSource):
+            return {"labelled_examples": train.num_labelled, "transfer_examples": train.num_transfer}
+        return {"labelled_examples": len(train), "transfer_examples": 0}
 
     @property
     def info(self) -> DatasetInfo:
@@ -93,7 +119,7 @@ class Run:
 
     @functools.cached_property
     def train_labels(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(labels, fine labels or None) of every train example, in index order."""
+        """(labels, fine labels or None) of every train example, in index order (-1: a transfer row)."""
         return source_labels(self.split("train")[0])
 
     @functools.cached_property
@@ -108,8 +134,13 @@ class Run:
                 rows[name] = SplitRows(name, len(source))
         return load_precomputed_teacher(
             self.config.teacher.outputs, splits=rows, num_classes=self.info.num_classes,
-            labels_of=lambda name: source_labels(self.split(name)[0])[0],
+            labels_of=lambda name: source_labels(self._true_labelled(name))[0],
             max_examples_per_split=self.config.data.max_examples_per_split)
+
+    def _true_labelled(self, name: str) -> Any:
+        """Split ``name`` with its true labels (train without the rows' hidden labels)."""
+        source = self.split(name)[0]
+        return source.train if isinstance(source, TransferSource) else source
 
     @property
     def teacher_dir(self) -> Path:
@@ -174,14 +205,17 @@ def check_method_names(methods) -> None:
         raise ConfigError(f"unknown method {unknown[0]!r}{hint}; known methods: {', '.join(known)}.")
 
 
-def preflight(run: Run, *, force: bool = False) -> None:
+def preflight(run: Run, *, force: bool = False, data: bool = True) -> None:
     """Every check that can fail on user input, before anything is written.
 
     The workdir must be new or made by this config (unless ``force``); every method
     must be registered; ``local`` data needs existing train/test files; a
     ``teacher.pretrained`` name must be known; a given ``teacher.checkpoint`` must
     exist and hold Orbax checkpoints; a precomputed teacher's exported outputs are
-    loaded and validated (``run.precomputed``, kept on the run for its stages).
+    loaded and validated (``run.precomputed``, kept on the run for its stages). With ``data`` (any
+    stage but ``eval`` will run), the data's labels and the teacher's embedding width are checked
+    too (:func:`lelp_jax.pipeline.checks.check_data`: label ranges, two classes, S against D - C and
+    the class sizes), once per run: the splits it loads serve the stages.
     """
     config = run.config
     if not force:
@@ -205,9 +239,27 @@ def preflight(run: Run, *, force: bool = False) -> None:
                 f"teacher.checkpoint {config.teacher.checkpoint!r} {what}; pass the teacher/ folder of an earlier "
                 "run (or that run's workdir), or leave teacher.checkpoint unset to train a teacher here."
             )
+    check_transfer(run)
     if config.teacher.model == "precomputed":
         check_methods(config.methods)
         run.precomputed  # loaded and validated now; the stages reuse it
+    if data and not run.data_checked:
+        check_data(run)
+        run.data_checked = True
+
+
+def check_transfer(run: Run) -> None:
+    """With unlabelled transfer rows (``data.labelled_fraction`` < 1 or a transfer source), the train split is
+    built now, so a bad transfer file or fraction is one error before any work (:func:`lelp_jax.data.splits.with_transfer`).
+    A precomputed teacher's exported outputs cover the dataset's own train rows only: no transfer source."""
+    data = run.config.data
+    origin = transfer_origin(data_config(data))
+    if origin is None and float(data.labelled_fraction) >= 1.0:
+        return
+    if origin is not None and run.config.teacher.model == "precomputed":
+        raise ConfigError(f"{origin} adds transfer rows, which a precomputed teacher's exported outputs do not "
+                          "cover; export its outputs on them into the train file instead, or unset it.")
+    run.split("train")
 
 
 # ----------------------------------------------------------------------------- the teacher
@@ -229,7 +281,7 @@ def train_teacher(run: Run, *, model: nn.Module, method: Method, folder: Path, d
     teacher_cfg = ml_collections.ConfigDict(config.to_dict())
     teacher_cfg.train = config.teacher.train.to_dict()
     teacher_cfg.lock()
-    return train.train_and_evaluate(**init, **run.sources(), model=model, method=method, cfg=teacher_cfg,
+    return train.train_and_evaluate(**init, **run.teacher_sources(), model=model, method=method, cfg=teacher_cfg,
                                     train_cfg=teacher_cfg.train, mesh=run.mesh, workdir=str(folder),
                                     seed=int(config.teacher.seed), num_classes=run.info.num_classes,
                                     progress_desc=desc)

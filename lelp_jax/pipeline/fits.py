@@ -90,10 +90,13 @@ def build_fit(method, inputs: FitInputs) -> Any:
 
 
 def fit_labels(inputs: FitInputs):
-    """The labels every fit uses: ground truth, or the teacher's argmax (``lelp.fit_labels``)."""
-    if inputs.config.lelp.fit_labels == "teacher":
-        return np.argmax(np.asarray(inputs.outputs()[1]), axis=-1).astype(np.int32)
-    return inputs.labels()[0]
+    """The labels every fit uses: ground truth, or the teacher's argmax (``lelp.fit_labels``); an unlabelled
+    transfer row (label -1) takes the teacher's argmax either way."""
+    labels = np.asarray(inputs.labels()[0])
+    if inputs.config.lelp.fit_labels == "teacher" or (labels < 0).any():
+        argmax = np.argmax(np.asarray(inputs.outputs()[1]), axis=-1).astype(np.int32)
+        return argmax if inputs.config.lelp.fit_labels == "teacher" else np.where(labels >= 0, labels, argmax)
+    return labels
 
 
 def _row_chunks(n: int) -> Iterator[slice]:
@@ -153,7 +156,9 @@ def _oracle(method, inputs: FitInputs):
     if fine is None or inputs.num_fine_classes is None:
         raise ConfigError(f"method {method.name!r} needs fine labels, and dataset {inputs.config.data.name!r} has "
                           "none; drop it from --methods.")
-    return oracle_slots(labels, fine, num_classes=inputs.num_classes, num_fine=inputs.num_fine_classes)
+    known = np.asarray(labels) >= 0  # the fine -> class table from labelled rows; transfer rows use it
+    return oracle_slots(np.asarray(labels)[known], np.asarray(fine)[known], num_classes=inputs.num_classes,
+                        num_fine=inputs.num_fine_classes)
 
 
 def _subspace_kmeans(method, inputs: FitInputs):
@@ -250,14 +255,15 @@ def calibrate(method: Method, aux: Any, run: Run) -> Any:
 def split_diagnostics(method: Method, aux: Any, run: Run) -> dict:
     """What a splitting method teaches, on the train split (once per method and fit; {} for methods
     that do not split): :func:`lelp_jax.core.sharpness.split_diagnostics` of the method's split of every
-    train example's true class — ``split_entropy``, ``split_top_share``, ``split_nmi`` (None without
+    train example's true class (a transfer row's: the teacher's argmax) — ``split_entropy``, ``split_top_share``, ``split_nmi`` (None without
     fine labels) — and ``split_betas``, the per-class temperatures calibrated to ``lelp.target_entropy``
     (None when the split used one configured beta)."""
     if method.split is None:
         return {}
     config = run.config
-    emb, _ = run.train_outputs
+    emb, logits = run.train_outputs
     labels, fine = run.train_labels
+    labels = np.where(labels >= 0, labels, np.argmax(logits, axis=-1)).astype(np.int32)  # transfer rows: argmax
     options = method.parse_options(config)
     split = jax.jit(lambda a, h, b: method.split(a, h, b, options))
     parts = []

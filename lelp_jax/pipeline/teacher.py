@@ -179,7 +179,7 @@ def accumulate_moments(apply_fn: Optional[Callable], variables: Any, source: Any
 
     For each padded batch: h = teacher embedding (online forward, or ``cache``
     lookup by ``index``), y = ground-truth ``label`` (``fit_labels='labels'``) or
-    the teacher's argmax (``'teacher'``); each device's share of the batch becomes
+    the teacher's argmax (``'teacher'``, and on every row without a label, -1); each device's share of the batch becomes
     its batch moments (``batch_moments`` inside ``shard_map``), combined across
     devices and hosts by ``all_reduce_moments`` and merged into the running,
     replicated moments. Padding rows have weight 0.
@@ -195,7 +195,9 @@ def accumulate_moments(apply_fn: Optional[Callable], variables: Any, source: Any
 
     def update(moments, emb, logits, labels, mask):
         # Each device's rows -> its batch moments (B/k·D² work), then one psum of C·D² per batch.
-        y = labels if fit_labels == "labels" else jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        # An unlabelled transfer row (label -1) takes the teacher's argmax whatever fit_labels says.
+        argmax = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        y = jnp.where(labels >= 0, labels, argmax) if fit_labels == "labels" else argmax
         local = batch_moments(emb, y, num_classes=moments.num_classes, mask=mask)
         return merge_moments(moments, all_reduce_moments(local, shd.DATA_AXIS))
 

@@ -4,8 +4,9 @@ The data and models of configs/synthetic_subclasses.py (a binary task whose two 
 hide K = 8 modes, 2,000 train / 2,000 validation / 10,000 test examples; teacher MLP
 64 -> 256 -> 256 -> 2, student MLP 64 -> 8 -> C*S, 1,200 steps), five methods over the five
 seeds 10-14, and the paired differences to kd and ce (mean over seeds, 95 % t-interval) in the
-last lines of `lelp run`: 10,000 test examples and seeds paired tell methods apart where the
-185 digits test images could not. Seeds 10-14 are the first test seeds of the protocol run
+last lines of `lelp run`, then the export of the best student on validation: 10,000 test
+examples and paired seeds tell methods apart where the 185 digits test images could not.
+Seeds 10-14 are the first test seeds of the protocol run
 below; ce, kd and lelp_kmeans, at the settings chosen there, reproduce its per-seed test
 accuracies exactly (docs/results/synthetic/per_seed.md).
 
@@ -26,8 +27,8 @@ for its own point, run
       --config.lelp.beta=3 --config.lelp.num_subclasses=4
 
 Runtime (the teacher, 2,000 steps, and 25 student runs of 1,200 steps; docs/results/main/summary.json):
-131 s on a 2-core CPU at nice 10, load average 7.3-8.5 (other jobs running; a fresh compilation
-cache; commit 7f6fa4a).
+123 s on a 2-core CPU at nice 10, load average 9.1-10.5 (other jobs running; a fresh compilation
+cache; commit 6073219).
 
 Smoke test (seconds): add --config.smoke=true.
 """

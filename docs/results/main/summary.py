@@ -26,12 +26,13 @@ RENDERED = HERE / "summary.md"
 
 def collect(workdir: Path, log: Path, commit: str) -> dict:
     """summary.json of a finished main-job workdir: per-method, per-seed test accuracy at the best-validation step,
-    the teacher, and the command's wall time and load averages from its log."""
+    the teacher, and from the command's log its wall time, load averages and ``[export]`` line."""
     results = json.loads((workdir / "results.json").read_text())
     config = json.loads((workdir / "config.json").read_text())
     text = log.read_text()
     loads = [float(m) for m in re.findall(r"load average: ([\d.]+)", text)]
     wall = float(re.search(r"WALL ([\d.]+) s", text).group(1))
+    export = next(ln for ln in text.splitlines() if ln.startswith("[export]")).replace(str(workdir), "runs/main")
     return {
         "command": "lelp run --config configs/synthetic_main.py --workdir runs/main",
         "commit": commit,
@@ -40,6 +41,7 @@ def collect(workdir: Path, log: Path, commit: str) -> dict:
         "teacher_test_accuracy": results["teacher"]["test_accuracy"],
         "per_seed": {m: {str(s): a for s, a in sorted(v.items())} for m, v in paired.per_seed(results["runs"]).items()},
         "wall_seconds": wall,
+        "export_line": export,
         "load_average": [min(loads), max(loads)],
     }
 
@@ -52,7 +54,7 @@ def runtime(summary: dict) -> str:
 
 
 def render(summary: dict) -> str:
-    """The README block: test accuracy per method (mean ± std over seeds), the paired table, the run time."""
+    """The README block: test accuracy per method (mean ± std over seeds), the paired table, the export, the run time."""
     acc = {m: {int(s): a for s, a in v.items()} for m, v in summary["per_seed"].items()}
     seeds = sorted(next(iter(acc.values())))
     head = " | ".join(acc)
@@ -65,9 +67,14 @@ def render(summary: dict) -> str:
         "|" + "---|" * len(acc),
         f"| {cells} |",
         "",
-        "The last lines of `lelp run` (Δ = method − reference, percentage points, paired by seed, 95 % t-interval):",
+        "The last lines of `lelp run`: the paired differences (Δ = method − reference, percentage points, paired by "
+        "seed, 95 % t-interval), then the export of the best student on validation:",
         "",
         *paired.paired_table(acc, references=("kd", "ce")),
+        "",
+        "```",
+        summary["export_line"],
+        "```",
         "",
         f"Run time: {runtime(summary)}.",
     ]

@@ -90,11 +90,54 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, reference):
     assert corrupted  # the latest checkpoint really was damaged
     with open(os.path.join(wd, "metrics.jsonl"), "a") as f:
         f.write('{"step": 3, "train_lo')  # a line cut by a kill mid-write
-    with pytest.warns(RuntimeWarning, match=f"step {last} .* unreadable"):
+    with pytest.warns(RuntimeWarning, match=f"step {last}\\) differs from its manifest .*kept, not deleted"):
         again = run_train(wd, num_steps=STEPS, checkpoint_every=EVERY)
     assert again["resumed_from_step"] == previous  # the fallback checkpoint was restored
+    assert os.path.isdir(os.path.join(wd, "quarantine", "checkpoints", str(last), "state"))  # kept for inspection
     _same(again, reference[1])
     assert _committed_steps(wd) == [previous, last]
     with open(os.path.join(wd, "metrics.jsonl")) as f:
         evals = [json.loads(x)["step"] for x in f if "val_accuracy" in x]
     assert evals == list(range(EVERY, STEPS + 1, EVERY))
+
+
+def _largest_file(folder: str) -> str:
+    files = [os.path.join(r, n) for r, _, names in os.walk(folder) for n in names]
+    return max(files, key=os.path.getsize)
+
+
+def test_flipped_bytes_in_a_checkpoint_are_caught_by_its_manifest(tmp_path, reference):
+    """Orbax restores a checkpoint with 64 flipped bytes in its array data without complaint (the run then
+    trains on garbage): its step manifest catches them, the step is quarantined and the run falls back."""
+    wd = str(tmp_path / "run")
+    shutil.copytree(reference[0], wd)
+    last, previous = STEPS, STEPS - EVERY
+    target = _largest_file(os.path.join(wd, "checkpoints", str(last), "state"))
+    with open(target, "r+b") as f:
+        f.seek(os.path.getsize(target) // 3)
+        chunk = f.read(64)
+        f.seek(os.path.getsize(target) // 3)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    with pytest.warns(RuntimeWarning, match=f"step {last}\\) differs from its manifest"):
+        again = run_train(wd, num_steps=STEPS, checkpoint_every=EVERY)
+    assert again["resumed_from_step"] == previous
+    _same(again, reference[1])
+    kept = os.path.join(wd, "quarantine", "checkpoints", str(last), os.path.relpath(target, os.path.join(
+        wd, "checkpoints", str(last))))
+    assert os.path.isfile(kept)  # the damaged file is kept, not deleted
+
+
+def test_unreadable_checkpoint_without_manifest_is_quarantined_not_deleted(tmp_path, reference):
+    """A step from before manifests (none recorded) that Orbax cannot read falls back too, and is kept."""
+    wd = str(tmp_path / "run")
+    shutil.copytree(reference[0], wd)
+    last = STEPS
+    step_dir = os.path.join(wd, "checkpoints", str(last))
+    os.remove(os.path.join(step_dir, "lelp_manifest.json"))
+    with open(os.path.join(step_dir, "meta", "metadata"), "w") as f:
+        f.write('{"trunc')
+    with pytest.warns(RuntimeWarning, match=f"step {last}\\) is unreadable"):
+        again = run_train(wd, num_steps=STEPS, checkpoint_every=EVERY)
+    assert again["resumed_from_step"] == STEPS - EVERY
+    _same(again, reference[1])
+    assert os.path.isdir(os.path.join(wd, "quarantine", "checkpoints", str(last), "meta"))

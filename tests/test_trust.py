@@ -214,3 +214,49 @@ def test_truncated_json_names_the_file_and_the_fix(tmp_path, capsys):
     path.write_text('{"method": "ce", "test_acc')
     with pytest.raises(ArtifactError, match=f"{path} is truncated or corrupt .*rerun the same command"):
         read_json(path)
+
+
+# ----------------------------------------------------------------------------- verified artifacts
+
+
+def _flip(path, n=64):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(size // 3)
+        chunk = f.read(n)
+        f.seek(size // 3)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+
+
+def test_corrupt_teacher_checkpoint_and_shared_projections_are_quarantined_and_recomputed(tmp_path, capsys):
+    """The teacher's final checkpoint with flipped bytes, and a truncated projections.npz (its stored copy in
+    teacher/derived/ is the same file): the rerun quarantines both, resumes the teacher from its previous
+    checkpoint and refits, to the same numbers, rc 0."""
+    wd = tmp_path / "wd"
+    args = ["fit", *DIGITS, "--workdir", str(wd), "--methods", "lelp", "--config.lelp.num_subclasses=2",
+            "--config.teacher.train.num_steps=40", "--config.teacher.train.checkpoint_every=20",
+            "--config.teacher.train.eval_every=20", "--quiet"]
+    rc, _, err = run_cli(args, capsys)
+    assert rc == 0, err
+    teacher = json.loads((wd / "teacher" / "teacher.json").read_text())
+    projections = (wd / "projections.npz").read_bytes()
+    state = wd / "teacher" / "checkpoints" / "40" / "state"
+    largest = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    _flip(largest)
+    with open(wd / "projections.npz", "r+b") as f:
+        f.truncate(len(projections) // 2)
+
+    with pytest.warns(RuntimeWarning) as caught:
+        rc, _, err = run_cli(args, capsys)
+    assert rc == 0, err
+    said = " ".join(str(w.message) for w in caught)
+    assert "(checkpoint step 40) differs from its manifest" in said and "differs from the SHA-256" in said
+    again = json.loads((wd / "teacher" / "teacher.json").read_text())
+    for key in ("test_accuracy", "val_accuracy", "test_accuracy_last", "steps"):
+        assert again[key] == teacher[key]
+    assert (wd / "projections.npz").read_bytes() == projections
+    q = wd / "quarantine"
+    assert (q / "teacher" / "checkpoints" / "40" / "state" / largest.relative_to(state)).is_file()
+    assert (q / "teacher" / "teacher.json").is_file() and (q / "projections.npz").is_file()
+    assert [p.name for p in (q / "teacher" / "derived").iterdir()] and sorted(
+        p.name for p in (wd / "teacher" / "checkpoints").iterdir() if p.name.isdigit()) == ["20", "40"]

@@ -4,7 +4,8 @@ checked before the teacher trains (a failed check then costs seconds, not a teac
 :func:`check_data` reads the splits' labels and the teacher's embedding width D (an abstract
 ``jax.eval_shape`` of the untrained teacher on one example, or the exported outputs' width) and
 refuses, naming the key and the fix: a data error in any split (each is loaded here; the loaders
-check label ranges), train data with fewer than two classes, and a splitting fit whose ``S`` exceeds ``D - C`` (``D`` without the null space) or whose
+check label ranges), train data with fewer than two classes, and a splitting fit whose ``S``
+exceeds ``D - C`` (``D`` without the null space) or whose
 class has fewer than ``S + 1`` train examples (the S-dimensional covariance needs them).
 """
 from __future__ import annotations

@@ -45,7 +45,8 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     Nothing is written before every check passed. From ``init_workdir`` on, the main process holds
     the workdir lock (:func:`lelp_jax.runtime.lock.hold`; ``command`` is what it records, e.g.
     ``lelp run``): a second command on the same workdir stops at once instead of interleaving.
-    The stages share one :class:`Run` of ``config`` and ``workdir``: ``run`` when the caller built it already (the CLI's own
+    The stages share one :class:`Run` of ``config`` and ``workdir``: ``run`` when the caller built
+    it already (the CLI's own
     ``preflight`` loaded data into it), else a new one. Each stage logs one line,
     e.g. ``[teacher] done in 12.3 s, trained teacher mlp, test acc 97.5%``.
     """

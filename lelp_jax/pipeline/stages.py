@@ -28,7 +28,9 @@ from lelp_jax import train
 from lelp_jax.core import atomic
 from lelp_jax.runtime import sharding
 from lelp_jax.config import config_to_dict
-from lelp_jax.runtime.errors import ConfigError, DivergenceError
+from lelp_jax.runtime.errors import ArtifactError, ConfigError, DivergenceError
+from lelp_jax.runtime.integrity import quarantine
+from lelp_jax.train.checkpoints import newest_step_intact
 from lelp_jax.data.input_spec import input_spec
 from lelp_jax.data.splits import source_labels
 from lelp_jax.methods import Method, get_method
@@ -52,12 +54,19 @@ def stage_teacher(run: Run) -> dict:
     Writes ``WORKDIR/teacher/teacher.json``: model, params, test/val accuracy, where
     the weights are, the data section it was measured on. A trained teacher keeps its
     Orbax checkpoints in ``WORKDIR/teacher/checkpoints`` (and resumes there if
-    interrupted). A loaded teacher is evaluated only when its own teacher.json does not
+    interrupted; a finished one whose newest checkpoint differs from its manifest is quarantined and
+    resumed from the previous step, which ends at the same weights). A loaded teacher is evaluated
+    only when its own teacher.json does not
     already hold its accuracy on this data (:func:`_recorded_teacher`).
     """
     config, wd = run.config, run.workdir
     if wd.teacher_json.exists():
-        return {**read_json(wd.teacher_json), "skipped": True}
+        trained_here = config.teacher.model != "precomputed" and not config.teacher.checkpoint
+        if not trained_here or newest_step_intact(str(wd.teacher_dir)):
+            return {**read_json(wd.teacher_json), "skipped": True}
+        # its final checkpoint is corrupt (now quarantined): its record goes too, and the teacher resumes
+        quarantine(wd.teacher_json, "describes a teacher whose final checkpoint is corrupt",
+                   then="the teacher resumes from its previous checkpoint")
     t0 = time.perf_counter()
     if config.teacher.model == "precomputed":
         record = _precomputed_record(run)
@@ -110,7 +119,7 @@ def _recorded_teacher(run: Run) -> dict | None:
     src = run.teacher_dir
     try:
         rec = read_json(src / "teacher.json")
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ArtifactError):
         return None
     if any(rec.get(k) is None for k in ("test_accuracy", "val_accuracy", "params")):
         return None
@@ -119,7 +128,7 @@ def _recorded_teacher(run: Run) -> dict | None:
         return rec if rec["data"] == data else None
     try:
         made_by = read_json(src.parent / "config.json")
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ArtifactError):
         return None
     return rec if made_by.get("data") == data else None
 
@@ -130,6 +139,13 @@ def _provide(run: Run, path: Path, kind: str, produce: Callable[[Path], None], m
     root = run.workdir.root
     return derived_store(run.config, root).provide(path, kind, artifact_parts(run.config, root, kind, method),
                                                    produce, main=is_main_process())
+
+
+def _present(run: Run, path: Path, kind: str, method: Method | None = None) -> bool:
+    """``path`` exists and is intact (a corrupt shared artifact is quarantined: False, so it is recomputed)."""
+    root = run.workdir.root
+    return derived_store(run.config, root).present(path, kind, artifact_parts(run.config, root, kind, method),
+                                                   main=is_main_process())
 
 
 def _methods(config: ml_collections.ConfigDict) -> list[Method]:
@@ -149,7 +165,7 @@ def stage_teacher_outputs(run: Run) -> dict:
     if not config.teacher_cache:
         return {"not_needed": True, "message": "teacher_cache is off; teacher runs inside each step"}
     path = run.workdir.teacher_outputs("train")
-    if path.exists():
+    if _present(run, path, "teacher_outputs"):
         return {"skipped": True, "message": str(path)}
 
     def produce(target: Path) -> None:
@@ -173,7 +189,7 @@ def stage_statistics(run: Run) -> dict:
     config, wd = run.config, run.workdir
     if not any(m.needs_projections for m in _methods(config)):
         return {"not_needed": True, "message": "no requested method fits projections"}
-    if wd.statistics.exists():
+    if _present(run, wd.statistics, "statistics"):
         return {"skipped": True, "message": str(wd.statistics)}
 
     def produce(target: Path) -> None:
@@ -221,7 +237,7 @@ def stage_fit(run: Run) -> dict:
     todo = [m for m in _methods(config) if m.needs_projections]
     if not todo:
         return {"not_needed": True, "message": "no requested method fits projections"}
-    missing = [m for m in todo if not wd.projections(m.name).exists()]
+    missing = [m for m in todo if not _present(run, wd.projections(m.name), "projections", m)]
     if not missing:
         return {"skipped": True, "message": ", ".join(str(wd.projections(m.name)) for m in todo)}
     inputs = functools.cache(lambda: workdir_inputs(run))  # built only when a fit is computed

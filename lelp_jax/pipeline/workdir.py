@@ -181,7 +181,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
         return
     try:
         stored = read_json(wd.config_json)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ArtifactError) as e:
         raise WorkdirError(
             f"workdir {str(wd.root)!r} has an unreadable config.json ({e}); use a new --workdir or --force."
         ) from None

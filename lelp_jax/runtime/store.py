@@ -7,7 +7,9 @@ artifact is stored once as ``STORE/KIND-HASH.npz``, HASH = the first 16 hex digi
 of the canonical JSON of exactly the keys it depends on (written next to it as
 ``KIND-HASH.json``), and each workdir gets a hard link (a symbolic link across filesystems) at
 its usual path, so the workdir layout, resuming and ``--force`` work as before and nothing is
-copied. The store lives with the teacher's weights (``TEACHER/derived/``): every workdir that
+copied. The key description also records the artifact's SHA-256, verified before every reuse (a
+corrupt one is quarantined and recomputed). The store lives with the teacher's weights
+(``TEACHER/derived/``): every workdir that
 loads one teacher shares it, and deleting the teacher deletes what was derived from it.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from lelp_jax.core import atomic
+from lelp_jax.runtime import integrity
 
 __all__ = ["artifact_key", "Store"]
 
@@ -58,25 +61,59 @@ class Store:
         """``ROOT/KIND-HASH.npz`` for ``parts`` (None without a store)."""
         return None if self.root is None else self.root / f"{kind}-{artifact_key({'kind': kind, **parts})}.npz"
 
+    def _intact(self, target: Path) -> bool:
+        """Whether ``target`` matches the ``sha256`` its key description recorded (True when none was:
+        an entry from before checksums)."""
+        try:
+            recorded = json.loads(target.with_suffix(".json").read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded is None:
+            return True
+        try:
+            return integrity.sha256_file(target) == recorded
+        except OSError:
+            return False
+
+    def present(self, local: Path, kind: str, parts: Mapping, *, main: bool = True) -> bool:
+        """Whether ``local`` exists and, when it links to this store's artifact for ``parts``, that artifact
+        matches its recorded SHA-256. A corrupt one is quarantined with the link (main process) and
+        False returned: the caller recomputes it (:meth:`provide`)."""
+        if not local.exists():
+            return False
+        target = self.path(kind, parts)
+        if target is None or not target.exists() or not os.path.samefile(local, target) or self._intact(target):
+            return True
+        if main:
+            integrity.quarantine(target, f"({kind}) differs from the SHA-256 recorded when it was written")
+            integrity.quarantine(local, f"({kind}) is a link to that corrupt artifact")
+        return False
+
     def provide(self, local: Path, kind: str, parts: Mapping, produce: Callable[[Path], None], *,
                 main: bool = True) -> str:
         """Make ``local`` exist: 'local' (it was there), 'shared' (linked to a stored artifact) or
         'new' (``produce(path)`` wrote it, into the store when there is one, then linked).
 
-        ``produce`` runs on every process (it may be collective) and writes only on the main one;
-        the main process writes the key description and the link.
+        A stored artifact is verified against the SHA-256 recorded when it was made; one that differs
+        (truncated, flipped bits) is quarantined with its workdir link (:func:`integrity.quarantine`,
+        never deleted) and made anew. ``produce`` runs on every process (it may be collective) and
+        writes only on the main one; the main process writes the key description and the link.
         """
-        if local.exists():
+        if self.present(local, kind, parts, main=main):
             return "local"
         target = self.path(kind, parts)
         if target is None:
             produce(local)
             return "new"
-        status = "shared" if target.exists() else "new"
+        stale = target.exists() and not self._intact(target)  # every process decides alike: produce may be collective
+        if stale and main:
+            integrity.quarantine(target, f"({kind}) differs from the SHA-256 recorded when it was written")
+        status = "shared" if target.exists() and not stale else "new"
         if status == "new":
             produce(target)
             if main:
-                atomic.write_json(target.with_suffix(".json"), {"kind": kind, **parts})
+                atomic.write_json(target.with_suffix(".json"),
+                                  {"kind": kind, **parts, "sha256": integrity.sha256_file(target)})
         if main:
             _link(target, local)
         return status

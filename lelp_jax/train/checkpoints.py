@@ -8,19 +8,20 @@ state, the history and the best-val bookkeeping (JsonSave).
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from flax import serialization
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from lelp_jax.runtime import integrity
 from lelp_jax.runtime import sharding as shd
 from lelp_jax.train.step import TrainState, model_variables
 
-__all__ = ["Checkpoints", "checkpoint_tree", "load_variables"]
+__all__ = ["Checkpoints", "checkpoint_tree", "load_variables", "newest_step_intact"]
 
 
 def _item_handlers() -> dict[str, Any]:
@@ -31,8 +32,11 @@ class Checkpoints:
     """Orbax CheckpointManager holding {'state': arrays, 'meta': JSON} per step.
 
     Orbax writes each step to a temporary directory and renames it when complete,
-    so a killed save leaves no visible step. ``restore_latest`` walks steps newest
-    first and skips (and deletes) unreadable ones with a warning.
+    so a killed save leaves no visible step. Each saved step gets a manifest of its files'
+    SHA-256 (:func:`lelp_jax.runtime.integrity.write_manifest`, process 0). ``restore_latest``
+    walks steps newest first; a step whose files differ from its manifest, or that Orbax cannot
+    read, is moved to ``WORKDIR/quarantine/`` with a warning (never deleted) and the previous
+    step is tried.
     """
 
     def __init__(self, directory: str, *, max_to_keep: int = 2):
@@ -44,28 +48,59 @@ class Checkpoints:
             item_handlers=_item_handlers(),
         )
 
+    def step_dir(self, step: int) -> str:
+        return os.path.join(str(self.manager.directory), str(step))
+
     def save(self, step: int, tree: Any, meta: Mapping[str, Any]) -> None:
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                         meta=ocp.args.JsonSave(dict(meta))), force=True)
+        self.manager.wait_until_finished()
+        if jax.process_index() == 0 and os.path.isdir(self.step_dir(step)):
+            integrity.write_manifest(self.step_dir(step))
+
+    def _quarantine(self, step: int, why: str) -> None:
+        """Move ``step`` to quarantine (process 0, once every process has looked at it) and forget it."""
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"lelp_quarantine_{step}")
+        if jax.process_index() == 0:
+            integrity.quarantine(self.step_dir(step), f"(checkpoint step {step}) {why}",
+                                 then="falling back to the previous step", root=os.path.dirname(self.manager.directory))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"lelp_quarantined_{step}")
+        self.manager.reload()
 
     def restore_latest(self, target: Any) -> Optional[tuple[int, Any, dict]]:
-        """``(step, tree like target, meta)`` of the newest readable step, or None when there is none."""
+        """``(step, tree like target, meta)`` of the newest intact, readable step, or None when there is none
+        (the others are quarantined, never deleted)."""
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
         for step in sorted(self.manager.all_steps(), reverse=True):
+            bad = integrity.verify_manifest(self.step_dir(step))
+            if bad:
+                self._quarantine(step, f"differs from its manifest ({', '.join(bad[:3])})")
+                continue
             try:
                 out = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
                 return step, out["state"], dict(out["meta"])
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back
-                warnings.warn(f"checkpoint at step {step} in {self.manager.directory} is unreadable "
-                              f"({type(e).__name__}: {e}); deleting it and falling back to the previous one.",
-                              RuntimeWarning, stacklevel=2)
-                self.manager.delete(step)
+                self._quarantine(step, f"is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         return None
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def newest_step_intact(workdir: str) -> bool:
+    """Whether the newest checkpoint step of a ``train_and_evaluate`` workdir matches its manifest (True when
+    it has none, or no steps); a mismatching one is quarantined, so a resumed run falls back to the previous."""
+    directory = os.path.join(workdir, "checkpoints")
+    steps = sorted(int(p) for p in os.listdir(directory) if p.isdigit()) if os.path.isdir(directory) else []
+    if not steps or not integrity.verify_manifest(os.path.join(directory, str(steps[-1]))):
+        return True
+    integrity.quarantine(os.path.join(directory, str(steps[-1])), f"(checkpoint step {steps[-1]}) differs from "
+                         "its manifest", then="the run resumes from the previous step", root=workdir)
+    return False
 
 
 def checkpoint_tree(state: TrainState, best: Mapping[str, Any]) -> dict:

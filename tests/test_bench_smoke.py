@@ -78,3 +78,12 @@ def test_torch_reference_same_loss(tmp_path, capsys):
         assert abs(jax_loss - torch_loss) < 1e-4 * max(1.0, abs(torch_loss))
         assert run["jax_step_s"][0] > 0
         assert run["torch_step_s"] and all(t[0] > 0 for t in run["torch_step_s"].values())
+
+
+def test_student_loop_times_both_loops_apart_from_compilation(tmp_path, capsys):
+    data, text = _run("student_loop", tmp_path, capsys)
+    res = data["results"]
+    assert set(res) == {"minimal JAX loop", "lelp", "lelp, train.steps_per_call=5"}
+    for r in res.values():
+        assert len(r["N"]) == len(r["2N"]) == 1 and min(r["N"] + r["2N"]) > 0 and 0.0 <= r["acc"][0] <= 1.0
+    assert data["verdict"] in ("MET", "NOT MET") and "/ minimal loop" in text and "set-up + compile s" in text

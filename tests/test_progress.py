@@ -88,3 +88,16 @@ def test_lelp_run_log_file_has_no_absl_or_tfds_lines(tmp_path):
     for chatter in ("absl", "Using custom data configuration", "Downloading and preparing", "Generating splits",
                     "dataset_info.json"):
         assert chatter not in text, text
+
+
+def test_a_phase_replaces_the_stalled_rate_and_stays_out_of_the_eta():
+    """#22 item 6: compiling / evaluating is named, and the ETA extrapolates stepping time only."""
+    clock = [0.0]
+    p = _progress(100, clock)
+    _drive(p, clock, 10, lambda s: 1.0, 64)  # 10 steps of 1 s
+    with p.phase("compiling the train step (bucket 64)"):
+        clock[0] += 45.0
+        p.tick()
+    assert p.lines[-1] == "teacher: compiling the train step (bucket 64) for 45s, at step 10/100 (10%), ETA 1m30s"
+    _drive(p, clock, 30, lambda s: 1.0, 64)  # the next line: 30 s of stepping after the phase
+    assert p.lines[-1] == "teacher: step 40/100 (40%), 64 examples/s, ETA 1m00s"

@@ -5,18 +5,25 @@ prints a line at most every ``every_s`` seconds (checked at each update):
 
     teacher: step 120/500 (24%), 310 examples/s, ETA 2m03s
 
-examples/s is measured since the previous line; the ETA extrapolates the steps per
-second since the loop (re)started. A step can take minutes (the first one compiles):
-a daemon thread calls ``tick`` every second, so a line still comes every ``every_s``.
+examples/s is measured since the previous line; the ETA extrapolates the time per step
+done since the loop (re)started, not counting time spent in a *phase*. A phase (``with
+progress.phase('compiling (bucket 64)'):``, ``'evaluating validation'``) names what the loop is
+doing when it is not stepping; a line written meanwhile says so instead of a stalled rate:
+
+    teacher: compiling (bucket 64) for 42s, at step 49/421 (12%), ETA 3m10s
+
+A step can take minutes (the first one compiles): a daemon thread calls ``tick`` every
+second, so a line still comes every ``every_s``.
 The clock, the writer and the thread are arguments, so a test drives it with a fake
 clock and calls ``tick`` itself.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 __all__ = ["Progress", "format_duration"]
@@ -55,6 +62,9 @@ class Progress:
         self._start_step = self._step = int(initial)
         self._t_start = self._t_line = clock()
         self._examples = 0
+        self._phase: Optional[str] = None
+        self._t_phase = 0.0
+        self._phase_s = 0.0  # time spent in finished phases (not counted in the ETA's time per step)
         self._bar: Any = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -86,13 +96,37 @@ class Progress:
                 self._write(self.line(now))
                 self._t_line, self._examples = now, 0
 
+    @contextlib.contextmanager
+    def phase(self, what: str) -> Iterator[None]:
+        """The loop is ``what`` (compiling, evaluating) rather than stepping; its time is kept out of the ETA."""
+        with self._lock:
+            self._phase, self._t_phase = what, self._clock()
+            if self._bar is not None:
+                self._bar.set_description_str(f"{self.desc} ({what})")
+        try:
+            yield
+        finally:
+            with self._lock:
+                now = self._clock()
+                self._phase_s += now - self._t_phase
+                self._phase = None
+                # examples/s of the next line counts stepping time only (a line written during the
+                # phase restarts the count at its end)
+                self._t_line = min(self._t_line + (now - self._t_phase), now)
+                if self._bar is not None:
+                    self._bar.set_description_str(self.desc)
+
     def line(self, now: float) -> str:
-        """The log line at time ``now``: step, percent, examples/s since the last line, ETA."""
-        rate = self._examples / max(now - self._t_line, 1e-9)
+        """The log line at time ``now``: step, percent, examples/s since the last line (or the phase), ETA."""
         done = self._step - self._start_step
-        eta = (self.total - self._step) * (now - self._t_start) / done if done > 0 else float("nan")
+        phase_s = self._phase_s + (now - self._t_phase if self._phase else 0.0)
+        eta = (self.total - self._step) * (now - self._t_start - phase_s) / done if done > 0 else float("nan")
         eta_s = format_duration(eta) if eta == eta else "?"
         pct = 100.0 * self._step / max(self.total, 1)
+        if self._phase is not None:
+            return (f"{self.desc}: {self._phase} for {format_duration(now - self._t_phase)}, at step "
+                    f"{self._step}/{self.total} ({pct:.0f}%), ETA {eta_s}")
+        rate = self._examples / max(now - self._t_line, 1e-9)
         return f"{self.desc}: step {self._step}/{self.total} ({pct:.0f}%), {rate:.0f} examples/s, ETA {eta_s}"
 
     def postfix(self, **values: Any) -> None:

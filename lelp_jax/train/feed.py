@@ -30,7 +30,7 @@ from lelp_jax.runtime import sharding as shd
 from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.train.step import strip, unstaged
 
-__all__ = ["HostFeed", "ResidentFeed", "make_feed"]
+__all__ = ["HostFeed", "ResidentFeed", "ResidentEval", "make_feed", "use_resident"]
 
 
 class HostFeed:
@@ -40,11 +40,24 @@ class HostFeed:
 
     def __init__(self, batches: Any, mesh: Mesh, train_step: Callable, teacher_cache: Any = None):
         self.batches, self.mesh, self.train_step, self.teacher_cache = batches, mesh, train_step, teacher_cache
+        self._next: Optional[dict] = None
+        self._shapes: set = set()
+
+    def compiles(self, count: int) -> Optional[str]:
+        """What the next ``run`` compiles first (``'compiling (bucket 64)'``: a new batch shape), else None;
+        reads the next batch."""
+        self._next = strip(next(self.batches))
+        shapes = tuple(sorted((k, v.shape) for k, v in self._next.items()))
+        if shapes in self._shapes:
+            return None
+        self._shapes.add(shapes)
+        ids = self._next.get("input_ids")
+        return "compiling the train step" + (f" (bucket {ids.shape[1]})" if ids is not None else "")
 
     def run(self, state: Any, count: int, teacher: Optional[PyTree], aux: PyTree) -> tuple[Any, dict]:
         """One step (``count`` must be 1): the next batch, its teacher outputs, the step."""
         assert count == 1, count
-        host_batch = strip(next(self.batches))
+        host_batch, self._next = (self._next if self._next is not None else strip(next(self.batches))), None
         if self.teacher_cache is not None:
             emb, logits = self.teacher_cache.lookup(host_batch["index"])
             host_batch = {**host_batch, "teacher_embedding": emb, "teacher_logits": logits}
@@ -72,6 +85,7 @@ class ResidentFeed:
         self.max_steps_per_call = max(1, min(int(steps_per_call), iterator.batches_per_epoch))
         self._window_base: Optional[int] = None  # batch number of the window's first row
         self._idx = self._mask = None
+        self._compiled: set[int] = set()
         rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)
         teacher = rep if teacher_sharding is None else teacher_sharding
 
@@ -125,6 +139,7 @@ class ResidentFeed:
         self.max_steps_per_call = max(1, min(int(steps_per_call), iterator.batches_per_epoch))
         self._window_base: Optional[int] = None  # batch number of the window's first row
         self._idx = self._mask = None
+        self._compiled: set[int] = set()
         rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)
         teacher = rep if teacher_sharding is None else teacher_sharding
 
@@ -157,6 +172,13 @@ class ResidentFeed:
         finally:
             self.resident.data = host_data
 
+    def compiles(self, count: int) -> Optional[str]:
+        """What the next ``run(count)`` compiles first, else None (one program per distinct ``count``)."""
+        if count in self._compiled:
+            return None
+        self._compiled.add(count)
+        return "compiling the train step" + (f" ({count} steps per call)" if count > 1 else "")
+
     def run(self, state: Any, count: int, teacher: Optional[PyTree], aux: PyTree) -> tuple[Any, dict]:
         """``count`` (<= ``max_steps_per_call``) steps in one call; metrics stacked ``(count,)``."""
         k = self.iterator.next_batch
@@ -183,6 +205,40 @@ class ResidentFeed:
 
     def set_state(self, state: dict) -> None:
         self.iterator.set_state(state)
+
+
+class ResidentEval:
+    """A split evaluated in one compiled call: its rows on the device once, the padded global batches of
+    ``eval_batches`` (same positions and mask) gathered and summed inside a ``lax.scan``.
+
+    ``accuracy(params, batch_stats)`` = sum correct / sum mask, as :func:`lelp_jax.train.step.evaluate`
+    computes it from host batches (the same batches, so the same counts).
+    """
+
+    def __init__(self, iterator: BatchIterator, mesh: Mesh, eval_fn: Callable):
+        self.resident = ResidentBatches(iterator, mesh)
+        idx, mask = zip(*(iterator.positions(k) for k in range(iterator.batches_per_epoch)))
+        self._idx = self.resident.put(np.stack(idx).astype(np.int32))
+        self._mask = self.resident.put(np.stack(mask))
+        rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)
+
+        def sums(params, batch_stats, data, all_idx, all_mask):
+            def body(total, k):
+                batch = {key: jax.lax.with_sharding_constraint(v, bat)
+                         for key, v in gather_rows(data, all_idx[k], all_mask[k]).items()}
+                out = eval_fn(params, batch_stats, batch)
+                return (total[0] + out["correct"], total[1] + out["count"]), None
+
+            zero = jnp.zeros((), jnp.float32)
+            return jax.lax.scan(body, (zero, zero), jnp.arange(all_idx.shape[0]))[0]
+
+        self._sums = jax.jit(unstaged(sums), in_shardings=(rep, rep, rep, rep, rep), out_shardings=rep)
+
+    def accuracy(self, params: PyTree, batch_stats: PyTree) -> float:
+        correct, count = shd.to_host(self._sums(params, batch_stats, self.resident.data, self._idx, self._mask))
+        if float(count) == 0:
+            raise ValueError("evaluate: the split has no examples (sum of mask is 0).")
+        return float(correct) / float(count)
 
 
 def use_resident(mode: str, iterator: Any, teacher_cache: Any, max_mb: float) -> bool:

@@ -8,6 +8,7 @@ state.step)``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -34,9 +35,9 @@ from lelp_jax.train.checkpoints import Checkpoints, checkpoint_tree
 from lelp_jax.train.metrics import MetricsLog
 from lelp_jax.train.optim import make_optimizer, num_train_steps, train_config
 from lelp_jax.runtime.errors import DivergenceError
-from lelp_jax.train.feed import make_feed
-from lelp_jax.train.step import (TrainState, evaluate, init_train_state, make_eval_step, make_train_step, strip,
-                                 train_step_fn)
+from lelp_jax.train.feed import ResidentEval, make_feed, use_resident
+from lelp_jax.train.step import (TrainState, eval_step_fn, evaluate, init_train_state, make_eval_step,
+                                 make_train_step, strip, train_step_fn)
 
 if TYPE_CHECKING:
     from lelp_jax.data.iterator import BatchIterator
@@ -144,7 +145,9 @@ class _Loop:
         while step < p.num_steps:
             count = min(self.feed.max_steps_per_call, p.num_steps - step,
                         *(every - step % every for every in (p.log_every, p.eval_every, p.checkpoint_every)))
-            self.state, metrics = self.feed.run(self.state, count, self.online_teacher, self.aux)
+            what = self.feed.compiles(count)
+            with self.bar.phase(what) if (what and self.bar is not None) else contextlib.nullcontext():
+                self.state, metrics = self.feed.run(self.state, count, self.online_teacher, self.aux)
             self.pending.append((step + 1, metrics))
             self.n_log += count * p.batch_size
             step += count
@@ -192,7 +195,8 @@ class _Loop:
         """Validation accuracy; the mean train loss since the last evaluation; keep the best-val variables."""
         self.flush_losses()
         meta = self.meta
-        val_acc = self.validate(self.state.params, self.state.batch_stats)
+        with self.bar.phase("evaluating validation") if self.bar is not None else contextlib.nullcontext():
+            val_acc = self.validate(self.state.params, self.state.batch_stats)
         train_loss = meta["loss_sum"] / max(meta["loss_count"], 1)
         meta["loss_sum"], meta["loss_count"] = 0.0, 0
         meta["history"].append({"step": step, "train_loss": train_loss, "val_accuracy": val_acc})
@@ -292,9 +296,19 @@ def train_and_evaluate(*, model: nn.Module, method: Method, cfg: ml_collections.
     eval_step = make_eval_step(model=model, method=method, num_classes=num_classes, mesh=mesh,
                                compute_dtype=c["compute_dtype"])
 
+    resident_evals: dict[int, Optional[ResidentEval]] = {}  # id(source) -> its on-device evaluator, if it fits
+
     def accuracy(source: Source, params: PyTree, batch_stats: PyTree) -> float:
+        """One compiled call over the split held on the device where ``data.device_resident`` allows,
+        else host batches (:func:`lelp_jax.train.step.evaluate`); the same batches either way."""
         batches = eval_batches(source, plan.eval_batch_size, process_index=pidx, process_count=pcount,
                                make_iterator=make_iterator)
+        if id(source) not in resident_evals:
+            fits = use_resident(str(cfg.data.device_resident), batches, None, float(cfg.data.device_resident_max_mb))
+            resident_evals[id(source)] = ResidentEval(batches, mesh, eval_step_fn(
+                model=model, method=method, num_classes=num_classes, compute_dtype=c["compute_dtype"])) if fits else None
+        if resident_evals[id(source)] is not None:
+            return resident_evals[id(source)].accuracy(params, batch_stats)
         return evaluate(eval_step, params, batch_stats, batches, mesh)
 
     it = make_iterator(train_source, global_batch_size=plan.batch_size, seed=seed, shuffle=True, num_epochs=None,

@@ -43,6 +43,7 @@ __all__ = [
     "strip",
     "train_step_fn",
     "make_train_step",
+    "eval_step_fn",
     "make_eval_step",
     "init_train_state",
     "evaluate",
@@ -229,13 +230,9 @@ def make_train_step(*, model: nn.Module, method: Method, optimizer: optax.Gradie
                    donate_argnums=(0,))
 
 
-def make_eval_step(*, model: nn.Module, method: Method, num_classes: int, mesh: Optional[Mesh] = None,
-                   compute_dtype: str = "float32") -> Callable:
-    """Jitted ``(params, batch_stats, batch) -> {'correct', 'count'}`` (sums over real rows).
-
-    Prediction: argmax_c of ``method.class_log_probs(student_logits)``; padding rows
-    (``mask`` 0) count for nothing. Accuracy = sum correct / sum count over a split.
-    """
+def eval_step_fn(*, model: nn.Module, method: Method, num_classes: int,
+                 compute_dtype: str = "float32") -> Callable:
+    """The un-jitted eval step ``(params, batch_stats, batch) -> {'correct', 'count'}`` (see :func:`make_eval_step`)."""
     dtype = jnp.dtype(compute_dtype)
 
     def eval_fn(params: PyTree, batch_stats: PyTree, batch: Batch):
@@ -243,6 +240,17 @@ def make_eval_step(*, model: nn.Module, method: Method, num_classes: int, mesh: 
         correct, count = _masked_accuracy(method, logits, batch, num_classes)
         return {"correct": correct, "count": count}
 
+    return eval_fn
+
+
+def make_eval_step(*, model: nn.Module, method: Method, num_classes: int, mesh: Optional[Mesh] = None,
+                   compute_dtype: str = "float32") -> Callable:
+    """Jitted ``(params, batch_stats, batch) -> {'correct', 'count'}`` (sums over real rows).
+
+    Prediction: argmax_c of ``method.class_log_probs(student_logits)``; padding rows
+    (``mask`` 0) count for nothing. Accuracy = sum correct / sum count over a split.
+    """
+    eval_fn = eval_step_fn(model=model, method=method, num_classes=num_classes, compute_dtype=compute_dtype)
     if mesh is None:
         return jax.jit(unstaged(eval_fn))
     rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)

@@ -126,8 +126,7 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
     )
     log(f"[{name}] all done in {time.perf_counter() - t0:.1f} s; workdir {args.workdir}")
     if name == "run" and jax_process_index() == 0:
-        out, chosen = student_export.export_student(args.workdir)  # the best on validation, never on test
-        log(student_export.usage_line(out, chosen))
+        student_export.export_and_log(args.workdir, log)  # the best on validation, never on test
     return 0
 
 

@@ -132,8 +132,7 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
         for line in paired_lines(config, args.workdir):
             log(line)
         if jax_process_index() == 0:
-            out, chosen = student_export.export_student(args.workdir)  # the best on validation, never on test
-            log(student_export.usage_line(out, chosen))
+            student_export.export_and_log(args.workdir, log)  # the best on validation, never on test
     return 0
 
 

@@ -38,6 +38,10 @@ def test_kfold_runs_every_fold_and_pools_exactly(tmp_path, capsys):
     correct = sum(round(a * k) for a, k in zip(accs, n))
     assert row["test_accuracy"] == pytest.approx(correct / 180, abs=1e-9)
     assert row["folds"] == accs and "| – | ce |" in capsys.readouterr().out
+    vals = [json.loads((tmp_path / f"fold_{f}" / "runs" / "ce" / "seed_0" / "result.json").read_text())[
+        "best_val_accuracy"] for f in range(2)]  # the exported student: the fold whose run is best on validation
+    spec = json.loads((tmp_path / "student" / "student.json").read_text())
+    assert spec["run"]["workdir"] == str((tmp_path / f"fold_{int(np.argmax(vals))}").resolve())
 
 
 def test_pool_folds_weights_by_fold_size(tmp_path, rng):

@@ -448,7 +448,7 @@ def test_workdir_layout_names_every_path_and_force_deletes_its_top_level(tmp_pat
         assert any(fnmatch.fnmatch(rel, r) or fnmatch.fnmatch(rel, r + "/*") for r in rows), rel
     assert set(pipeline.Workdir.artifact_globs()) == {
         "config.json", "teacher", "teacher_outputs", "statistics.npz", "projections.npz", "projections_*.npz",
-        "runs", "results.json", "subclass_teacher"}
+        "runs", "results.json", "subclass_teacher", "student"}
 
 
 def test_register_fit_makes_a_new_kind_one_registration(rng):

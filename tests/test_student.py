@@ -246,3 +246,16 @@ def test_text_inputs_bad_files(tmp_path):
     (tmp_path / "x.npz").write_bytes(b"")
     with pytest.raises(ConfigError, match="reads .csv or .jsonl"):
         predict.read_inputs(s, str(tmp_path / "x.npz"))
+
+
+def test_a_run_without_a_student_record_is_skipped_by_run_and_refused_by_export(tmp_path, capsys):
+    """A run trained before runs recorded their student: `lelp run`'s export says so in one line, `lelp export`
+    stops with one error line naming the fix."""
+    (tmp_path / "runs" / "ce" / "seed_0").mkdir(parents=True)
+    (tmp_path / "runs" / "ce" / "seed_0" / "result.json").write_text(json.dumps(
+        {"method": "ce", "seed": 0, "best_val_accuracy": 0.9, "test_accuracy_best_val": 0.9}))
+    lines = []
+    assert export.export_and_log(tmp_path, lines.append) is None
+    assert len(lines) == 1 and lines[0].startswith("[export] skipped: ce/seed_0") and "--force" in lines[0]
+    assert "trained before runs recorded their student spec" in _error(["export", str(tmp_path)], capsys)
+    assert not (tmp_path / "student").exists()

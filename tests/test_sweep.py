@@ -327,6 +327,9 @@ def test_tiny_select_on_validation_end_to_end(tmp_path, capsys):
     summary = json.loads((tmp_path / "sel" / "sweep" / "summary.json").read_text())
     assert set(summary["selection"]) == {"kd", "lelp"}
     assert all(s["status"] == "done" for s in summary["selection"].values())
+    sel = summary["selection"]  # the protocol's choice (best mean validation of the chosen settings) is exported
+    spec = json.loads((tmp_path / "sel" / "student" / "student.json").read_text())
+    assert spec["method"] == max(sel, key=lambda m: sel[m]["val_accuracy"]) and spec["run"]["seed"] in (1, 2)
     capsys.readouterr()
     assert cli.main(["report", wd, "--select-on", "validation"]) == 0
     md = capsys.readouterr().out

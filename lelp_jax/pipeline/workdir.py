@@ -46,6 +46,8 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("subclass_teacher/", "method `subclass`: the C*S-head teacher (Orbax checkpoints, result.json)"),
     ("runs/METHOD/seed_K/", "one student run: checkpoints, metrics.jsonl, TensorBoard events, result.json"),
     ("results.json", '{"dataset", "config_name", "teacher": {...}, "runs": [result, ...]}'),
+    ("student/", "`lelp run` / `lelp export`: the best-on-validation student as a bundle (student.json, "
+                 "variables.msgpack, predict.jax_export, card.md; lelp_jax/student/bundle.py)"),
 )
 
 

@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -57,6 +58,7 @@ from lelp_jax.protocol.grids import point_config
 from lelp_jax.protocol.paired import fmt_mean_std, mean_std, method_summary, paired_table
 from lelp_jax.pipeline import read_json
 from lelp_jax.protocol.selection import choose
+from lelp_jax.student.export import choose_run, export_and_log, protocol_choice
 
 __all__ = ["run_kfold", "pool_folds", "table", "main"]
 
@@ -293,4 +295,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sharding.enable_compilation_cache()  # every fold (and point) compiles the same steps: later ones hit the cache
         pooled = run_kfold(config, args.workdir, grid, own_grids=own, test_seeds=test_seeds, log=log)
     print(table(pooled))
+    if jax.process_index() == 0:
+        export_chosen(pooled, config, args.workdir, log)
     return 0
+
+
+def export_chosen(pooled: Mapping[str, Any], config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                  log: Callable[[str], None]) -> None:
+    """Export the protocol's choice to ``WORKDIR/student``: the method with the best mean validation accuracy
+    (with test seeds: of its per-fold chosen settings; without a grid: pooled over the folds), its
+    best-validation run over the folds (the chosen point's test seeds, or the seeds)."""
+    root = Path(workdir)
+    if "selection" in pooled:
+        sel = pooled["selection"]
+        method = protocol_choice({m: float(np.mean([p["val_accuracy"] for p in picks])) for m, picks in sel.items()})
+        places = [root / f"fold_{p['fold']}" / "sweep" / p["point"] for p in sel[method]]
+        seeds = [int(s) for s in pooled["test_seeds"]]
+    else:
+        by: dict[str, list[float]] = {}
+        for r in pooled["rows"]:
+            if not r["setting"]:
+                by.setdefault(r["method"], []).append(float(r["validation_accuracy"]))
+        if not by:
+            log("[export] skipped: a grid without --test-seeds chooses no settings; add --test-seeds, or "
+                "`lelp export WORKDIR/fold_F/sweep/POINT` the run you want.")
+            return
+        method = protocol_choice({m: float(np.mean(v)) for m, v in by.items()})
+        places = [root / f"fold_{f}" for f in range(int(config.data.num_folds))]
+        seeds = [int(s) for s in config.seeds]
+    best = max(places, key=lambda wd: float(choose_run(wd, method=method, seeds=seeds)["best_val_accuracy"]))
+    export_and_log(best, log, method=method, seeds=seeds, out=root / "student")

@@ -51,6 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+import jax
 import ml_collections
 
 from lelp_jax import pipeline
@@ -62,6 +63,7 @@ from lelp_jax.protocol.grids import default_grids, grid_points, method_grids, pa
 from lelp_jax.config.overrides import get_value, split_overrides, split_values
 from lelp_jax.protocol.paired import method_summary
 from lelp_jax.protocol.selection import choose
+from lelp_jax.student.export import export_and_log, protocol_choice
 
 __all__ = ["check_test_seeds", "protocol_parser", "parse_protocol", "run_sweep", "main"]
 
@@ -299,4 +301,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         share_teacher=not args.no_share_teacher, log=log)
     log(f"[sweep] {len(summary['points'])} points done; summary {Path(args.workdir) / 'sweep' / 'summary.json'}; "
         f"`lelp report {args.workdir}{' --select-on validation' if test_seeds else ''}` for tables and plots")
+    if test_seeds and jax.process_index() == 0:
+        export_selected(summary, args.workdir, log)
     return 0
+
+
+def export_selected(summary: Mapping[str, Any], workdir: str | os.PathLike, log: Callable[[str], None]) -> None:
+    """Export the protocol's choice to ``WORKDIR/student``: the method whose chosen settings have the best mean
+    validation accuracy, its best-validation run among the test seeds of its chosen point."""
+    selection = summary["selection"]
+    method = protocol_choice({m: s["val_accuracy"] for m, s in selection.items()})
+    point = next(p for p in summary["points"] if p["name"] == selection[method]["point"])
+    export_and_log(point["workdir"], log, method=method, seeds=summary["test_seeds"], out=Path(workdir) / "student")

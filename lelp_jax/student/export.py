@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,12 @@ from lelp_jax.runtime.errors import ConfigError
 from lelp_jax.student.bundle import (EXPORTED, FORMAT_VERSION, STUDENT_JSON, TOKENIZER, VARIABLES, load_student,
                                      make_apply, model_kwargs)
 
-__all__ = ["choose_run", "export_student", "export_exported", "model_card", "EXPORT_PLATFORMS", "usage_line", "main"]
+__all__ = ["NotExportable", "choose_run", "export_student", "export_exported", "model_card", "EXPORT_PLATFORMS",
+           "export_and_log", "protocol_choice", "usage_line", "main"]
+
+class NotExportable(ConfigError):
+    """A finished run the bundle cannot hold (yet): `lelp export` stops on it, `lelp run` says so in one line."""
+
 
 # Platforms predict.jax_export is lowered for, where the installed jaxlib can (cpu always).
 EXPORT_PLATFORMS = ("cpu", "cuda", "tpu")
@@ -45,18 +50,20 @@ def _finished(wd: Workdir) -> list[dict]:
     return runs
 
 
-def choose_run(workdir: str | Path, *, method: str | None = None, seed: int | None = None) -> dict:
+def choose_run(workdir: str | Path, *, method: str | None = None, seed: int | None = None,
+               seeds: Sequence[int] | None = None) -> dict:
     """The result.json of the run to export: the highest ``best_val_accuracy`` among the finished runs
-    (of ``method``, of ``seed`` when given); ties go to the earlier method of the workdir's config, then
-    the lower seed."""
+    (of ``method``, of ``seed`` or one of ``seeds`` when given); ties go to the earlier method of the
+    workdir's config, then the lower seed."""
     wd = Workdir(workdir)
     runs = _finished(wd)
     order = list(read_json(wd.config_json).get("methods", [])) if wd.config_json.exists() else []
-    pick = [r for r in runs if (method is None or r["method"] == method) and (seed is None or int(r["seed"]) == seed)]
+    allowed = None if seed is None and seeds is None else {int(s) for s in ([seed] if seed is not None else seeds)}
+    pick = [r for r in runs if (method is None or r["method"] == method) and (allowed is None or int(r["seed"]) in allowed)]
     if not pick:
         have = ", ".join(f"{r['method']}/seed_{r['seed']}" for r in runs)
-        raise ConfigError(f"no finished run of {method or 'any method'}" + (f" with seed {seed}" if seed is not None
-                          else "") + f" in {str(wd.root)!r}; finished: {have}. Pick one of those.")
+        raise ConfigError(f"no finished run of {method or 'any method'}" + (f" with seed in {sorted(allowed)}" if
+                          allowed is not None else "") + f" in {str(wd.root)!r}; finished: {have}. Pick one of those.")
 
     def key(r):
         rank = order.index(r["method"]) if r["method"] in order else len(order)
@@ -134,7 +141,7 @@ def _card_md(card: Mapping[str, Any]) -> str:
     pct = lambda v: "n/a" if v is None else f"{100 * float(v):.2f} %"  # noqa: E731
     lines = [f"# Student: {card['method']} / seed {card['seed']} on {card['dataset']}", "",
              f"- classes: {', '.join(card['class_names'])}",
-             f"- data: {json.dumps(card['data'])}",
+             f"- data: {json.dumps(card['data'])}; examples {json.dumps(card['examples'])}",
              f"- teacher: {card['teacher']['model']} ({card['teacher']['identity']}), test accuracy "
              f"{pct(card['teacher']['test_accuracy'])}, params {card['teacher']['params']}",
              f"- method: {card['method']}, settings {json.dumps(card['settings'])}",
@@ -150,18 +157,18 @@ def _card_md(card: Mapping[str, Any]) -> str:
 
 
 def export_student(workdir: str | Path, *, method: str | None = None, seed: int | None = None,
-                   out: str | Path | None = None) -> tuple[Path, dict]:
+                   seeds: Sequence[int] | None = None, out: str | Path | None = None) -> tuple[Path, dict]:
     """Write the bundle of the chosen run (:func:`choose_run`) to ``out`` (default ``WORKDIR/student``, replaced
     whole); returns ``(out, the run's result.json)``."""
     wd = Workdir(workdir)
-    chosen = choose_run(workdir, method=method, seed=seed)
+    chosen = choose_run(workdir, method=method, seed=seed, seeds=seeds)
     name = f"{chosen['method']}/seed_{chosen['seed']}"
     record = chosen.get("student")
     if record is None:
-        raise ConfigError(f"{name} in {str(wd.root)!r} was trained before runs recorded their student spec; "
+        raise NotExportable(f"{name} in {str(wd.root)!r} was trained before runs recorded their student spec; "
                           "retrain it (`lelp run ... --force`) to export it.")
     if record["input"].get("frozen_encoder"):
-        raise ConfigError(f"{name} reads a frozen encoder's embeddings (data.features="
+        raise NotExportable(f"{name} reads a frozen encoder's embeddings (data.features="
                           f"{record['input']['frozen_encoder']!r}); exporting such a student is not supported yet: "
                           "export a student over token ids instead.")
     one_device = Mesh(np.asarray(jax.local_devices()[:1]), ("data",))  # only this process reads and writes
@@ -206,6 +213,24 @@ def _check_bundle(folder: Path, variables) -> None:
     same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(np.asarray(a), b)), student.variables, variables)
     if not all(jax.tree_util.tree_leaves(same)):
         raise RuntimeError(f"{folder}: the restored variables differ from the run's; this is a bug.")
+
+
+def export_and_log(workdir: str | Path, log: Callable[[str], None], **choice) -> Path | None:
+    """The end of `lelp run` / `sweep` / `kfold`: :func:`export_student` (``choice``: method, seeds, out), then one
+    line saying which run and how to use it; a student the bundle cannot hold yet is one line too (None)."""
+    try:
+        out, chosen = export_student(workdir, **choice)
+    except NotExportable as e:
+        log(f"[export] skipped: {e}")
+        return None
+    log(usage_line(out, chosen))
+    return out
+
+
+def protocol_choice(selection: Mapping[str, float]) -> str:
+    """The method whose chosen settings have the best mean validation accuracy (``selection``: method ->
+    that accuracy; the first listed wins a tie): what `lelp sweep` / `lelp kfold` export."""
+    return max(selection, key=lambda m: float(selection[m]))
 
 
 def usage_line(out: Path, chosen: Mapping[str, Any]) -> str:

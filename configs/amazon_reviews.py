@@ -38,6 +38,6 @@ def get_config():
     c.train.eval_every = 3000
     c.train.checkpoint_every = 3000
 
-    c.methods = ("ce", "kd", "lelp", "random", "pca")
+    c.methods = ("ce", "kd", "lelp", "lelp_kmeans", "random", "pca")
     c.seeds = (0, 1, 2)
     return c

@@ -42,6 +42,6 @@ def get_config():
     c.train.learning_rate = 2e-3
     c.train.eval_every = 200
 
-    c.methods = ("ce", "kd", "lelp")
+    c.methods = ("ce", "kd", "lelp", "lelp_kmeans")
     c.seeds = (0, 1, 2)
     return c

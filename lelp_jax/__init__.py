@@ -28,6 +28,7 @@ from lelp_jax.core.projections import (
     null_space_projector,
     save_projections,
 )
+from lelp_jax.core.subspace_kmeans import SubspaceKMeans, fit_subspace_kmeans, subspace_kmeans_scores
 from lelp_jax.core.targets import class_log_probs, projection_scores, split_targets, subclass_targets
 from lelp_jax.core.losses import cross_entropy, kd_loss, lelp_loss, soft_cross_entropy
 from lelp_jax.core.validation import checked
@@ -49,6 +50,9 @@ __all__ = [
     "fit_projections",
     "save_projections",
     "load_projections",
+    "SubspaceKMeans",
+    "fit_subspace_kmeans",
+    "subspace_kmeans_scores",
     "subclass_targets",
     "projection_scores",
     "split_targets",
@@ -58,7 +62,18 @@ __all__ = [
     "kd_loss",
     "lelp_loss",
     "checked",
+    "load_student",
 ]
+
+# Names served on first use: the student bundle's loader (lelp_jax.student, a layer above the core) is
+# imported only when asked for, so `import lelp_jax` stays the core.
+LAZY = {"load_student": "lelp_jax.student.bundle"}
+
+
+def __getattr__(name):
+    if name in LAZY:
+        return getattr(importlib.import_module(LAZY[name]), name)
+    raise AttributeError(f"module 'lelp_jax' has no attribute {name!r}")
 
 # Modules that moved into the role packages (0.1.0 -> 0.2): the old dotted names still import, for
 # one release, with a DeprecationWarning naming the new place.

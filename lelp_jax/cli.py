@@ -8,11 +8,13 @@
     lelp report  ...                                        (lelp_jax.report.main)
     lelp sweep   ...                                        (lelp_jax.protocol.sweep.main)
     lelp kfold   ...                                        (lelp_jax.protocol.kfold.main)
+    lelp export  WORKDIR [--method M] [--seed K] [--out DIR]   (lelp_jax.student.export.main)
+    lelp predict --student DIR --input FILE [--out PREDS.csv] (lelp_jax.student.predict.main)
 
 A subcommand is a function ``(argv: list[str]) -> int`` in ``COMMANDS``. User
 errors (bad config key, missing checkpoint, foreign workdir, dataset not
-available) print one ``lelp: error: ...`` line and exit with status 2, without a
-traceback (``--debug`` shows it).
+available, a truncated artifact, a full or read-only disk) print one ``lelp: error: ...`` line and exit
+with status 2, without a traceback (``--debug`` shows it).
 """
 from __future__ import annotations
 
@@ -24,10 +26,12 @@ import time
 from collections.abc import Callable, Sequence
 
 from lelp_jax import pipeline, report
-from lelp_jax.protocol import kfold, sweep
+from lelp_jax.protocol import kfold, paired, sweep
+from lelp_jax.student import export as student_export
+from lelp_jax.student import predict as student_predict
 from lelp_jax.runtime import sharding
 from lelp_jax.config import config_to_dict, load_config
-from lelp_jax.runtime.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError, find_os_error, os_error_message
 from lelp_jax.config.overrides import override_dict, split_overrides
 from lelp_jax.runtime.sharding import enable_compilation_cache
 
@@ -107,7 +111,7 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
         pipeline.check_workdir(config, args.workdir)
     sharding.initialize_distributed(config.distributed)
     run = pipeline.Run(config, args.workdir)  # what preflight loads (data, a precomputed teacher) serves the stages too
-    pipeline.preflight(run, force=args.force)
+    pipeline.preflight(run, force=args.force, data=name != "eval")
     enable_compilation_cache()
     log = _print(args.quiet)
     t0 = time.perf_counter()
@@ -119,9 +123,39 @@ def _run_stages(name: str, argv: Sequence[str]) -> int:
         overrides=override_dict(config, overrides),
         log=log,
         run=run,
+        command=f"lelp {name}",
     )
     log(f"[{name}] all done in {time.perf_counter() - t0:.1f} s; workdir {args.workdir}")
+    if name == "run":
+        for line in paired_lines(config, args.workdir):
+            log(line)
+        if jax_process_index() == 0:
+            out, chosen = student_export.export_student(args.workdir)  # the best on validation, never on test
+            log(student_export.usage_line(out, chosen))
     return 0
+
+
+def paired_lines(config, workdir: str | os.PathLike) -> list[str]:
+    """``lelp run``'s last lines: each method's paired test-accuracy difference (best-validation step) to ``kd``
+    and ``ce``, d_s = acc_method(s) - acc_ref(s) over the seeds both ran, as mean [95 % t-interval] in points
+    (:func:`lelp_jax.protocol.paired.paired_table`): one seed's accuracy cannot order methods, a paired interval
+    can. Only this config's methods and seeds count; nothing without 2 seeds or without kd or ce."""
+    results = json.loads(pipeline.Workdir(workdir).results.read_text())
+    seeds = {int(s) for s in config.seeds}
+    runs = [r for r in results["runs"] if r["method"] in config.methods and int(r["seed"]) in seeds]
+    acc = paired.per_seed(runs)
+    if len(seeds) < 2 or not {"kd", "ce"} & set(acc):
+        return []
+    return ([f"[paired] test accuracy % (best-validation step), paired by seed over seeds {sorted(seeds)}; "
+             "Δ = method - reference in points, 95 % t-interval:"]
+            + paired.paired_table(acc, references=("kd", "ce")))
+
+
+def jax_process_index() -> int:
+    """This JAX process's index (0 on one host): only process 0 writes the exported student."""
+    import jax
+
+    return jax.process_index()
 
 
 def _cmd_config(argv: Sequence[str]) -> int:
@@ -146,6 +180,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "report": _main_of(report),
     "sweep": _main_of(sweep),
     "kfold": _main_of(kfold),
+    "export": _main_of(student_export),
+    "predict": _main_of(student_predict),
 }
 
 _COMMAND_HELP = {
@@ -154,6 +190,8 @@ _COMMAND_HELP = {
     "report": "tables and plots from results.json files",
     "sweep": "run a grid of overrides (e.g. lelp.beta, lelp.num_subclasses) over shared teachers",
     "kfold": "run every fold of a k-fold config (data.num_folds) and pool the folds' test sets",
+    "export": "write a finished student (best on validation) as a self-contained bundle",
+    "predict": "class predictions of an exported student for a .csv/.jsonl/.npz file",
 }
 
 
@@ -169,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return p
+
+
+def _workdir_of(argv: Sequence[str]) -> str | None:
+    """The ``--workdir`` of a command line (named in a disk error whose file is unknown)."""
+    for i, a in enumerate(argv):
+        if a == "--workdir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--workdir="):
+            return a.split("=", 1)[1]
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,10 +239,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[command](rest)
     except SystemExit as e:  # argparse's own usage errors (already printed)
         return int(e.code) if isinstance(e.code, int) else 2
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError) as e:
         if debug:
             raise
         print(f"lelp: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a disk error (full, read-only, no permission), however wrapped
+        disk = find_os_error(e)
+        if disk is None and not isinstance(e, ValueError):
+            raise
+        if debug:
+            raise
+        msg = os_error_message(disk, _workdir_of(rest)) if disk is not None else str(e)
+        print(f"lelp: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lelp: interrupted; rerun the same command to resume.", file=sys.stderr)

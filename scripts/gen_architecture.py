@@ -74,6 +74,7 @@ LAYERS: tuple[tuple[int, str, str], ...] = (
     (5, "train", "optimizer, train state, the compiled steps, checkpoints, the loop"),
     (6, "pipeline", "the run: workdir, teacher, fits, stages, driver"),
     (7, "protocol", "grids, sweeps, k-fold, selection on validation, paired statistics"),
+    (7, "student", "the exported student bundle, `lelp export`, `lelp predict`, `load_student`"),
     (8, "report", "tables and plots from result files"),
     (9, "cli", "the `lelp` command"),
 )

@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from lelp_jax import cli
@@ -196,3 +197,50 @@ def test_text_csv_with_string_labels_and_no_class_names_runs(tmp_path, capsys):
     assert out.count("classes: negative=0, positive=1\n") == 1
     results = json.loads((wd / "results.json").read_text())
     assert [r["method"] for r in results["runs"]] == ["lelp"] and results["runs"][0]["steps"] == 4
+
+
+def test_run_ends_with_paired_differences_to_kd_and_ce(tmp_path, rng):
+    """`lelp run`'s last lines: per method, mean [95 % t-interval] of the per-seed difference to kd and ce
+    (float64 NumPy reference, t_{0.975, 4} = 2.776445); runs of other methods or seeds in the workdir do not count."""
+    from lelp_jax.config import load_config
+
+    config = load_config("configs/digits_binary.py", methods="ce,kd,lelp_kmeans", seeds="1,2,3,4,5")
+    acc = {m: rng.uniform(0.85, 0.97, 5) for m in ("ce", "kd", "lelp_kmeans")}
+    runs = [{"method": m, "seed": s + 1, "test_accuracy_best_val": float(a[s])} for m, a in acc.items() for s in range(5)]
+    runs += [{"method": "lelp", "seed": 1, "test_accuracy_best_val": 0.5},            # not in config.methods
+             {"method": "kd", "seed": 9, "test_accuracy_best_val": 0.1}]              # not in config.seeds
+    (tmp_path / "results.json").write_text(json.dumps({"runs": runs}))
+    lines = cli.paired_lines(config, tmp_path)
+    assert lines[0].startswith("[paired]") and "seeds [1, 2, 3, 4, 5]" in lines[0]
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines[3:]}
+    assert list(rows) == ["ce", "kd", "lelp_kmeans"]
+    for ref, col in (("kd", 1), ("ce", 3)):
+        d = 100 * (acc["lelp_kmeans"] - acc[ref])
+        half = 2.776445 * d.std(ddof=1) / np.sqrt(5)
+        cell = rows["lelp_kmeans"].split(" | ")[col]
+        assert cell == f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}] (n=5)", cell
+    one_seed = load_config("configs/digits_binary.py", methods="ce,kd,lelp_kmeans", seeds="1")
+    assert cli.paired_lines(one_seed, tmp_path) == []
+def test_a_diverged_run_exits_non_zero_is_recorded_failed_and_averaged_nowhere(tmp_path, capsys):
+    """#21 item 2: learning_rate=1e30 used to end rc 0 with '49.7 %' averaged into results.json."""
+    wd = tmp_path / "w"
+    rc, out, err = run_cli(["run", "--config", "configs/digits_binary.py", "--workdir", str(wd),
+                            "--config.smoke=true", "--methods", "ce,lelp", "--seeds", "0,1",
+                            "--config.train.learning_rate=1e30"], capsys)
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lelp: error: 4 of 4 runs failed"), err
+    assert "ce seed 0 diverged at step" in err and "learning rate is likely too high" in err
+    assert out.count("FAILED: ") == 4
+    results = json.loads((wd / "results.json").read_text())
+    assert [(r["method"], r["seed"], r["status"]) for r in results["runs"]] == [
+        ("ce", 0, "failed"), ("ce", 1, "failed"), ("lelp", 0, "failed"), ("lelp", 1, "failed")]
+    assert not any("test_accuracy_best_val" in r for r in results["runs"])
+    rc, out, err = run_cli(["report", str(wd)], capsys)
+    assert rc == 0, err
+    table = (wd / "report" / "report.md").read_text()
+    assert "| ce (failed: seeds [0, 1], diverged; not averaged) | n/a | n/a |" in table, table
+    rc, _, err = run_cli(["run", "--config", "configs/digits_binary.py", "--workdir", str(wd),
+                          "--config.smoke=true", "--methods", "ce,lelp", "--seeds", "0,1",
+                          "--config.train.learning_rate=1e30"], capsys)
+    assert rc != 0 and "4 of 4 runs failed" in err  # a rerun skips the failed runs and fails again

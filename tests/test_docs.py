@@ -177,3 +177,70 @@ def test_overview_picture_script_draws(tmp_path):
     _run([sys.executable, str(DOCS.parent / "scripts" / "draw_overview.py"), "--out", str(out)], tmp_path)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (DOCS / "img" / "lelp_overview.png").is_file()
+
+
+def test_readme_lelp_kmeans_example_runs():
+    """README's ``lelp_kmeans`` block runs after its first python block (they share one scope): float64 NumPy
+    reference of the targets it computes, ``t_{c,s} = p_c softmax_s(z_{c,.} / beta)``, and t sums to 1 per row."""
+    import numpy as np
+
+    blocks = [code for lang, code in _blocks(DOCS.parent / "README.md") if lang == "python"]
+    kmeans = [b for b in blocks if "fit_subspace_kmeans" in b]
+    assert kmeans, "README.md lost its lelp_kmeans example"
+    scope: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), scope)
+    exec(compile(kmeans[0], "README.md", "exec"), scope)
+    z, p = np.asarray(scope["scores"], np.float64), np.asarray(scope["jax"].nn.softmax(scope["h"] @ scope["W"].T / 2.0))
+    e = np.exp(z - z.max(-1, keepdims=True))
+    ref = (p[:, :, None] * e / e.sum(-1, keepdims=True)).reshape(len(z), -1)
+    np.testing.assert_allclose(np.asarray(scope["targets"]), ref, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(scope["targets"]).sum(-1), 1.0, atol=1e-5)
+    assert scope["fit"].clusters.centroids.shape == (scope["C"], scope["S"], 8)
+
+
+def _main_summary():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("main_summary", DOCS / "results" / "main" / "summary.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, json.loads(module.SUMMARY.read_text())
+
+
+def test_readme_main_job_figures_are_rendered_from_its_summary():
+    """Every figure the README and configs/synthetic_main.py quote for the main job comes from
+    docs/results/main/summary.json (a real run): the README's generated block and summary.md equal
+    ``render(summary)``, the config's docstring quotes ``runtime(summary)``, the README's first command runs it."""
+    module, summary = _main_summary()
+    readme = (DOCS.parent / "README.md").read_text()
+    block = re.search(r"<!-- BEGIN generated: main/summary.md -->\n(.*?)<!-- END generated -->", readme, re.S)
+    assert block, "README.md lost the main job's generated block"
+    expected = module.render(summary)
+    assert block.group(1) == expected, "README.md drifted from docs/results/main/summary.json: run " \
+                                       "docs/results/main/summary.py and docs/results/sync_tables.py"
+    assert module.RENDERED.read_text() == expected
+    config_doc = (DOCS.parent / "configs" / "synthetic_main.py").read_text()
+    assert module.runtime(summary) in " ".join(config_doc.split())
+    first = next(code for lang, code in _blocks(DOCS.parent / "README.md") if lang == "bash")
+    assert "lelp run --config configs/synthetic_main.py --workdir runs/main" in first
+    assert summary["command"] == "lelp run --config configs/synthetic_main.py --workdir runs/main"
+    assert summary["test_examples"] >= 1500 and set(summary["per_seed"]) == {"ce", "kd", "lelp", "lelp_kmeans",
+                                                                              "oracle"}
+
+
+def test_main_config_quotes_the_validation_figures_of_its_protocol_run():
+    """The validation accuracies configs/synthetic_main.py quotes for its settings are those of the selection run it
+    names (docs/results/synthetic/selection.md), and its settings are the points quoted."""
+    from lelp_jax.config import load_config
+
+    doc = (DOCS.parent / "configs" / "synthetic_main.py").read_text()
+    selection = (DOCS / "results" / "synthetic" / "selection.md").read_text()
+    quoted = re.findall(r"(\d\d\.\d\d) %", doc.split('"""')[1])
+    assert len(quoted) >= 6
+    for figure in quoted:
+        assert figure in selection, f"configs/synthetic_main.py quotes {figure} %, not in selection.md"
+    c = load_config("configs/synthetic_main.py")
+    assert (c.kd.tau, c.kd.alpha, c.kd.student_tau) == (4.0, 0.0, 1.0)
+    assert (c.lelp.alpha, c.lelp.beta, c.lelp.num_subclasses, c.lelp.tau) == (0.5, 0.3, 8, 2.0)
+    assert "| lelp_kmeans | 12 | lelp.alpha=0.5, lelp.beta=0.3, lelp.num_subclasses=8 |" in selection
+    assert "| kd | 12 | kd.alpha=0.0, kd.student_tau=1.0, kd.tau=4.0 |" in selection

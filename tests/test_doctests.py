@@ -1,5 +1,5 @@
-"""The public core's docstrings: every example in lelp_jax/core (and lelp_jax/__init__) runs as written,
-and every name in ``lelp_jax.__all__`` has one, so a new public function without an example fails here.
+"""The public core's docstrings: every example in lelp_jax/core (and lelp_jax/__init__, and the student
+bundle's loader) runs as written, and every name in ``lelp_jax.__all__`` has one, so a new public function without an example fails here.
 
 Option set: NORMALIZE_WHITESPACE (NumPy's array printing wraps and pads) and ELLIPSIS (``...`` in
 expected output, e.g. a traceback's stack).
@@ -15,7 +15,8 @@ import lelp_jax.core
 
 OPTIONS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 MODULES = ["lelp_jax", "lelp_jax.core",
-           *sorted(f"lelp_jax.core.{m.name}" for m in pkgutil.iter_modules(lelp_jax.core.__path__))]
+           *sorted(f"lelp_jax.core.{m.name}" for m in pkgutil.iter_modules(lelp_jax.core.__path__)),
+           "lelp_jax.student.bundle"]  # lelp_jax.load_student (served lazily by lelp_jax.__getattr__)
 
 
 @pytest.mark.parametrize("name", MODULES)

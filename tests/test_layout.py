@@ -134,10 +134,10 @@ def test_no_import_runs_up_a_layer():
 
 
 def test_top_level_tells_the_architecture():
-    """At most a dozen entries, each a package of a layer (or the package's own __init__ / cli)."""
+    """At most 13 entries, each a package of a layer (or the package's own __init__ / cli)."""
     gen = _gen()
     entries = sorted(p.name for p in PKG.iterdir() if p.name != "__pycache__")
-    assert len(entries) <= 12, entries
+    assert len(entries) <= 13, entries
     layers = {name for _, name, _ in gen.LAYERS}
     assert {e.removesuffix(".py") for e in entries} <= layers | {"__init__"}, entries
 

@@ -123,3 +123,27 @@ def test_same_seed_same_student_initialisation_where_shapes_agree():
         jax.tree_util.tree_map(np.testing.assert_array_equal, ce[k], lelp[k])
     other, _ = params("ce", 2, 4)
     assert not np.array_equal(other[body[0]]["kernel"], ce[body[0]]["kernel"])
+
+
+def test_failed_runs_count_in_no_mean_and_their_point_is_never_selected():
+    from lelp_jax.protocol.paired import method_summary, method_table
+    from lelp_jax.protocol.selection import choose
+
+    rng = np.random.default_rng()
+    accs = rng.uniform(0.5, 0.9, 2)
+    ok = [{"method": "ce", "seed": s, "status": "ok", "test_accuracy_last": a, "test_accuracy_best_val": a,
+           "best_val_accuracy": a, "student_params": 10} for s, a in enumerate(accs)]
+    bad = {"method": "ce", "seed": 2, "status": "failed", "failure": "ce seed 2 diverged at step 3"}
+    (row,) = method_table([*ok, bad])
+    assert row["n"] == 2 and row["failed"] == [2] and row["seeds"] == [0, 1]
+    np.testing.assert_allclose(row["test_accuracy_best_val"], (np.mean(accs), np.std(accs)), rtol=1e-12)
+    summ = method_summary([*ok, bad])["ce"]
+    assert summ["n"] == 2 and summ["failed"] == [2]
+    high = {"method": "ce", "seed": 2, "status": "ok", "test_accuracy_last": 0.1, "test_accuracy_best_val": 0.1,
+            "best_val_accuracy": 0.1, "student_params": 10}
+    points = [{"name": "diverged", "status": "done", "overrides": {"train.learning_rate": 1.0},
+               "summary": method_summary([*ok, bad])},
+              {"name": "fine", "status": "done", "overrides": {"train.learning_rate": 1e-3},
+               "summary": method_summary([ok[0], ok[1], high])}]
+    # the diverged point's two finished seeds have the higher mean, but it lacks seed 2
+    assert choose(points, "ce", [0, 1, 2]).point == "fine"

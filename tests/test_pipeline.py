@@ -12,9 +12,13 @@ CONFIG = "configs/digits_binary.py"
 
 
 def snapshot(root):
+    """Every artifact under root with its size and mtime (ns); the workdir lock (rewritten by every
+    command that takes it, lelp_jax/runtime/lock.py) is not an artifact."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
+            if name == ".lock":
+                continue
             p = os.path.join(dirpath, name)
             st = os.stat(p)
             out[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns)

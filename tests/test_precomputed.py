@@ -328,3 +328,82 @@ def test_local_data_with_carved_validation_maps_each_split_to_its_rows_of_the_tr
         np.testing.assert_allclose(got_h, h, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got_l, logits, rtol=1e-5, atol=1e-5)
     assert sizes == {"train": 45, "validation": 15, "test": 20}
+
+
+def _sklearn_mlp_outputs(model, x):
+    """A fitted binary sklearn MLPClassifier as (last hidden layer h, its one logit z = h @ coefs_[-1] + b)."""
+    h = np.asarray(x, np.float64)
+    for w, b in zip(model.coefs_[:-1], model.intercepts_[:-1]):
+        h = np.maximum(h @ w + b, 0.0)
+    return h, h @ model.coefs_[-1] + model.intercepts_[-1]
+
+
+def test_one_logit_sklearn_teacher_exported_whole_runs_under_smoke(tmp_path, capsys):
+    """A scikit-learn MLPClassifier (binary: one logit, head (D, 1)) exported on the whole digits splits, then
+    `lelp run --config.smoke=true`: the capped train split (256 rows) does not match the export, and the error names
+    data.max_examples_per_split and the fix; with the fix the run reads the teacher as logits [0, z] (said in the
+    teacher line) and records the accuracy of sklearn's own predictions."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    full = pipeline.Run(load_config(CONFIG), tmp_path / "data_only")
+    data = {}
+    for split in ("train", "validation", "test"):
+        source, _ = full.split(split)
+        rows = [source[i] for i in range(len(source))]
+        data[split] = (np.stack([r["image"].reshape(-1) for r in rows]), np.asarray([r["label"] for r in rows]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = MLPClassifier(hidden_layer_sizes=(32,), max_iter=200, random_state=0).fit(*data["train"])
+    out = tmp_path / "sk"
+    for split, (x, y) in data.items():
+        h, z = _sklearn_mlp_outputs(model, x)
+        assert z.shape == (len(x), 1)
+        np.testing.assert_allclose(1 / (1 + np.exp(-z[:, 0])), model.predict_proba(x)[:, 1], rtol=1e-5, atol=1e-7)
+        head = dict(kernel=model.coefs_[-1], bias=model.intercepts_[-1]) if split == "train" else {}
+        export.write_outputs(out / f"{split}.npz", embedding=h, logits=z, **head)
+    wd = tmp_path / "run"
+    flags = ["--config.teacher.model=precomputed", *(f"--config.teacher.outputs.{s}={out / s}.npz" for s in data)]
+    rc, _, err = run_cli(["run", *smoke(wd), *flags, "--methods", "ce,kd,lelp"], capsys)
+    assert rc == 2 and [ln for ln in err.splitlines() if ln.startswith("lelp:")] == [err.strip().splitlines()[-1]]
+    assert not wd.exists()
+    assert (f"'embedding' has {len(data['train'][0])} rows but the data's train split has 256 examples, capped by "
+            "data.max_examples_per_split=256 (--config.smoke=true sets it)") in err
+    assert "--config.data.max_examples_per_split=none" in err
+    rc, log, err = run_cli(["run", *smoke(wd), *flags, "--config.data.max_examples_per_split=none",
+                            "--methods", "ce,kd,lelp"], capsys)
+    assert rc == 0, err
+    line = next(ln for ln in log.splitlines() if ln.startswith("[teacher]"))
+    assert line.endswith("; one logit z per example (a sigmoid/BCE head): read as logits [0, z]"), line
+    record = json.loads((wd / "teacher" / "teacher.json").read_text())
+    for split, key in (("train", "train_accuracy"), ("validation", "val_accuracy"), ("test", "test_accuracy")):
+        x, y = data[split]
+        assert record[key] == pytest.approx(float(np.mean(model.predict(x) == y)), abs=1e-12), split
+    assert [r["method"] for r in json.loads((wd / "results.json").read_text())["runs"]] == ["ce", "kd", "lelp"]
+
+
+def test_one_logit_reads_as_zero_and_z_and_a_short_export_names_the_cap(rng, tmp_path):
+    """[0, z] logits, [0, k] kernel, [0, b] bias (float64 reference); a file shorter than the capped split names
+    data.max_examples_per_split; one logit with three classes is refused."""
+    h = rng.normal(size=(30, 6)).astype(np.float32)
+    k, b = rng.normal(size=(6, 1)).astype(np.float32), np.array([0.3], np.float32)
+    z = h.astype(np.float64) @ k + b
+    export.write_outputs(tmp_path / "train.npz", embedding=h, logits=z, kernel=k, bias=b)
+    outputs = {"train": str(tmp_path / "train.npz"), "tolerance": 1e-4}
+    labels = lambda split: (np.arange(30) % 2).astype(np.int64)  # noqa: E731
+    teacher = load_precomputed_teacher(outputs, splits={"train": SplitRows("train", 30)}, num_classes=2,
+                                       labels_of=labels)
+    got = np.asarray(teacher.caches["train"].logits)
+    np.testing.assert_allclose(got, np.concatenate([np.zeros((30, 1)), z], 1), atol=1e-5)
+    np.testing.assert_allclose(teacher.caches["train"].logits[np.array([3, 1])], got[[3, 1]])
+    np.testing.assert_allclose(teacher.kernel, np.concatenate([np.zeros_like(k), k], 1))
+    np.testing.assert_allclose(teacher.bias, [0.0, 0.3])
+    assert teacher.caches["train"].logits.shape == (30, 2) and len(teacher.notes) == 1
+    with pytest.raises(PrecomputedError, match=r"has 30 rows but the data's train split has 20 examples, capped by "
+                                               r"data.max_examples_per_split=20"):
+        load_precomputed_teacher(outputs, splits={"train": SplitRows("train", 20)}, num_classes=2, labels_of=labels,
+                                 max_examples_per_split=20)
+    with pytest.raises(PrecomputedError, match=r"one logit is read as a binary teacher's \[0, z\]\) but the data has 3"):
+        load_precomputed_teacher(outputs, splits={"train": SplitRows("train", 30)}, num_classes=3, labels_of=labels)

@@ -36,7 +36,7 @@ def test_lelp_kmeans_fit_and_targets_match_float64_reference(rng):
     moments = batch_moments(jnp.asarray(h, jnp.float32), jnp.asarray(y), num_classes=c)
     subspace = fit_projections(moments, classifier_weights=jnp.asarray(w, jnp.float32), num_subclasses=k, key=0,
                                rotate=False)
-    fit = fit_subspace_kmeans(jax.random.PRNGKey(1), subspace, jnp.asarray(h, jnp.float32), jnp.asarray(y),
+    fit = fit_subspace_kmeans(subspace, jnp.asarray(h, jnp.float32), jnp.asarray(y), key=1,
                               num_subclasses=s, num_iters=30)
     # the subspace is the span of the top-k eigenvectors of P Sigma_c P (float64, from the data)
     p = np.eye(d) - w.T @ np.linalg.pinv(w @ w.T) @ w

@@ -20,6 +20,7 @@ __all__ = ["base_config", "validate_values", "validate_train", "OPTIMIZERS", "SC
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+SEED_LIMIT = 2**31  # every seed key lies in [0, SEED_LIMIT)
 
 
 def _p(field_type: type) -> config_dict.FieldReference:
@@ -53,6 +54,8 @@ def _train_section(**kw: Any) -> ml_collections.ConfigDict:
             label_smoothing=0.0,
             eval_batch_size=0,  # 0 = batch_size
             nesterov=False,  # sgd only
+            steps_per_call=1,  # device-resident data: k steps per compiled call (a lax.scan); 1 = bit for bit
+            on_nonfinite="stop",  # stop | skip_step: a non-finite loss or parameter fails the run, or skips the step
         )
     )
     section.update(kw)
@@ -92,6 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
             val_fraction=0.1,  # without a validation split: carve this share of train (seeded) for best-val
             split_seed=0,
             eval_batch_size=256,  # teacher outputs, statistics, teacher evaluation
+            device_resident="auto",  # auto | on | off: training split held on the device, batches gathered there
+            device_resident_max_mb=1024.0,  # 'auto' keeps a split on the host above this size (teacher cache included)
             features="",  # text: '' = off; 'minilm' adds frozen MiniLM sentence embeddings as `features` (cached)
             # k-fold evaluation (lelp_jax.data.folds): 0 = the dataset's own splits; k >= 2 pools its splits,
             # tests on fold `fold` and carves validation (val_fraction, split_seed) from the other folds.
@@ -226,11 +231,18 @@ def validate_train(section: Any, name: str = "train") -> None:
     steps, batch, lr = section["num_steps"], section["batch_size"], section["learning_rate"]
     optimizer, schedule, dtype = section["optimizer"], section["schedule"], section["compute_dtype"]
     _need(steps >= 1, f"{name}.num_steps must be >= 1, got {steps}.")
+    epochs = section["num_epochs"]
+    _need(epochs is None or epochs > 0, f"{name}.num_epochs must be > 0 (or none: use {name}.num_steps), got {epochs}.")
+    _need(section["eval_batch_size"] >= 0,
+          f"{name}.eval_batch_size must be >= 1 (or 0: = {name}.batch_size), got {section['eval_batch_size']}.")
     _need(batch >= 1, f"{name}.batch_size must be >= 1, got {batch}.")
     _need(lr > 0, f"{name}.learning_rate must be > 0, got {lr}.")
     _need(optimizer in OPTIMIZERS, f"{name}.optimizer must be adam, adamw or sgd, got {optimizer!r}.")
     _need(schedule in SCHEDULES, f"{name}.schedule must be cosine or constant, got {schedule!r}.")
     _need(dtype in COMPUTE_DTYPES, f"{name}.compute_dtype must be float32 or bfloat16, got {dtype!r}.")
+    _need(section["steps_per_call"] >= 1, f"{name}.steps_per_call must be >= 1, got {section['steps_per_call']}.")
+    _need(section["on_nonfinite"] in ("stop", "skip_step"),
+          f"{name}.on_nonfinite must be 'stop' or 'skip_step', got {section['on_nonfinite']!r}.")
 
 
 def validate_values(config: ml_collections.ConfigDict) -> None:
@@ -239,6 +251,17 @@ def validate_values(config: ml_collections.ConfigDict) -> None:
     _need(len(seeds) > 0, "config.seeds is empty; give at least one seed, e.g. --seeds 0.")
     _need(all(isinstance(s, int) and s >= 0 for s in seeds), f"config.seeds must be non-negative ints, got {seeds}.")
     _need(len(set(seeds)) == len(seeds), f"config.seeds lists a seed twice: {seeds}.")
+    # Seeds feed int32 PRNG keys and NumPy generators: one range for all, checked before any work.
+    for key, value in (*((f"seeds[{i}]", v) for i, v in enumerate(seeds)), ("teacher.seed", config.teacher.seed),
+                       ("lelp.seed", config.lelp.seed), ("data.split_seed", config.data.split_seed),
+                       ("data.synthetic.seed", config.data.synthetic.seed)):
+        _need(isinstance(value, int) and 0 <= value < SEED_LIMIT,
+              f"{key} must be an int in [0, 2**31), got {value}; pick a smaller seed.")
+    _need(config.data.eval_batch_size >= 1,
+          f"data.eval_batch_size must be >= 1 (the batch of teacher outputs, statistics and teacher evaluation), "
+          f"got {config.data.eval_batch_size}; pass e.g. --config.data.eval_batch_size=256.")
+    _need(config.data.device_resident in ("auto", "on", "off"),
+          f"data.device_resident must be 'auto', 'on' or 'off', got {config.data.device_resident!r}.")
     _need(config.lelp.num_subclasses >= 1, f"lelp.num_subclasses must be >= 1, got {config.lelp.num_subclasses}.")
     _need(config.lelp.beta > 0, f"lelp.beta must be > 0, got {config.lelp.beta}.")
     _need(config.lelp.tau > 0, f"lelp.tau must be > 0, got {config.lelp.tau}.")

@@ -25,6 +25,7 @@ from lelp_jax.core.projections import (
     null_space_projector,
     save_projections,
 )
+from lelp_jax.core.subspace_kmeans import SubspaceKMeans, fit_subspace_kmeans, subspace_kmeans_scores
 from lelp_jax.core.targets import class_log_probs, projection_scores, split_targets, subclass_targets
 from lelp_jax.core.losses import cross_entropy, kd_loss, lelp_loss, soft_cross_entropy
 from lelp_jax.core.validation import checked
@@ -42,6 +43,9 @@ __all__ = [
     "fit_projections",
     "save_projections",
     "load_projections",
+    "SubspaceKMeans",
+    "fit_subspace_kmeans",
+    "subspace_kmeans_scores",
     "subclass_targets",
     "projection_scores",
     "split_targets",

@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+CSV_FIELD_LIMIT = 2**31 - 1  # characters per CSV field (Python's csv default is 131,072)
+
 
 def _decode(path: str) -> str:
     with open(path, "rb") as f:
@@ -49,7 +51,14 @@ def read_rows(path: str) -> list[dict[str, Any]]:
     text = _decode(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        limit = csv.field_size_limit(CSV_FIELD_LIMIT)  # the default 131,072 characters refuses long documents
+        try:
+            rows = list(reader)
+        except csv.Error as e:
+            raise ValueError(f"{path}: line {reader.line_num} is not valid CSV ({e}). Fix that line.") from None
+        finally:
+            csv.field_size_limit(limit)
     elif ext in (".jsonl", ".json"):
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -142,14 +151,14 @@ def train_classes(path: str, *, label_column: str = "label") -> tuple[tuple[str,
     distinct = sorted({str(v).strip() for v in values})
     if not distinct:
         raise ValueError(f"{path}: no labels. Add examples.")
+    if len(distinct) < 2:  # integer labels too: an all-1 column is one class, not a binary problem
+        raise ValueError(f"{path}: all {len(values)} examples have the label {distinct[0]!r} (1 class); a classifier "
+                         "needs at least two classes: fix the label column (or list the classes in data.class_names).")
     if all(_is_int(s) for s in distinct):
         top = max(int(s) for s in distinct)
         if min(int(s) for s in distinct) < 0:
             raise ValueError(f"{path}: negative integer labels; use 0..C-1 or set data.class_names.")
         return None, top + 1
-    if len(distinct) < 2:
-        raise ValueError(f"{path}: every example has the label {distinct[0]!r}; a classifier needs at least two "
-                         "classes (or list them in data.class_names).")
     return tuple(distinct), len(distinct)
 
 

@@ -10,8 +10,8 @@ padded length depends on its rows.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Optional
+from collections.abc import Callable, Mapping
+from typing import Optional, Union
 
 import jax
 import numpy as np
@@ -21,7 +21,7 @@ from lelp_jax.data.iterator import BatchIterator, stack_records
 from lelp_jax.data.sources import read_records
 from lelp_jax.runtime import sharding as shd
 
-__all__ = ["resident_bytes", "ResidentBatches"]
+__all__ = ["resident_bytes", "ResidentBatches", "gather_rows"]
 
 
 def _split_arrays(iterator: BatchIterator) -> dict[str, np.ndarray]:
@@ -45,17 +45,25 @@ class ResidentBatches:
     """The batches of ``iterator`` as global device arrays, gathered from the split held on ``mesh``.
 
     ``extra``: per-row columns added to every batch (e.g. a teacher cache's ``teacher_embedding`` /
-    ``teacher_logits`` in the split's row order). ``next()`` returns the same global batch the host
+    ``teacher_logits`` in the split's row order), or a function of the split's ``index`` column that
+    returns them (a cache looked up by example index). ``next()`` returns the same global batch the host
     path builds with ``shard_batch(next(iterator))`` (plus ``extra``); ``get_state`` / ``set_state``
     are the iterator's.
     """
 
-    def __init__(self, iterator: BatchIterator, mesh: Mesh, extra: Optional[Mapping[str, np.ndarray]] = None):
+    def __init__(self, iterator: BatchIterator, mesh: Mesh,
+                 extra: Union[Mapping[str, np.ndarray], Callable[[np.ndarray], Mapping[str, np.ndarray]],
+                              None] = None):
         if iterator.lengths is not None:
             raise ValueError("ResidentBatches: a text split (token ids padded per batch) stays on the host; "
                              "set data.device_resident='off' for it.")
         self.iterator = iterator
         arrays = _split_arrays(iterator)
+        if callable(extra):
+            if "index" not in arrays:
+                raise ValueError("ResidentBatches: extra columns looked up by index need an 'index' column in "
+                                 "the split.")
+            extra = extra(arrays["index"])
         for key, column in (extra or {}).items():
             if len(column) != iterator.num_examples:
                 raise ValueError(f"ResidentBatches: extra column {key!r} has {len(column)} rows for a split of "
@@ -63,14 +71,14 @@ class ResidentBatches:
             arrays[key] = np.asarray(column)
         self._rep = shd.replicated_sharding(mesh)
         self.data = shd.replicate(arrays, mesh)
-        self._gather = jax.jit(_gather, out_shardings=shd.batch_sharding(mesh))
+        self._gather = jax.jit(gather_rows, out_shardings=shd.batch_sharding(mesh))
 
     def positions(self, count: int) -> tuple[jax.Array, jax.Array]:
         """Indices and mask ``(count, G)`` of the next ``count`` global batches, on the device; advances."""
         start = self.iterator.next_batch
         idx, mask = zip(*(self.iterator.positions(k) for k in range(start, start + count)))
         self.iterator.advance(count)
-        return self._put(np.stack(idx).astype(np.int32)), self._put(np.stack(mask))
+        return self.put(np.stack(idx).astype(np.int32)), self.put(np.stack(mask))
 
     def __iter__(self) -> "ResidentBatches":
         return self
@@ -81,7 +89,7 @@ class ResidentBatches:
 
     def gather(self, idx: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
         """The batch of positions ``idx`` (G,) with ``mask`` (G,) — traceable, for a scan over steps."""
-        return _gather(self.data, idx, mask)
+        return gather_rows(self.data, idx, mask)
 
     def get_state(self) -> dict:
         return self.iterator.get_state()
@@ -89,13 +97,14 @@ class ResidentBatches:
     def set_state(self, state: dict) -> None:
         self.iterator.set_state(state)
 
-    def _put(self, x: np.ndarray) -> jax.Array:
+    def put(self, x: np.ndarray) -> jax.Array:
+        """``x`` (the same on every process) replicated over the mesh."""
         if jax.process_count() == 1:
             return jax.device_put(x, self._rep)
         return jax.make_array_from_process_local_data(self._rep, x, x.shape)
 
 
-def _gather(data: Mapping[str, jax.Array], idx: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+def gather_rows(data: Mapping[str, jax.Array], idx: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """``{key: data[key][idx]}`` and the batch's ``mask``: the rows of one global batch."""
     out = {k: v[idx] for k, v in data.items()}
     out["mask"] = mask

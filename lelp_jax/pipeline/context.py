@@ -30,6 +30,7 @@ from lelp_jax.data.splits import TransferSource, data_config, load_splits, sourc
 from lelp_jax.methods import METHODS, Method
 from lelp_jax.models import build_model, minilm_init_variables
 from lelp_jax.models import head_weights as model_head_weights
+from lelp_jax.pipeline.checks import check_data
 from lelp_jax.pipeline.workdir import Workdir, WorkdirError, check_workdir, teacher_source_dir
 from lelp_jax.pipeline.precomputed import (SPLITS, PrecomputedTeacher, SplitRows, check_methods,
                                            load_precomputed_teacher)
@@ -64,6 +65,7 @@ class Run:
         self.workdir = Workdir(workdir)
         self._splits: dict[str, tuple[Any, DatasetInfo]] = {}  # split -> (source, info), filled by split()
         self._carved: dict[str, tuple[int, np.ndarray]] = {}  # carved split -> (train file size, its rows in it)
+        self.data_checked = False  # preflight's data checks passed (they run once per run)
 
     @functools.cached_property
     def mesh(self) -> Mesh:
@@ -132,7 +134,8 @@ class Run:
                 rows[name] = SplitRows(name, len(source))
         return load_precomputed_teacher(
             self.config.teacher.outputs, splits=rows, num_classes=self.info.num_classes,
-            labels_of=lambda name: source_labels(self._true_labelled(name))[0])
+            labels_of=lambda name: source_labels(self._true_labelled(name))[0],
+            max_examples_per_split=self.config.data.max_examples_per_split)
 
     def _true_labelled(self, name: str) -> Any:
         """Split ``name`` with its true labels (train without the rows' hidden labels)."""
@@ -202,14 +205,17 @@ def check_method_names(methods) -> None:
         raise ConfigError(f"unknown method {unknown[0]!r}{hint}; known methods: {', '.join(known)}.")
 
 
-def preflight(run: Run, *, force: bool = False) -> None:
+def preflight(run: Run, *, force: bool = False, data: bool = True) -> None:
     """Every check that can fail on user input, before anything is written.
 
     The workdir must be new or made by this config (unless ``force``); every method
     must be registered; ``local`` data needs existing train/test files; a
     ``teacher.pretrained`` name must be known; a given ``teacher.checkpoint`` must
     exist and hold Orbax checkpoints; a precomputed teacher's exported outputs are
-    loaded and validated (``run.precomputed``, kept on the run for its stages).
+    loaded and validated (``run.precomputed``, kept on the run for its stages). With ``data`` (any
+    stage but ``eval`` will run), the data's labels and the teacher's embedding width are checked
+    too (:func:`lelp_jax.pipeline.checks.check_data`: label ranges, two classes, S against D - C and
+    the class sizes), once per run: the splits it loads serve the stages.
     """
     config = run.config
     if not force:
@@ -237,6 +243,9 @@ def preflight(run: Run, *, force: bool = False) -> None:
     if config.teacher.model == "precomputed":
         check_methods(config.methods)
         run.precomputed  # loaded and validated now; the stages reuse it
+    if data and not run.data_checked:
+        check_data(run)
+        run.data_checked = True
 
 
 def check_transfer(run: Run) -> None:

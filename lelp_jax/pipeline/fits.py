@@ -181,7 +181,7 @@ def _subspace_kmeans(method, inputs: FitInputs):
     subspace = fit_projections(moments, classifier_weights=inputs.head_weights() if null_space else None,
                                num_subclasses=k, key=int(config.lelp.seed), null_space=null_space, rotate=False,
                                directions="pca")
-    fit = fit_subspace_kmeans(jax.random.PRNGKey(int(config.lelp.seed)), subspace, emb, labels,
+    fit = fit_subspace_kmeans(subspace, emb, labels, key=int(config.lelp.seed),
                               num_subclasses=int(config.lelp.num_subclasses), num_iters=int(config.kmeans.num_iters))
     return calibrate_fit(method, fit, inputs)
 

@@ -25,6 +25,18 @@ files' order). A dataset without a validation split carves validation out of
 train (``data.val_fraction``): then ``teacher.outputs.train`` covers the whole
 train file and each carved split reads its rows through an index map.
 
+A binary teacher with **one logit** z per example (a sigmoid / BCE head: scikit-learn's
+``LogisticRegression`` or ``MLPClassifier``, head kernel (D, 1), bias (1,), logits (N, 1)) is
+read as the two logits ``[0, z]``, kernel ``[0, k]``, bias ``[0, b]``: softmax([0, z])_1 =
+sigmoid(z), so class probabilities, KD targets and the null space of W are those of the
+two-logit head it equals (:attr:`PrecomputedTeacher.notes` says so, once, in the teacher line).
+
+With ``data.max_examples_per_split`` set (``--config.smoke=true`` sets 256), a split exported
+whole does not match the capped split, and its rows cannot be sliced to match: the offline
+builders cap the rows before tfds shuffles them, so the capped split is not the first rows of
+the full one. The row-count error then names the cap and both fixes (export the capped data, or
+``--config.data.max_examples_per_split=none``: smoke's short training on every exported row).
+
 Checked on load, each failure one :class:`PrecomputedError` naming the file, the
 array and the fix: row counts equal the data split's; D and C agree with the head
 and C with the data; every value finite (first bad row named);
@@ -92,15 +104,16 @@ class SplitRows:
 class RowView:
     """Read-only float32 ``(N, K)`` view of a stored array (often a memmap), optionally through rows.
 
-    ``view[index]`` reads only those rows; ``np.asarray(view)`` reads all of them.
+    ``view[index]`` reads only those rows; ``np.asarray(view)`` reads all of them. With
+    ``zero_first``, a column of zeros is put before the stored ones (one logit z -> ``[0, z]``).
     """
 
-    def __init__(self, base: np.ndarray, rows: Optional[np.ndarray] = None):
-        self._base, self._rows = base, rows
+    def __init__(self, base: np.ndarray, rows: Optional[np.ndarray] = None, *, zero_first: bool = False):
+        self._base, self._rows, self._zero_first = base, rows, zero_first
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (len(self), int(self._base.shape[1]))
+        return (len(self), int(self._base.shape[1]) + self._zero_first)
 
     @property
     def ndim(self) -> int:
@@ -109,12 +122,15 @@ class RowView:
     def __len__(self) -> int:
         return len(self._base) if self._rows is None else len(self._rows)
 
+    def _pad(self, a: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.zeros(a.shape[:-1] + (1,), np.float32), a], -1) if self._zero_first else a
+
     def __getitem__(self, index) -> np.ndarray:
         index = np.asarray(index)
-        return np.asarray(self._base[index if self._rows is None else self._rows[index]], np.float32)
+        return self._pad(np.asarray(self._base[index if self._rows is None else self._rows[index]], np.float32))
 
     def __array__(self, dtype=None, copy=None):
-        out = np.asarray(self._base if self._rows is None else self._base[self._rows], np.float32)
+        out = self._pad(np.asarray(self._base if self._rows is None else self._base[self._rows], np.float32))
         return out if dtype is None else out.astype(dtype)
 
 
@@ -126,6 +142,7 @@ class PrecomputedTeacher:
     kernel: np.ndarray  # (D, C)
     bias: np.ndarray  # (C,)
     paths: Mapping[str, str]
+    notes: tuple[str, ...] = ()  # how the exports were read, when not as given (one logit)
 
     def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """``(W (C, D), b (C,))`` as :func:`lelp_jax.models.head_weights` returns them."""
@@ -189,7 +206,7 @@ def _check_head(arrays: Mapping[str, np.ndarray], where: str) -> tuple[np.ndarra
 
 def _check_outputs(arrays: Mapping[str, np.ndarray], where: str, *, kernel: np.ndarray, bias: np.ndarray,
                    num_rows: int, num_classes: int, tolerance: float, labels: Optional[Callable[[], np.ndarray]],
-                   split_desc: str) -> None:
+                   split_desc: str, cap: Optional[int] = None) -> None:
     """Shapes, finiteness, head consistency and labels of one file's outputs (one chunked pass)."""
     emb = _need(arrays, "embedding", where, "(N, D): the input of the teacher's final linear layer")
     logits = _need(arrays, "logits", where, "(N, C): the teacher's logits")
@@ -199,17 +216,20 @@ def _check_outputs(arrays: Mapping[str, np.ndarray], where: str, *, kernel: np.n
                                "and (N, C); flatten one row per example.")
     for name, a in (("embedding", emb), ("logits", logits)):
         if len(a) != num_rows:
-            raise PrecomputedError(
-                f"{where}: {name!r} has {len(a)} rows but {split_desc} has {num_rows} examples; export one row per "
-                "example, in the data files' order (with the same data.max_examples_per_split, if set).")
+            capped = (f", capped by data.max_examples_per_split={cap} (--config.smoke=true sets it); export that "
+                      "capped data, or keep every exported row with --config.data.max_examples_per_split=none"
+                      if cap is not None else "; export one row per example, in the data files' order")
+            raise PrecomputedError(f"{where}: {name!r} has {len(a)} rows but {split_desc} has {num_rows} "
+                                   f"examples{capped}.")
     if emb.shape[1] != d:
         raise PrecomputedError(f"{where}: 'embedding' is {emb.shape} but the head's 'kernel' is {kernel.shape}: D must "
                                "agree; export the embedding that feeds the head (its final linear layer's input).")
     if logits.shape[1] != c:
         raise PrecomputedError(f"{where}: 'logits' is {logits.shape} but the head's 'kernel' is {kernel.shape}: C must "
                                "agree; export the logits of this head.")
-    if c != num_classes:
-        raise PrecomputedError(f"{where}: the teacher has {c} classes (logits {logits.shape}) but the data has "
+    if c != num_classes and not (c == 1 and num_classes == 2):
+        one = " (one logit is read as a binary teacher's [0, z])" if c == 1 else ""
+        raise PrecomputedError(f"{where}: the teacher has {c} classes (logits {logits.shape}){one} but the data has "
                                f"{num_classes}; export a teacher of this dataset's classes.")
     for start in range(0, num_rows, _CHUNK_ROWS):
         h = np.asarray(emb[start:start + _CHUNK_ROWS], np.float64)
@@ -233,11 +253,11 @@ def _check_outputs(arrays: Mapping[str, np.ndarray], where: str, *, kernel: np.n
         if exported.shape != (num_rows,) or exported.dtype.kind not in "iu":
             raise PrecomputedError(f"{where}: 'label' is {exported.dtype}{exported.shape}; it must be int "
                                    f"({num_rows},) or be left out.")
-        out = (exported < 0) | (exported >= c)
+        out = (exported < 0) | (exported >= num_classes)
         if out.any():
             r = int(np.argmax(out))
-            raise PrecomputedError(f"{where}: 'label' row {r} is {int(exported[r])}, outside [0, {c}); export class "
-                                   "ids of the data's classes.")
+            raise PrecomputedError(f"{where}: 'label' row {r} is {int(exported[r])}, outside [0, {num_classes}); "
+                                   "export class ids of the data's classes.")
         if labels is not None:
             data = labels()
             diff = exported != data
@@ -249,7 +269,8 @@ def _check_outputs(arrays: Mapping[str, np.ndarray], where: str, *, kernel: np.n
 
 
 def load_precomputed_teacher(outputs: Mapping[str, Any], *, splits: Mapping[str, SplitRows], num_classes: int,
-                             labels_of: Callable[[str], np.ndarray]) -> PrecomputedTeacher:
+                             labels_of: Callable[[str], np.ndarray],
+                             max_examples_per_split: Optional[int] = None) -> PrecomputedTeacher:
     """Read and validate the exported outputs of every data split in ``splits``.
 
     Args:
@@ -257,6 +278,7 @@ def load_precomputed_teacher(outputs: Mapping[str, Any], *, splits: Mapping[str,
       splits: data split -> :class:`SplitRows` (which file holds it, and where).
       num_classes: the data's C.
       labels_of: data split -> its labels in index order (read only when a file has ``label``).
+      max_examples_per_split: ``data.max_examples_per_split``, named by the row-count error when set.
     """
     tolerance = float(outputs.get("tolerance") or 0.0)
     paths: dict[str, str] = {}
@@ -276,6 +298,7 @@ def load_precomputed_teacher(outputs: Mapping[str, Any], *, splits: Mapping[str,
     head_key = "head" if outputs.get("head") else "train"
     head_arrays = read_arrays(outputs["head"], key="head") if outputs.get("head") else arrays["train"]
     kernel, bias = _check_head(head_arrays, f"teacher.outputs.{head_key}={str(outputs.get(head_key))!r}")
+    cap = None if max_examples_per_split is None else int(max_examples_per_split)
     for key, path in paths.items():
         parts = {s: w for s, w in splits.items() if w.file == key}
         file_rows = next(iter(parts.values())).file_rows
@@ -288,8 +311,14 @@ def load_precomputed_teacher(outputs: Mapping[str, Any], *, splits: Mapping[str,
 
         desc = " + ".join(f"the {s} split" for s in parts) if len(parts) > 1 else f"the data's {key} split"
         _check_outputs(arrays[key], f"teacher.outputs.{key}={path!r}", kernel=kernel, bias=bias, num_rows=file_rows,
-                       num_classes=num_classes, tolerance=tolerance, labels=labels, split_desc=desc)
+                       num_classes=num_classes, tolerance=tolerance, labels=labels, split_desc=desc, cap=cap)
+    one_logit = kernel.shape[1] == 1
+    if one_logit:  # softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]: the two-logit head this one equals
+        kernel = np.concatenate([np.zeros_like(kernel), kernel], axis=1)
+        bias = np.concatenate([np.zeros_like(bias), bias])
+    notes = ("one logit z per example (a sigmoid/BCE head): read as logits [0, z]",) if one_logit else ()
     caches = {s: TeacherCache(embeddings=RowView(arrays[w.file]["embedding"], w.rows),
-                              logits=RowView(arrays[w.file]["logits"], w.rows)) for s, w in splits.items()}
+                              logits=RowView(arrays[w.file]["logits"], w.rows, zero_first=one_logit))
+              for s, w in splits.items()}
     return PrecomputedTeacher(caches=caches, kernel=kernel.astype(np.float32), bias=bias.astype(np.float32),
-                              paths=paths)
+                              paths=paths, notes=notes)

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +17,8 @@ import ml_collections
 
 from lelp_jax.pipeline.context import Run, preflight
 from lelp_jax.pipeline.stages import STAGES
-from lelp_jax.pipeline.workdir import init_workdir, read_json
+from lelp_jax.pipeline.workdir import init_workdir, is_main_process, read_json
+from lelp_jax.runtime import lock
 
 __all__ = ["run_stages", "run_all"]
 
@@ -26,7 +28,8 @@ def _describe(name: str, out: Mapping) -> str:
         acc = out.get("test_accuracy")
         params = f", {out['params']:,} params" if out.get("params") is not None else ""
         extra = f", test acc {100 * acc:.1f}%{params}" if acc is not None else ""
-        return f"{out.get('source', '')} teacher {out.get('model', '')}{extra}"
+        notes = "".join(f"; {n}" for n in out.get("notes", ()))  # a precomputed teacher: how its exports were read
+        return f"{out.get('source', '')} teacher {out.get('model', '')}{extra}{notes}"
     if name == "eval":
         parts = [f"{m} {100 * s['mean']:.1f}±{100 * s['std']:.1f}% (n={s['n']})" for m, s in out["summary"].items()]
         return f"{out['runs']} runs -> {out['results']}: " + ", ".join(parts)
@@ -35,11 +38,14 @@ def _describe(name: str, out: Mapping) -> str:
 
 def run_stages(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, stages: Sequence[str],
                force: bool = False, overrides: Mapping[str, Any] | None = None,
-               log: Callable[[str], None] = print, run: Run | None = None) -> dict[str, dict]:
+               log: Callable[[str], None] = print, run: Run | None = None,
+               command: str | None = None) -> dict[str, dict]:
     """Pre-flight checks, ``init_workdir``, then each named stage in order; returns their summaries.
 
-    Nothing is written before every check passed. The stages share one :class:`Run` of
-    ``config`` and ``workdir``: ``run`` when the caller built it already (the CLI's own
+    Nothing is written before every check passed. From ``init_workdir`` on, the main process holds
+    the workdir lock (:func:`lelp_jax.runtime.lock.hold`; ``command`` is what it records, e.g.
+    ``lelp run``): a second command on the same workdir stops at once instead of interleaving.
+    The stages share one :class:`Run` of ``config`` and ``workdir``: ``run`` when the caller built it already (the CLI's own
     ``preflight`` loaded data into it), else a new one. Each stage logs one line,
     e.g. ``[teacher] done in 12.3 s, trained teacher mlp, test acc 97.5%``.
     """
@@ -51,8 +57,15 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     elif run.config is not config or run.workdir.root != Path(workdir):
         raise ValueError("run_stages: `run` was built from another config or workdir; build it from these "
                          "(Run(config, workdir)) or pass none.")
-    preflight(run, force=force)
-    init_workdir(config, workdir, force=force)
+    preflight(run, force=force, data=any(s != "eval" for s in stages))
+    with lock.hold(workdir, command) if is_main_process() else contextlib.nullcontext():
+        return _run_locked(run, stages, force=force, overrides=overrides, log=log)
+
+
+def _run_locked(run: Run, stages: Sequence[str], *, force: bool, overrides: Mapping[str, Any] | None,
+                log: Callable[[str], None]) -> dict[str, dict]:
+    """``run_stages`` once the checks passed and the lock is held."""
+    init_workdir(run.config, run.workdir.root, force=force)
     outputs: dict[str, dict] = {}
     for name in stages:
         t0 = time.perf_counter()

@@ -13,6 +13,7 @@ can see (a shared filesystem, as Orbax needs anyway).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -27,7 +28,8 @@ from lelp_jax import train
 from lelp_jax.core import atomic
 from lelp_jax.runtime import sharding
 from lelp_jax.config import config_to_dict
-from lelp_jax.runtime.errors import ConfigError
+from lelp_jax.runtime.errors import ConfigError, DivergenceError
+from lelp_jax.data.input_spec import input_spec
 from lelp_jax.data.splits import source_labels
 from lelp_jax.methods import Method, get_method
 from lelp_jax.models import build_model, count_params
@@ -39,7 +41,7 @@ from lelp_jax.core.projections import save_projections
 from lelp_jax.pipeline.teacher import accumulate_moments, cache_teacher_outputs
 
 __all__ = ["STAGES", "stage_teacher", "stage_teacher_outputs", "stage_statistics", "stage_fit", "stage_distill",
-           "stage_eval", "summarize"]
+           "stage_eval", "summarize", "student_record"]
 
 _HOW = {"new": "computed", "shared": "shared (content-addressed)", "local": "already here"}
 
@@ -98,7 +100,7 @@ def _precomputed_record(run: Run) -> dict:
     acc = {name: teacher.accuracy(name, source_labels(run.split(name)[0])[0]) for name in teacher.caches}
     return {"source": "precomputed", "outputs": dict(teacher.paths), "test_accuracy": acc["test"],
             "val_accuracy": acc["validation"], "train_accuracy": acc["train"], "params": None,
-            "embedding_dim": int(teacher.kernel.shape[0])}
+            "embedding_dim": int(teacher.kernel.shape[0]), **({"notes": list(teacher.notes)} if teacher.notes else {})}
 
 
 def _recorded_teacher(run: Run) -> dict | None:
@@ -258,7 +260,8 @@ def stage_distill(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequ
     extra = {"overrides": dict(overrides or {}), "teacher_params": teacher.get("params"),
              "teacher_test_accuracy": teacher.get("test_accuracy"), "dataset": config.data.name,
              "config_name": config.name, **run.transfer_counts}
-    done = []
+    done: list[str] = []
+    failed: list[str] = []
     for name in dict.fromkeys(m for m, _ in todo):
         method = get_method(name)
         if method.needs_fine_labels and info.num_fine_classes is None:
@@ -267,29 +270,59 @@ def stage_distill(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequ
         cache = run.teacher_cache if method.needs_teacher else None
         t_model, t_variables = run.teacher if method.needs_teacher and cache is None else (None, None)
         aux = method_aux(method, run)
-        method_extra = {**extra, **split_diagnostics(method, aux, run)}
-        student = build_model(config.student.model, num_outputs=method.student_outputs(info.num_classes, config, aux),
-                              **model_kwargs(config.student))
+        head = method.student_outputs(info.num_classes, config, aux)
         # A method that learns from labels alone (ce: no teacher, no fit) trains on the labelled rows only.
         labels_only = not method.needs_teacher and method.fit is None
         method_sources = run.sources(labelled_only=True) if labels_only else sources
-        method_extra["train_examples"] = len(method_sources["train_source"])
+        method_extra = {**extra, **split_diagnostics(method, aux, run),
+                        "train_examples": len(method_sources["train_source"]),
+                        "student": student_record(config, info, method, head,
+                                                  {k.removesuffix("_source"): len(v)
+                                                   for k, v in method_sources.items()})}
+        student = build_model(config.student.model, num_outputs=head, **model_kwargs(config.student))
         for m, seed in todo:
             if m != name:
                 continue
             t0 = time.perf_counter()
-            result = train.train_and_evaluate(
-                **method_sources, model=student, method=method, cfg=config, mesh=run.mesh,
-                workdir=str(wd.run_dir(name, seed)), seed=seed, num_classes=info.num_classes,
-                teacher_apply=t_model.apply if t_model is not None else None, teacher_variables=t_variables,
-                teacher_cache=cache, aux=aux, record_extra=method_extra,
-            )
+            try:
+                result = train.train_and_evaluate(
+                    **method_sources, model=student, method=method, cfg=config, mesh=run.mesh,
+                    workdir=str(wd.run_dir(name, seed)), seed=seed, num_classes=info.num_classes,
+                    teacher_apply=t_model.apply if t_model is not None else None, teacher_variables=t_variables,
+                    teacher_cache=cache, aux=aux, record_extra=method_extra,
+                )
+            except DivergenceError as e:  # recorded failed in its result.json; the other runs go on
+                failed.append(f"{name}/seed_{seed}")
+                if log is not None:
+                    log(f"{name}/seed_{seed}: FAILED: {e}")
+                continue
             done.append(f"{name}/seed_{seed}")
             if log is not None:
                 log(f"{name}/seed_{seed}: test acc {100 * result['test_accuracy_best_val']:.1f}% (best val), "
                     f"{100 * result['test_accuracy_last']:.1f}% (last), {time.perf_counter() - t0:.1f} s")
     sync("distill")
-    return {"skipped": False, "message": f"{len(done)} runs trained"}
+    message = f"{len(done)} runs trained" + (f", {len(failed)} failed ({', '.join(failed)})" if failed else "")
+    return {"skipped": False, "message": message}
+
+
+def student_record(config: ml_collections.ConfigDict, info: Any, method: Method, head_outputs: int,
+                   examples: Mapping[str, int]) -> dict:
+    """What serving the student needs, recorded in each run's result.json (``lelp export`` reads it):
+    class names (sorted string labels, ``data.class_names`` or the tfds names), C, S = head / C (the head is
+    class-major, class c's logits at c*S .. c*S+S-1), the architecture (registry name + kwargs), the input
+    spec (:func:`lelp_jax.data.input_spec.input_spec`), the method and its resolved options, and ``examples``
+    (split -> number of examples)."""
+    options = method.parse_options(config)
+    settings = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}
+    return {"class_names": [str(c) for c in info.class_names], "num_classes": int(info.num_classes),
+            "head_outputs": int(head_outputs), "num_subclasses": int(head_outputs) // int(info.num_classes),
+            "model": {"name": config.student.model, "kwargs": config.student.model_kwargs.to_dict()},
+            "input": input_spec(config.data, info), "method": method.name,
+            "settings": json.loads(json.dumps(settings, default=str)),
+            "compute_dtype": str(config.train.compute_dtype),
+            "examples": dict(examples),
+            "eval_batch_size": int(config.train.eval_batch_size) or int(config.data.eval_batch_size
+                                                                       or config.train.batch_size)}
 
 
 def _run_order(config: ml_collections.ConfigDict, method: str, seed: int) -> tuple:
@@ -303,7 +336,8 @@ def stage_eval(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequenc
     ``{"dataset", "config_name", "teacher": teacher.json, "runs": [result.json, ...]}``,
     runs ordered as ``config.methods`` then by seed. Every requested
     ``methods x seeds`` run must be finished; runs of other methods/seeds already in
-    the workdir are kept too.
+    the workdir are kept too. A run that diverged is listed with ``"status": "failed"``;
+    after writing, the stage raises :class:`DivergenceError` naming them (the command exits non-zero).
     """
     config, wd = run.config, run.workdir
     methods = list(config.methods if methods is None else methods)
@@ -323,13 +357,20 @@ def stage_eval(run: Run, *, methods: Sequence[str] | None = None, seeds: Sequenc
     if is_main_process() and not unchanged:
         atomic.write_json(wd.results, results)
     sync("eval")
+    wanted = {(m, int(s)) for m in methods for s in seeds}
+    failed = [r for r in runs if train.failed(r) and (r["method"], int(r["seed"])) in wanted]
+    if failed:
+        raise DivergenceError(
+            f"{len(failed)} of {len(wanted)} runs failed (results.json lists them as failed, averaged nowhere): "
+            + "; ".join(r["failure"] for r in failed))
     return {"runs": len(runs), "results": str(wd.results), "summary": summarize(results), "skipped": unchanged}
 
 
 def summarize(results: Mapping) -> dict[str, dict[str, float]]:
-    """Per method: mean and std over seeds of ``test_accuracy_best_val`` and the number of seeds."""
+    """Per method: mean and std over seeds of ``test_accuracy_best_val`` and the number of seeds
+    (finished runs only: a failed run is averaged nowhere)."""
     by_method: dict[str, list[float]] = {}
-    for r in results["runs"]:
+    for r in train.succeeded(results["runs"]):
         by_method.setdefault(r["method"], []).append(float(r["test_accuracy_best_val"]))
     return {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for m, v in by_method.items()}
 

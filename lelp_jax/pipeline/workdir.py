@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from lelp_jax.core import atomic
 from lelp_jax.config import base_config, config_to_dict, identity_dict
-from lelp_jax.runtime.errors import WorkdirError
+from lelp_jax.runtime.errors import ArtifactError, WorkdirError
 from lelp_jax.runtime.store import Store
 
 __all__ = ["WorkdirError", "Workdir", "LAYOUT", "check_workdir", "init_workdir", "read_json", "is_main_process",
@@ -120,8 +120,13 @@ def sync(name: str) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """The JSON in ``path``; a truncated or corrupt file is an :class:`ArtifactError` naming it and the fix."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{os.fspath(path)} is truncated or corrupt ({e}); move it away (or delete it) and "
+                            "rerun the same command: the stage that wrote it recomputes it.") from None
 
 
 def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:

@@ -25,6 +25,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lelp_jax.train import failed, succeeded
+
 __all__ = ["mean_std", "fmt_mean_std", "by_method", "method_table", "method_summary", "per_seed", "t_cdf",
            "t_quantile", "t_half_width", "PairedDifference", "paired_difference", "room_fraction", "paired_table"]
 
@@ -59,10 +61,13 @@ def method_table(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per method (in first-seen order): mean/std over seeds of both test accuracies and of
     the best validation accuracy, student parameters (a range if seeds differ), seeds, and the mean
     of what its split taught (``split_entropy``, ``split_top_share``, ``split_nmi``; NaN for methods
-    that do not split)."""
+    that do not split). A failed (diverged) run counts in no mean and not in ``n``: its seed is listed
+    under ``failed``."""
     rows = []
-    for method, rs in by_method(runs).items():
-        row: dict[str, Any] = {"method": method, "n": len(rs), "seeds": sorted(int(r.get("seed", 0)) for r in rs)}
+    for method, all_rs in by_method(runs).items():
+        rs = succeeded(all_rs)
+        row: dict[str, Any] = {"method": method, "n": len(rs), "seeds": sorted(int(r.get("seed", 0)) for r in rs),
+                               "failed": sorted(int(r.get("seed", 0)) for r in all_rs if failed(r))}
         for key in (*METRICS, "best_val_accuracy"):
             row[key] = mean_std(r.get(key) for r in rs)
         for key in SPLIT_KEYS:
@@ -74,10 +79,11 @@ def method_table(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def method_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """A sweep point's summary: method -> ``{metric: {"mean", "std"}, "n"}`` for both test accuracies and
-    the best validation accuracy (:func:`method_table`); a metric no run has is left out."""
+    the best validation accuracy (:func:`method_table`); a metric no run has is left out; ``failed``:
+    the seeds whose run diverged (not in ``n``, so selection skips the point)."""
     return {row["method"]: {**{k: {"mean": row[k][0], "std": row[k][1]}
                                for k in (*METRICS, "best_val_accuracy") if not math.isnan(row[k][0])},
-                            "n": row["n"]}
+                            "n": row["n"], **({"failed": row["failed"]} if row["failed"] else {})}
             for row in method_table(runs)}
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from lelp_jax.pipeline.workdir import Workdir
 from lelp_jax.protocol.paired import fmt_mean_std, mean_std, method_summary
+from lelp_jax.train import failed, succeeded
 
 __all__ = ["Choice", "choose", "point_runs", "selection_section"]
 
@@ -40,8 +41,9 @@ class Choice:
 def choose(points: Sequence[Mapping[str, Any]], method: str, seeds: Sequence[int]) -> Choice:
     """The done point of ``method`` with the best mean ``best_val_accuracy`` over ``seeds`` (sweep summary points).
 
-    Only points whose summary holds ``method`` on every selection seed take part; a point
-    without a ``methods`` list (an older summary) holds every method.
+    Only points whose summary holds ``method`` on every selection seed take part (a point where a
+    seed's run diverged has it in ``failed``, not in ``n``: it is never chosen); a point without a
+    ``methods`` list (an older summary) holds every method.
     """
     best, best_val, n_cand = None, -math.inf, 0
     for p in points:
@@ -108,12 +110,14 @@ def selection_section(root: Path, sweep: Mapping[str, Any]) -> tuple[list[str], 
     acc: dict[str, dict[int, float]] = {}
     for m in methods:
         c = choose(points, m, seeds)
-        per = {int(r["seed"]): float(r["test_accuracy_best_val"]) for r in runs_of[c.point]
-               if r["method"] == m and int(r["seed"]) in test}
+        mine = [r for r in runs_of[c.point] if r["method"] == m and int(r["seed"]) in test]
+        per = {int(r["seed"]): float(r["test_accuracy_best_val"]) for r in succeeded(mine)}
+        bad = sorted(int(r["seed"]) for r in mine if failed(r))
         acc[m] = per
         test_s = fmt_mean_std(mean_std(per.values())) if per else "not run"
-        missing = sorted(set(test) - set(per))
-        seeds_s = f"{len(per)}" + (f" (missing {missing})" if missing else "")
+        missing = sorted(set(test) - set(per) - set(bad))
+        seeds_s = (f"{len(per)}" + (f" (missing {missing})" if missing else "")
+                   + (f" (failed {bad}: diverged, not averaged)" if bad else ""))
         lines.append(f"| {m} | {sizes.get(m, c.candidates)} | {_fmt_overrides(c.overrides)} | "
                      f"{100 * c.val_accuracy:.2f} | {test_s} | {seeds_s} |")
     return lines, acc

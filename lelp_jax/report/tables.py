@@ -54,8 +54,9 @@ def table_rows(teacher: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                      f"{100 * float(st['test_accuracy_best_val']):.2f} | {_params([int(st['student_params'])])} | – "
                      "| – | – | – |")
     for r in rows:
+        name = r["method"] + (f" (failed: seeds {r['failed']}, diverged; not averaged)" if r.get("failed") else "")
         lines.append(
-            f"| {prefix}{r['method']} | {fmt_mean_std(r['test_accuracy_last'])} | {fmt_mean_std(r['test_accuracy_best_val'])} | "
+            f"| {prefix}{name} | {fmt_mean_std(r['test_accuracy_last'])} | {fmt_mean_std(r['test_accuracy_best_val'])} | "
             f"{_params(r['student_params'])} | {r['n']} | "
             + " | ".join(_diag(r.get(k)) for k in SPLIT_KEYS) + " |"
         )

@@ -33,12 +33,15 @@ from lelp_jax.runtime.progress import Progress
 from lelp_jax.train.checkpoints import Checkpoints, checkpoint_tree
 from lelp_jax.train.metrics import MetricsLog
 from lelp_jax.train.optim import make_optimizer, num_train_steps, train_config
-from lelp_jax.train.step import TrainState, evaluate, init_train_state, make_eval_step, make_train_step, strip
+from lelp_jax.runtime.errors import DivergenceError
+from lelp_jax.train.feed import make_feed
+from lelp_jax.train.step import (TrainState, evaluate, init_train_state, make_eval_step, make_train_step, strip,
+                                 train_step_fn)
 
 if TYPE_CHECKING:
     from lelp_jax.data.iterator import BatchIterator
 
-__all__ = ["train_and_evaluate"]
+__all__ = ["train_and_evaluate", "failed", "succeeded"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ class _Plan:
     eval_every: int
     checkpoint_every: int
     log_every: int
+    steps_per_call: int
+    on_nonfinite: str
 
 
 def _plan(c: Mapping[str, Any], cfg: ml_collections.ConfigDict, mesh: Mesh, num_train: int) -> _Plan:
@@ -84,7 +89,8 @@ def _plan(c: Mapping[str, Any], cfg: ml_collections.ConfigDict, mesh: Mesh, num_
     num_steps = num_train_steps(c, num_train)
     return _Plan(batch_size=batch_size, eval_batch_size=eval_bs, num_steps=num_steps,
                  eval_every=int(c["eval_every"]) or num_steps,
-                 checkpoint_every=int(c["checkpoint_every"]) or num_steps, log_every=max(1, int(c["log_every"])))
+                 checkpoint_every=int(c["checkpoint_every"]) or num_steps, log_every=max(1, int(c["log_every"])),
+                 steps_per_call=int(c["steps_per_call"]), on_nonfinite=str(c["on_nonfinite"]))
 
 
 def _check_teacher_args(method: Method, teacher_apply: Optional[Callable], teacher_variables: Optional[PyTree],
@@ -115,26 +121,33 @@ def _initial_state(*, model: nn.Module, method: Method, optimizer: optax.Gradien
 class _Loop:
     """Steps ``start + 1 .. num_steps``: train, log, keep the best-val variables, checkpoint.
 
-    ``meta`` (checkpointed with the state) holds the history, the best-val bookkeeping and
-    the running train-loss sum since the last evaluation.
+    ``meta`` (checkpointed with the state) holds the history, the best-val bookkeeping, the
+    running train-loss sum since the last evaluation and the count of skipped non-finite steps.
+    Steps run in calls of up to ``feed.max_steps_per_call``, each ending at or before the next
+    log, evaluation or checkpoint step, so the cadence is that of one step per call.
     """
 
-    def __init__(self, *, plan: _Plan, state: TrainState, best: dict, meta: dict, batches: BatchIterator,
-                 train_step: Callable, validate: Callable[[PyTree, PyTree], float], ckpts: Checkpoints,
-                 metrics: MetricsLog, bar: Optional[Progress], mesh: Mesh, teacher_cache: Optional[TeacherLookup],
-                 online_teacher: Optional[PyTree], aux: PyTree):
+    def __init__(self, *, plan: _Plan, state: TrainState, best: dict, meta: dict, feed: Any,
+                 validate: Callable[[PyTree, PyTree], float], ckpts: Checkpoints, metrics: MetricsLog,
+                 bar: Optional[Progress], online_teacher: Optional[PyTree], aux: PyTree, what: str):
         self.plan, self.state, self.best, self.meta = plan, state, best, meta
-        self.batches, self.train_step, self.validate = batches, train_step, validate
-        self.ckpts, self.metrics, self.bar, self.mesh = ckpts, metrics, bar, mesh
-        self.teacher_cache, self.online_teacher, self.aux = teacher_cache, online_teacher, aux
-        self.pending: list[tuple[jax.Array, jax.Array]] = []  # (loss, batch accuracy) per step, read when logged
+        self.feed, self.validate = feed, validate
+        self.ckpts, self.metrics, self.bar = ckpts, metrics, bar
+        self.online_teacher, self.aux, self.what = online_teacher, aux, what
+        self.pending: list[tuple[int, dict]] = []  # (first step, stacked metrics) per call, read when logged
         self.last_loss = self.last_acc = float("nan")
         self.t_log, self.n_log = time.time(), 0
 
     def run(self, start: int) -> None:
         p = self.plan
-        for step in range(start + 1, p.num_steps + 1):
-            self.train_one()
+        step = start
+        while step < p.num_steps:
+            count = min(self.feed.max_steps_per_call, p.num_steps - step,
+                        *(every - step % every for every in (p.log_every, p.eval_every, p.checkpoint_every)))
+            self.state, metrics = self.feed.run(self.state, count, self.online_teacher, self.aux)
+            self.pending.append((step + 1, metrics))
+            self.n_log += count * p.batch_size
+            step += count
             last = step == p.num_steps
             if step % p.log_every == 0 or last:
                 self.log(step)
@@ -143,26 +156,25 @@ class _Loop:
             if step % p.checkpoint_every == 0 or last:
                 self.flush_losses()
                 self.ckpts.save(step, checkpoint_tree(self.state, self.best),
-                                {**self.meta, "data": self.batches.get_state()})
+                                {**self.meta, "data": self.feed.get_state()})
             if self.bar is not None:
-                self.bar.update(step, p.batch_size)
-
-    def train_one(self) -> None:
-        host_batch = strip(next(self.batches))
-        if self.teacher_cache is not None:
-            emb, logits = self.teacher_cache.lookup(host_batch["index"])
-            host_batch = {**host_batch, "teacher_embedding": emb, "teacher_logits": logits}
-        self.state, metrics = self.train_step(self.state, shd.shard_batch(host_batch, self.mesh),
-                                              self.online_teacher, self.aux)
-        self.pending.append((metrics["loss"], metrics["accuracy"]))
-        self.n_log += self.plan.batch_size
+                self.bar.update(step, count * p.batch_size)
 
     def flush_losses(self) -> None:
-        """Bring the pending step losses to the host (one transfer) into the running sum."""
-        for loss, acc in shd.to_host(self.pending):
-            self.meta["loss_sum"] += float(loss)
-            self.meta["loss_count"] += 1
-            self.last_loss, self.last_acc = float(loss), float(acc)
+        """Bring the pending step losses to the host (one transfer) into the running sum; a non-finite
+        step stops the run (:class:`DivergenceError`) or, with ``on_nonfinite='skip_step'``, is counted."""
+        for first, metrics in zip([f for f, _ in self.pending], shd.to_host([m for _, m in self.pending])):
+            for i, (loss, acc, finite, clean) in enumerate(zip(*(np.atleast_1d(metrics[k]) for k in (
+                    "loss", "accuracy", "finite", "finite_inputs")))):
+                if not finite:
+                    if self.plan.on_nonfinite == "stop":
+                        self.pending.clear()
+                        raise DivergenceError(divergence_message(self.what, first + i, float(loss), bool(clean)))
+                    self.meta["skipped_steps"] = self.meta.get("skipped_steps", 0) + 1
+                    continue
+                self.meta["loss_sum"] += float(loss)
+                self.meta["loss_count"] += 1
+                self.last_loss, self.last_acc = float(loss), float(acc)
         self.pending.clear()
 
     def log(self, step: int) -> None:
@@ -188,6 +200,18 @@ class _Loop:
             meta["best_val_accuracy"], meta["best_step"] = val_acc, step
             self.best = _copy({"params": self.state.params, "batch_stats": self.state.batch_stats})
         self.metrics.emit(step, {"train_loss": train_loss, "val_accuracy": val_acc})
+
+
+def divergence_message(what: str, step: int, loss: float, inputs_finite: bool) -> str:
+    """The one line a diverged run stops with: which run, the first non-finite step, the likely cause."""
+    if not inputs_finite:
+        cause = ("its batch holds inf/NaN inputs or teacher outputs: clean the data (or the exported "
+                 "teacher outputs)")
+    else:
+        cause = ("the loss, gradients or parameters overflowed: the learning rate is likely too high "
+                 "(train.learning_rate), or the inputs are badly scaled: lower it or standardise the inputs")
+    return (f"{what} diverged at step {step} (loss {loss:.4g}): {cause}; or set train.on_nonfinite='skip_step' "
+            "to skip such steps.")
 
 
 def _resume(ckpts: Checkpoints, state: TrainState, best: dict, batches: BatchIterator, meta: dict,
@@ -261,11 +285,10 @@ def train_and_evaluate(*, model: nn.Module, method: Method, cfg: ml_collections.
     aux = shd.replicate(aux, mesh) if aux is not None else None
     online_teacher = shd.shard_params(teacher_variables, mesh) if (method.needs_teacher and teacher_variables
                                                                    is not None and teacher_cache is None) else None
-    train_step = make_train_step(model=model, method=method, optimizer=optimizer, num_classes=num_classes,
-                                 method_cfg=cfg, teacher_apply=teacher_apply, mesh=mesh,
-                                 compute_dtype=c["compute_dtype"],
-                                 teacher_sharding=None if online_teacher is None
-                                 else shd.param_shardings(online_teacher, mesh))
+    teacher_sharding = None if online_teacher is None else shd.param_shardings(online_teacher, mesh)
+    step_args = dict(model=model, method=method, optimizer=optimizer, num_classes=num_classes, method_cfg=cfg,
+                     teacher_apply=teacher_apply, compute_dtype=c["compute_dtype"], on_nonfinite=c["on_nonfinite"])
+    train_step = make_train_step(**step_args, mesh=mesh, teacher_sharding=teacher_sharding)
     eval_step = make_eval_step(model=model, method=method, num_classes=num_classes, mesh=mesh,
                                compute_dtype=c["compute_dtype"])
 
@@ -276,10 +299,15 @@ def train_and_evaluate(*, model: nn.Module, method: Method, cfg: ml_collections.
 
     it = make_iterator(train_source, global_batch_size=plan.batch_size, seed=seed, shuffle=True, num_epochs=None,
                        process_index=pidx, process_count=pcount)
+    cache = teacher_cache if method.needs_teacher else None
+    feed = make_feed(mode=str(cfg.data.device_resident), max_mb=float(cfg.data.device_resident_max_mb),
+                     steps_per_call=plan.steps_per_call, iterator=it, mesh=mesh,
+                     step_fn=train_step_fn(**step_args), train_step=train_step, teacher_cache=cache,
+                     teacher_sharding=teacher_sharding)
     meta: dict[str, Any] = {"history": [], "best_val_accuracy": -1.0, "best_step": 0,
-                            "loss_sum": 0.0, "loss_count": 0}
+                            "loss_sum": 0.0, "loss_count": 0, "skipped_steps": 0}
     ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
-    state, best, resumed = _resume(ckpts, state, best, it, meta, workdir)
+    state, best, resumed = _resume(ckpts, state, best, feed, meta, workdir)
     start = int(shd.to_host(state.step))
     desc = progress_desc or f"{method.name} seed {seed}"
     is_main = pidx == 0
@@ -288,12 +316,19 @@ def train_and_evaluate(*, model: nn.Module, method: Method, cfg: ml_collections.
 
     metrics = MetricsLog(workdir, start, enabled=is_main)
     bar = Progress(plan.num_steps, desc=desc, initial=start) if progress and is_main else None
-    loop = _Loop(plan=plan, state=state, best=best, meta=meta, batches=it, train_step=train_step,
+    loop = _Loop(plan=plan, state=state, best=best, meta=meta, feed=feed,
                  validate=lambda params, stats: accuracy(val_source, params, stats), ckpts=ckpts,
-                 metrics=metrics, bar=bar, mesh=mesh, teacher_cache=teacher_cache if method.needs_teacher else None,
-                 online_teacher=online_teacher, aux=aux)
+                 metrics=metrics, bar=bar, online_teacher=online_teacher, aux=aux, what=desc)
     try:
         loop.run(start)
+    except DivergenceError as e:
+        if is_main:
+            metrics.close()
+            atomic.write_json(os.path.join(workdir, "result.json"), {
+                "method": method.name, "seed": int(seed), "steps": plan.num_steps, "status": "failed",
+                "failure": str(e), "history": meta["history"], "wall_time_s": time.time() - t_start,
+                **dict(record_extra or {})})
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -305,6 +340,7 @@ def train_and_evaluate(*, model: nn.Module, method: Method, cfg: ml_collections.
     record = {
         "method": method.name,
         "seed": int(seed),
+        "status": "ok",
         "steps": plan.num_steps,
         "test_accuracy_last": test_last,
         "test_accuracy_best_val": test_best,
@@ -312,6 +348,7 @@ def train_and_evaluate(*, model: nn.Module, method: Method, cfg: ml_collections.
         "best_step": meta["best_step"],
         "student_params": count_params(state.variables()),
         "history": meta["history"],
+        "skipped_steps": int(meta["skipped_steps"]),
         "resumed_from_step": start if resumed else None,
         "wall_time_s": time.time() - t_start,
     }
@@ -321,6 +358,16 @@ def train_and_evaluate(*, model: nn.Module, method: Method, cfg: ml_collections.
         metrics.close()
         atomic.write_json(os.path.join(workdir, "result.json"), record)
     return record
+
+
+def failed(record: Mapping[str, Any]) -> bool:
+    """Whether a run's result record is a failed run (it diverged): shown as failed, never averaged."""
+    return record.get("status") == "failed"
+
+
+def succeeded(records: Any) -> list:
+    """The records of runs that finished (the ones any mean, table row or selection may use)."""
+    return [r for r in records if not failed(r)]
 
 
 def _default_make_iterator():

@@ -41,6 +41,7 @@ __all__ = [
     "TrainState",
     "model_variables",
     "strip",
+    "train_step_fn",
     "make_train_step",
     "make_eval_step",
     "init_train_state",
@@ -121,7 +122,7 @@ def _masked_accuracy(method: Method, logits: jax.Array, batch: Batch,
     return jnp.sum(correct * mask), jnp.sum(mask)
 
 
-def _unstaged(fn: Callable) -> Callable:
+def unstaged(fn: Callable) -> Callable:
     """``fn`` traced without the core's staged value checks (:func:`lelp_jax.core.validation.unstaged_checks`):
     the pipeline checks its inputs before training, and a program without effects keeps JAX's C++
     dispatch path (one Python-side dispatch per step costs more than a small student's arithmetic)."""
@@ -134,24 +135,21 @@ def _unstaged(fn: Callable) -> Callable:
     return traced
 
 
-def make_train_step(*, model: nn.Module, method: Method, optimizer: optax.GradientTransformation,
-                    num_classes: int, method_cfg: ml_collections.ConfigDict,
-                    teacher_apply: Optional[Callable] = None, mesh: Optional[Mesh] = None,
-                    compute_dtype: str = "float32", teacher_sharding: Optional[PyTree] = None) -> Callable:
-    """Build the one jitted train step ``(state, batch, teacher_variables, aux) -> (state, metrics)``.
+def train_step_fn(*, model: nn.Module, method: Method, optimizer: optax.GradientTransformation,
+                  num_classes: int, method_cfg: ml_collections.ConfigDict,
+                  teacher_apply: Optional[Callable] = None, compute_dtype: str = "float32",
+                  on_nonfinite: str = "stop") -> Callable:
+    """The un-jitted train step ``(state, batch, teacher_variables, aux) -> (state, metrics)``
+    (:func:`make_train_step` compiles it; :mod:`lelp_jax.train.feed` compiles it with an on-device
+    gather and a scan over several steps).
 
-    Per step: key = fold_in(state.rng, state.step) (dropout); teacher outputs from a
-    forward pass (``teacher_variables`` not None) or from ``batch['teacher_*']``;
-    loss = ``method.loss(LossInputs(...), options)``; grads of (params, method_params); optax update.
-    Metrics (replicated scalars): ``loss``, ``accuracy`` (masked, class argmax of
-    ``method.class_log_probs``), ``grad_norm``. ``options = method.parse_options(method_cfg)``
-    (the locked, complete config) is parsed here, once, and closed over (static
-    hyper-parameters); ``aux`` (e.g. projections) is a traced pytree.
-    With ``mesh``, state/teacher/aux are declared replicated and the batch split
-    over ``'data'`` (``teacher_sharding``, e.g. ``sharding.param_shardings(teacher_variables,
-    mesh)``, declares the teacher split along ``'model'`` instead); without it,
-    shardings follow the inputs.
+    ``metrics['finite']`` is 1 when the loss, the gradients and the updated parameters are all
+    finite; ``metrics['finite_inputs']`` when the batch's floating inputs are (the likely cause). ``on_nonfinite='skip_step'``: a step that is not finite leaves params, optimizer state
+    and batch_stats as they were (``where(finite, new, old)``; the step counter still advances, so
+    the data order is unchanged); ``'stop'`` applies it and the loop stops the run.
     """
+    if on_nonfinite not in ("stop", "skip_step"):
+        raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip_step', got {on_nonfinite!r}.")
     dtype = jnp.dtype(compute_dtype)
     options = method.parse_options(method_cfg)
 
@@ -180,17 +178,54 @@ def make_train_step(*, model: nn.Module, method: Method, optimizer: optax.Gradie
         updates, opt_state = optimizer.update(grads, state.opt_state, (state.params, state.method_params))
         params, method_params = optax.apply_updates((state.params, state.method_params), updates)
         correct, count = _masked_accuracy(method, logits, batch, num_classes)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((params, method_params, new_stats))
         new_state = state.replace(step=state.step + 1, params=params, method_params=method_params,
                                   batch_stats=new_stats, opt_state=opt_state)
+        if on_nonfinite == "skip_step":
+            kept = state.replace(step=state.step + 1)
+            new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
         metrics = {"loss": loss, "accuracy": correct / jnp.maximum(count, 1.0),
-                   "grad_norm": optax.tree.norm(grads)}
+                   "grad_norm": grad_norm, "finite": finite.astype(jnp.int32),
+                   "finite_inputs": _all_finite(batch).astype(jnp.int32)}
         return new_state, metrics
 
+    return step_fn
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    """True when every element of every floating leaf of ``tree`` is finite."""
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(x)) for x in leaves], jnp.bool_(True))
+
+
+def make_train_step(*, model: nn.Module, method: Method, optimizer: optax.GradientTransformation,
+                    num_classes: int, method_cfg: ml_collections.ConfigDict,
+                    teacher_apply: Optional[Callable] = None, mesh: Optional[Mesh] = None,
+                    compute_dtype: str = "float32", teacher_sharding: Optional[PyTree] = None,
+                    on_nonfinite: str = "stop") -> Callable:
+    """Build the one jitted train step ``(state, batch, teacher_variables, aux) -> (state, metrics)``.
+
+    Per step: key = fold_in(state.rng, state.step) (dropout); teacher outputs from a
+    forward pass (``teacher_variables`` not None) or from ``batch['teacher_*']``;
+    loss = ``method.loss(LossInputs(...), options)``; grads of (params, method_params); optax update.
+    Metrics (replicated scalars): ``loss``, ``accuracy`` (masked, class argmax of
+    ``method.class_log_probs``), ``grad_norm``, ``finite`` (see :func:`train_step_fn`).
+    ``options = method.parse_options(method_cfg)`` (the locked, complete config) is parsed here,
+    once, and closed over (static hyper-parameters); ``aux`` (e.g. projections) is a traced pytree.
+    With ``mesh``, state/teacher/aux are declared replicated and the batch split
+    over ``'data'`` (``teacher_sharding``, e.g. ``sharding.param_shardings(teacher_variables,
+    mesh)``, declares the teacher split along ``'model'`` instead); without it,
+    shardings follow the inputs.
+    """
+    step_fn = train_step_fn(model=model, method=method, optimizer=optimizer, num_classes=num_classes,
+                            method_cfg=method_cfg, teacher_apply=teacher_apply, compute_dtype=compute_dtype,
+                            on_nonfinite=on_nonfinite)
     if mesh is None:
-        return jax.jit(_unstaged(step_fn), donate_argnums=(0,))
+        return jax.jit(unstaged(step_fn), donate_argnums=(0,))
     rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)
     teacher = rep if teacher_sharding is None else teacher_sharding
-    return jax.jit(_unstaged(step_fn), in_shardings=(rep, bat, teacher, rep), out_shardings=(rep, rep),
+    return jax.jit(unstaged(step_fn), in_shardings=(rep, bat, teacher, rep), out_shardings=(rep, rep),
                    donate_argnums=(0,))
 
 
@@ -209,9 +244,9 @@ def make_eval_step(*, model: nn.Module, method: Method, num_classes: int, mesh: 
         return {"correct": correct, "count": count}
 
     if mesh is None:
-        return jax.jit(_unstaged(eval_fn))
+        return jax.jit(unstaged(eval_fn))
     rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)
-    return jax.jit(_unstaged(eval_fn), in_shardings=(rep, rep, bat), out_shardings=rep)
+    return jax.jit(unstaged(eval_fn), in_shardings=(rep, rep, bat), out_shardings=rep)
 
 
 def init_train_state(*, model: nn.Module, method: Method, optimizer: optax.GradientTransformation,

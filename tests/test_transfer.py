@@ -215,3 +215,37 @@ def test_bring_your_own_csv_with_an_unlabelled_transfer_csv(tmp_path, capsys):
     assert out.count("has a label column: ignored") == 1, out
     run = json.loads((wd2 / "results.json").read_text())["runs"][0]
     assert run["transfer_examples"] == len(lines) and run["labelled_examples"] == n_train
+
+
+def test_accuracy_against_labelled_share_stats_and_report_plot(tmp_path, rng):
+    """fraction_stats against a float64 hand computation (t_{0.975, 2} = 4.302653); `lelp report` on workdirs
+    of different labelled shares draws the accuracy-against-fraction plot."""
+    from lelp_jax import report
+    from lelp_jax.report.plots import fraction_stats, labelled_share
+
+    points, accs = [], {}
+    for n_labelled in (10, 40):
+        acc = rng.uniform(0.5, 0.9, size=(2, 3))  # method x seed
+        accs[n_labelled] = acc
+        runs = [{"method": m, "seed": s, "test_accuracy_best_val": float(acc[i, s]), "test_accuracy_last": 0.5,
+                 "best_val_accuracy": 0.5, "labelled_examples": n_labelled, "transfer_examples": 100 - n_labelled,
+                 "history": [{"step": k, "val_accuracy": float(rng.uniform()), "train_loss": 1.0} for k in (5, 10)]}
+                for i, m in enumerate(("kd", "lelp")) for s in range(3)]
+        assert labelled_share(runs) == n_labelled / 100
+        points.append((n_labelled / 100, runs))
+    stats = fraction_stats(points)
+    for i, m in enumerate(("kd", "lelp")):
+        for j, n_labelled in enumerate((10, 40)):
+            a = accs[n_labelled][i].astype(np.float64)
+            x, mean, half, n = stats[m][j]
+            assert (x, n) == (n_labelled / 100, 3)
+            np.testing.assert_allclose([mean, half], [a.mean(), 4.302653 * a.std(ddof=1) / np.sqrt(3)], rtol=1e-6)
+    for k, (_, runs) in enumerate(points):
+        root = tmp_path / f"wd{k}"
+        root.mkdir()
+        (root / "results.json").write_text(json.dumps({"dataset": "synthetic_subclasses", "config_name": f"f{k}",
+                                                       "teacher": {"model": "mlp"}, "runs": runs}))
+    res = report.build_report([tmp_path / "wd0", tmp_path / "wd1"], tmp_path / "out")
+    share = [p for p in res["plots"] if p.endswith("_labelled_share.png")]
+    assert len(share) == 1 and os.path.getsize(share[0]) > 0
+    assert "labelled_share.png" in (tmp_path / "out" / "report.md").read_text()

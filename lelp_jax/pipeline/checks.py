@@ -37,7 +37,8 @@ def _train_class_counts(run: Any, num_classes: int) -> np.ndarray:
     training file lacks, surfaces here) and refusing train data with fewer than two classes."""
     for name in ("validation", "test"):
         run.split(name)
-    counts = np.bincount(np.asarray(run.train_labels[0]), minlength=num_classes)
+    labels = np.asarray(run.train_labels[0])
+    counts = np.bincount(labels[labels >= 0], minlength=num_classes)  # -1: an unlabelled transfer row
     present = np.flatnonzero(counts)
     if len(present) < 2:
         only = f"class {int(present[0])} only" if len(present) else "no labels"

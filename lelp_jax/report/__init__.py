@@ -43,7 +43,7 @@ from typing import Any, Optional
 from lelp_jax.core import atomic
 from lelp_jax.protocol.paired import method_table, paired_table, per_seed
 from lelp_jax.report.load import load_workdir
-from lelp_jax.report.plots import plot_curves, plot_spectrum, plot_sweep
+from lelp_jax.report.plots import labelled_share, plot_curves, plot_fraction, plot_spectrum, plot_sweep
 from lelp_jax.report.tables import (PAIRED_NOTE, SPLIT_NOTE, TABLE_HEAD, format_table, sweep_axes, sweep_table,
                                     table_rows)
 from lelp_jax.protocol.selection import selection_section
@@ -143,6 +143,13 @@ def build_report(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                     section.append(f"![sweep {key}]({p.name})")
             if section:
                 md += [f"### {lab} (`{w['root']}`)", ""] + section + [""]
+        shares = [(labelled_share(w["runs"]), w["runs"]) for w in ws if w["runs"]]
+        if len({f for f, _ in shares if f is not None}) > 1:  # workdirs differing in their labelled share
+            p = plot_fraction([(f, rs) for f, rs in shares if f is not None],
+                              out / f"{_tag(dataset)}_labelled_share.png",
+                              title=f"{dataset}: test accuracy against the labelled share (95 % intervals over seeds)")
+            plots.append(str(p))
+            md += [f"![labelled share]({p.name})", ""]
     md_path = out / "report.md"
     atomic.write_text(md_path, "\n".join(md) + "\n")
     return {"markdown": str(md_path), "plots": plots, "tables": tables}

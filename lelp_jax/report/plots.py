@@ -1,4 +1,5 @@
-"""The PNG plots of `lelp report`: eigen-spectrum, learning curves, accuracy against each swept key."""
+"""The PNG plots of `lelp report`: eigen-spectrum, learning curves, accuracy against each swept key and
+against the labelled share of the distillation split."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ import numpy as np
 from lelp_jax.protocol.paired import by_method, t_half_width
 from lelp_jax.report.tables import point_stats
 
-__all__ = ["plot_spectrum", "plot_curves", "plot_sweep"]
+__all__ = ["plot_spectrum", "plot_curves", "plot_sweep", "labelled_share", "fraction_stats", "plot_fraction"]
 
 
 def _figure(**kwargs):
@@ -41,7 +42,9 @@ def plot_spectrum(eigenvalues: np.ndarray, path: Path, *, title: str) -> Path:
 
 
 def plot_curves(runs: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
-    """Validation accuracy and train loss against step, per method (mean over seeds at shared steps)."""
+    """Validation accuracy and train loss against step, per method: the mean over seeds at each step, and
+    with several seeds a band of mean ± std (population std over the seeds logged at that step): the
+    training trajectory of every workdir, from its runs' metrics."""
     fig = _figure(figsize=(9, 3.5))
     ax_acc, ax_loss = fig.subplots(1, 2)
     for method, rs in by_method(runs).items():
@@ -53,7 +56,11 @@ def plot_curves(runs: Sequence[Mapping[str, Any]], path: Path, *, title: str) ->
                         per_step.setdefault(int(h["step"]), []).append(float(h[key]))
             if per_step:
                 steps = sorted(per_step)
-                ax.plot(steps, [np.mean(per_step[s]) for s in steps], marker=".", label=method)
+                mean = np.asarray([np.mean(per_step[s]) for s in steps])
+                (line,) = ax.plot(steps, mean, marker=".", label=method)
+                if max(len(v) for v in per_step.values()) > 1:
+                    sd = np.asarray([np.std(per_step[s]) for s in steps])
+                    ax.fill_between(steps, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, linewidth=0)
     for ax, name in ((ax_acc, "validation accuracy"), (ax_loss, "train loss")):
         ax.set_xlabel("step")
         ax.set_ylabel(name)
@@ -149,6 +156,52 @@ def plot_sweep(sweep: Mapping[str, Any], key: str, path: Path, *, title: str,
     ax.set_title(_wrap(title), fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def labelled_share(runs: Sequence[Mapping[str, Any]]) -> Optional[float]:
+    """``labelled_examples / (labelled_examples + transfer_examples)`` of a workdir's runs (their distillation
+    split, :mod:`lelp_jax.data.splits`), or None when the runs do not record it."""
+    for r in runs:
+        if r.get("labelled_examples") is not None:
+            n_l, n_t = int(r["labelled_examples"]), int(r.get("transfer_examples") or 0)
+            return n_l / (n_l + n_t)
+    return None
+
+
+def fraction_stats(points: Sequence[tuple[float, Sequence[Mapping[str, Any]]]], *,
+                   metric: str = "test_accuracy_best_val") -> dict[str, list[tuple[float, float, float, int]]]:
+    """Per method, ``(fraction, mean, half-width, n)`` sorted by fraction: the mean of ``metric`` over the seeds
+    of each ``(fraction, runs)`` point and its 95 % Student-t half-width t_{0.975, n-1} s / sqrt(n) (s the
+    sample std; nan for one seed)."""
+    out: dict[str, list[tuple[float, float, float, int]]] = {}
+    for fraction, runs in points:
+        for method, rs in by_method(runs).items():
+            values = np.asarray([float(r[metric]) for r in rs if r.get(metric) is not None], np.float64)
+            if values.size:
+                sd = float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
+                out.setdefault(method, []).append((float(fraction), float(values.mean()),
+                                                   t_half_width(sd, values.size), int(values.size)))
+    return {m: sorted(v) for m, v in out.items()}
+
+
+def plot_fraction(points: Sequence[tuple[float, Sequence[Mapping[str, Any]]]], path: Path, *, title: str,
+                  xlabel: str = "labelled share of the distillation set") -> Path:
+    """Test accuracy (best-validation step) against the fraction, per method, with 95 % interval bars over
+    seeds (:func:`fraction_stats`): the paper's Figure 6 left/right form, one point per workdir."""
+    fig = _figure(figsize=(6, 3.8))
+    ax = fig.subplots()
+    for method, rows in fraction_stats(points).items():
+        x, mean, half, _ = (np.asarray(v, np.float64) for v in zip(*rows))
+        ax.errorbar(x, 100 * mean, yerr=100 * np.nan_to_num(half), marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(_wrap(title), fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path

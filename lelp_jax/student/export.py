@@ -9,6 +9,7 @@ with ``predict.jax_export`` and a model card (``card.md`` + ``card.json``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -171,6 +172,10 @@ def export_student(workdir: str | Path, *, method: str | None = None, seed: int 
         raise NotExportable(f"{name} reads a frozen encoder's embeddings (data.features="
                           f"{record['input']['frozen_encoder']!r}); exporting such a student is not supported yet: "
                           "export a student over token ids instead.")
+    target = Path(out) if out is not None else wd.root / "student"
+    source = _source_digest(wd, chosen)
+    if _bundle_source(target) == source:  # a rerun of a finished workdir rewrites nothing
+        return target, chosen
     one_device = Mesh(np.asarray(jax.local_devices()[:1]), ("data",))  # only this process reads and writes
     variables = train.load_variables(str(wd.run_dir(chosen["method"], int(chosen["seed"]))), which="best",
                                      mesh=one_device)
@@ -184,11 +189,10 @@ def export_student(workdir: str | Path, *, method: str | None = None, seed: int 
             **record, "input": dict(record["input"]),
             "run": {"workdir": str(wd.root.resolve()), "method": chosen["method"], "seed": int(chosen["seed"]),
                     "best_val_accuracy": chosen["best_val_accuracy"],
-                    "test_accuracy_best_val": chosen["test_accuracy_best_val"]}}
+                    "test_accuracy_best_val": chosen["test_accuracy_best_val"], "source_sha256": source}}
     blob, platforms, shapes = export_exported(apply, host, spec)
     spec["exported"] = {"file": EXPORTED, "platforms": platforms, "input_shapes": shapes,
                         "inputs": list(record["input"]["keys"]), "output": "(b, C) class probabilities"}
-    target = Path(out) if out is not None else wd.root / "student"
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -205,6 +209,25 @@ def export_student(workdir: str | Path, *, method: str | None = None, seed: int 
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target, chosen
+
+
+def _source_digest(wd: Workdir, chosen: Mapping[str, Any]) -> str:
+    """SHA-256 of what a bundle is made from: the chosen run's result.json, the workdir's results.json (the card's
+    paired differences) and the lelp_jax version; an unchanged digest means the bundle in place is current."""
+    h = hashlib.sha256(lelp_jax.__version__.encode())
+    for path in (wd.run_dir(chosen["method"], int(chosen["seed"])) / "result.json", wd.results):
+        h.update(path.read_bytes() if path.exists() else b"")
+    return h.hexdigest()
+
+
+def _bundle_source(folder: Path) -> str | None:
+    """The ``source_sha256`` of the bundle in ``folder`` when it is whole (every file present), else None."""
+    try:
+        spec = json.loads((folder / STUDENT_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    files = [VARIABLES, EXPORTED, "card.json", "card.md"] + ([TOKENIZER] if spec["input"]["kind"] == "text" else [])
+    return spec["run"].get("source_sha256") if all((folder / f).is_file() for f in files) else None
 
 
 def _check_bundle(folder: Path, variables) -> None:

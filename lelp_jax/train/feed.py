@@ -89,60 +89,6 @@ class ResidentFeed:
         rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)
         teacher = rep if teacher_sharding is None else teacher_sharding
 
-        def gathered(data, idx, mask):
-            return {k: jax.lax.with_sharding_constraint(v, bat) for k, v in gather_rows(data, idx, mask).items()}
-
-        def calls(state, data, window_idx, window_mask, offset, teacher_variables, aux, *, count):
-            if count == 1:
-                new_state, metrics = step_fn(state, gathered(data, window_idx[offset], window_mask[offset]),
-                                             teacher_variables, aux)
-                return new_state, jax.tree_util.tree_map(lambda m: m[None], metrics)
-
-            def body(carry, i):
-                return step_fn(carry, gathered(data, window_idx[offset + i], window_mask[offset + i]),
-                               teacher_variables, aux)
-
-            return jax.lax.scan(body, state, jnp.arange(count))
-
-        self._jit = functools.lru_cache(maxsize=None)(lambda count: jax.jit(
-            unstaged(functools.partial(calls, count=count)),
-            in_shardings=(rep, rep, rep, rep, rep, teacher, rep), out_shardings=(rep, rep), donate_argnums=(0,)))
-
-    def run(self, state: Any, count: int, teacher: Optional[PyTree], aux: PyTree) -> tuple[Any, dict]:
-        """One step (``count`` must be 1): the next batch, its teacher outputs, the step."""
-        assert count == 1, count
-        host_batch = strip(next(self.batches))
-        if self.teacher_cache is not None:
-            emb, logits = self.teacher_cache.lookup(host_batch["index"])
-            host_batch = {**host_batch, "teacher_embedding": emb, "teacher_logits": logits}
-        return self.train_step(state, shd.shard_batch(host_batch, self.mesh), teacher, aux)
-
-    def get_state(self) -> dict:
-        return self.batches.get_state()
-
-    def set_state(self, state: dict) -> None:
-        self.batches.set_state(state)
-
-
-class ResidentFeed:
-    """The split on the device; ``run(state, k, ...)`` takes ``k`` steps in one compiled call."""
-
-    def __init__(self, iterator: BatchIterator, mesh: Mesh, step_fn: Callable, teacher_cache: Any = None,
-                 teacher_sharding: Optional[PyTree] = None, steps_per_call: int = 1):
-        lookup = None
-        if teacher_cache is not None:
-            def lookup(index: np.ndarray) -> dict[str, np.ndarray]:
-                emb, logits = teacher_cache.lookup(index)
-                return {"teacher_embedding": emb, "teacher_logits": logits}
-        self.iterator, self.mesh = iterator, mesh
-        self.resident = ResidentBatches(iterator, mesh, extra=lookup)
-        self.max_steps_per_call = max(1, min(int(steps_per_call), iterator.batches_per_epoch))
-        self._window_base: Optional[int] = None  # batch number of the window's first row
-        self._idx = self._mask = None
-        self._compiled: set[int] = set()
-        rep, bat = shd.replicated_sharding(mesh), shd.batch_sharding(mesh)
-        teacher = rep if teacher_sharding is None else teacher_sharding
-
         def gathered(idx, mask):
             batch = self.resident.gather(idx, mask)
             return {k: jax.lax.with_sharding_constraint(v, bat) for k, v in batch.items()}
